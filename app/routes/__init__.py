@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource: jobs (REST API), pages (HTML), health."""

@@ -1,0 +1,105 @@
+"""REST API for jobs: /api/v1/jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.deps import ServiceUnavailable, get_store, submit_upload
+from app.jobstore import JobStore, job_view_dict
+from app.schemas import ErrorResponse, JobCreated, JobState
+from app.uploads import FIELD, UploadError
+
+PREFIX = "/api/v1/jobs"
+router = APIRouter(prefix=PREFIX, tags=["jobs"])
+
+NOT_FOUND = "No such job: it never existed, has expired, or was deleted."
+_errors = {code: {"model": ErrorResponse, "description": text} for code, text in {
+    404: "Unknown, expired or deleted job.",
+}.items()}
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": [FIELD],
+            "properties": {FIELD: {"type": "string", "format": "binary",
+                                   "description": "A photo with a face: JPEG, PNG or WebP."}},
+        }}},
+    }
+}
+
+
+def error(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+@router.post(
+    "", status_code=202, response_model=JobCreated, openapi_extra=UPLOAD_BODY,
+    summary="Upload a photo; it is validated, normalised and queued.",
+    responses={413: {"model": ErrorResponse, "description": "File or pixel count over the limit."},
+               415: {"model": ErrorResponse, "description": "Not a JPEG, PNG or WebP image."},
+               422: {"model": ErrorResponse, "description": f"No multipart field '{FIELD}'."},
+               503: {"model": ErrorResponse, "description": "Queue full or unreachable; see Retry-After."}},
+)
+async def create_job(request: Request):
+    try:
+        job_id = await submit_upload(request)
+    except UploadError as exc:
+        return error(exc.status_code, exc.detail)
+    except ServiceUnavailable as exc:
+        return error(503, exc.detail, {"Retry-After": str(exc.retry_after)})
+    url = f"{PREFIX}/{job_id}"
+    body = JobCreated(id=job_id, status_url=url, result_url=f"{url}/result")
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": url})
+
+
+@router.get("/{job_id}", response_model=JobState, responses=_errors, summary="A job's state and timings.")
+def get_job(job_id: str, store: JobStore = Depends(get_store)):
+    view = store.view(job_id)
+    if view is None:
+        return error(404, NOT_FOUND)
+    return JSONResponse(job_view_dict(view, PREFIX), headers={"Cache-Control": "no-store"})
+
+
+def _image(store: JobStore, job_id: str, which: str, download: bool) -> Response:
+    view = store.view(job_id)
+    if view is None:
+        return error(404, NOT_FOUND)
+    if view.status == "failed":
+        return error(409, f"The job failed, so there is no image: {view.error}")
+    if view.status != "finished":
+        return error(409, f"The job is {view.status}; the image is ready once its status is 'finished'.")
+    png = store.image(job_id, which)
+    if png is None:
+        return error(404, NOT_FOUND)
+    name = "simpsonized" if which == "image" else "face"
+    disposition = "attachment" if download else "inline"
+    return Response(png, media_type="image/png", headers={
+        "Content-Disposition": f'{disposition}; filename="{name}-{job_id[:8]}.png"',
+        "Cache-Control": "private, max-age=300",
+    })
+
+
+_image_responses = {200: {"content": {"image/png": {}}, "description": "PNG"}, **_errors,
+                    409: {"model": ErrorResponse, "description": "The job has not finished (or failed)."}}
+
+
+@router.get("/{job_id}/result", response_class=Response, responses=_image_responses,
+            summary="The Simpsonized face (PNG). ?download=1 for an attachment.")
+def get_result(job_id: str, download: bool = False, store: JobStore = Depends(get_store)):
+    return _image(store, job_id, "image", download)
+
+
+@router.get("/{job_id}/input", response_class=Response, responses=_image_responses,
+            summary="The aligned face crop that was translated (PNG), for a before/after view.")
+def get_input(job_id: str, download: bool = False, store: JobStore = Depends(get_store)):
+    return _image(store, job_id, "face", download)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_errors,
+               summary="Forget the job's input and result now.")
+def delete_job(job_id: str, store: JobStore = Depends(get_store)):
+    if not store.delete(job_id):
+        return error(404, NOT_FOUND)
+    return Response(status_code=204)

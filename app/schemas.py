@@ -1,0 +1,40 @@
+"""Response models: they document the API in the OpenAPI schema at /docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="One sentence saying what went wrong and what to do.")
+
+
+class JobCreated(BaseModel):
+    id: str = Field(description="Random job id (128 bits).")
+    status: Literal["queued"] = "queued"
+    status_url: str
+    result_url: str
+
+
+class JobState(BaseModel):
+    id: str
+    status: Literal["queued", "started", "finished", "failed"]
+    status_url: str
+    result_url: str = Field(description="The Simpsonized PNG, once status is 'finished'.")
+    input_url: str = Field(description="The face crop that was translated (PNG), once status is 'finished'.")
+    position: int | None = Field(default=None, description="Place in the queue while queued; 1 = next.")
+    queue_length: int | None = Field(default=None, description="Jobs waiting, while queued.")
+    error: str | None = Field(default=None, description="Why the job failed, for the user (status 'failed').")
+    timings: dict[str, float] | None = Field(
+        default=None, description="Seconds: queued (wait), detect, generate, encode, job (worker), end_to_end.")
+    face: dict[str, Any] | None = Field(default=None, description="Where the face was found (status 'finished').")
+    created_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None

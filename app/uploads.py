@@ -1,0 +1,191 @@
+"""Upload validation: read the multipart body with a size limit enforced while reading, then really decode it.
+
+``read_upload`` streams the request body through python-multipart's parser and stops as soon as the file part
+exceeds ``max_upload_bytes`` (or the Content-Length already says it will), so an oversized upload is never held in
+full. ``normalise`` decodes JPEG/PNG/WebP only, refuses images with more than ``max_pixels`` pixels before
+decoding them, applies the EXIF orientation, flattens to 8-bit RGB and shrinks the longest side to ``max_side``.
+Every failure is an ``UploadError`` with an HTTP status and a sentence for the user.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+FIELD = "file"
+FORMATS = ("JPEG", "PNG", "WEBP")
+FIELD_OVERHEAD = 64 * 1024  # headers, boundaries and small form fields allowed on top of the file
+
+
+class UploadError(Exception):
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
+
+
+def too_large(limit: int) -> UploadError:
+    return UploadError(413, f"The photo is larger than {_mb(limit)}; please upload a smaller one.")
+
+
+def missing_file() -> UploadError:
+    return UploadError(422, f"No photo was uploaded: send it as multipart/form-data in the field '{FIELD}'.")
+
+
+@dataclass
+class Upload:
+    data: bytes
+    filename: str | None
+    content_type: str | None
+
+
+class _PartCollector:
+    """python-multipart callbacks: keep the first non-empty part named ``file``, count everything else."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.upload: Upload | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._header_name = b""
+        self._header_value = b""
+        self._is_file = False
+        self._buffer = bytearray()
+        self._other_bytes = 0
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._buffer = bytearray()
+        self._is_file = False
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_name.lower()] = self._header_value
+        self._header_name = b""
+        self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._is_file = name == FIELD and self.upload is None
+        self._filename = options.get(b"filename", b"").decode("utf-8", "replace") or None
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        size = end - start
+        if self._is_file:
+            if len(self._buffer) + size > self.limit:
+                raise too_large(self.limit)
+            self._buffer += data[start:end]
+        else:
+            self._other_bytes += size
+            if self._other_bytes > FIELD_OVERHEAD:
+                raise too_large(self.limit)
+
+    def on_part_end(self) -> None:
+        if self._is_file and self._buffer:  # a browser sends an empty part for an input left empty
+            content_type = self._headers.get(b"content-type", b"").decode("latin-1") or None
+            self.upload = Upload(bytes(self._buffer), self._filename, content_type)
+        self._buffer = bytearray()
+        self._is_file = False
+
+
+async def read_upload(request: Request, limit: int) -> Upload:
+    """The uploaded file's bytes, read with ``limit`` enforced as they arrive."""
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise missing_file()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + FIELD_OVERHEAD:
+        raise too_large(limit)
+
+    collector = _PartCollector(limit)
+    callbacks = {name: getattr(collector, name) for name in (
+        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
+        "on_part_data", "on_part_end")}
+    parser = MultipartParser(params[b"boundary"], callbacks)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit + FIELD_OVERHEAD:
+                raise too_large(limit)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise UploadError(422, "The upload is not valid multipart/form-data.") from exc
+    except ClientDisconnect as exc:
+        raise UploadError(400, "The upload was interrupted before it finished.") from exc
+    if collector.upload is None:
+        raise missing_file()
+    return collector.upload
+
+
+@dataclass
+class NormalisedImage:
+    jpeg: bytes  # what the worker gets: upright 8-bit RGB, longest side <= max_side
+    width: int
+    height: int
+    source_format: str
+    source_size: tuple[int, int]
+
+
+def normalise(data: bytes, *, max_pixels: int, max_side: int) -> NormalisedImage:
+    """Decode for real and normalise; raises ``UploadError`` (413 pixel limit, 415 not a supported image)."""
+    not_an_image = UploadError(415, "The file is not a JPEG, PNG or WebP image.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UploadError(413, f"The photo has too many pixels ({width}x{height}); the limit is "
+                                       f"{max_pixels / 1e6:.0f} megapixels.")
+            source_format = image.format or "?"
+            if image.format == "JPEG":
+                image.draft("RGB", (max_side, max_side))  # decode big JPEGs at a reduced scale
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except UploadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise not_an_image from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
+        raise UploadError(415, "The image could not be decoded: the file looks damaged or truncated.") from exc
+    if image.width < 1 or image.height < 1:
+        raise not_an_image
+    rgb = to_rgb(image)
+    rgb.thumbnail((max_side, max_side), Image.LANCZOS)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=95, subsampling=0)
+    return NormalisedImage(jpeg=buffer.getvalue(), width=rgb.width, height=rgb.height,
+                           source_format=source_format, source_size=(width, height))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; transparency is flattened onto white, 16-bit greys are rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(image.getextrema()[1] or 1), 1.0)
+        return image.convert("F").point(lambda v: v * 255.0 / peak).convert("L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if "A" in image.mode or image.mode == "PA":
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,150 @@
+// Upload in place: pick, drop or shoot a photo -> POST /api/v1/jobs -> poll -> before/after + download.
+// Without JavaScript the same form posts to /jobs and the job page refreshes itself.
+(function () {
+  "use strict";
+  const form = document.getElementById("upload-form");
+  if (!form) return;
+  const api = form.dataset.api;
+  const maxBytes = Number(form.dataset.maxBytes);
+  const pollMs = Number(form.dataset.pollMs) || 1000;
+  const types = ["image/jpeg", "image/png", "image/webp"];
+  const $ = (id) => document.getElementById(id);
+  const errorBox = $("error"), progress = $("progress"), progressText = $("progress-text"), result = $("result");
+  let currentJob = null;
+
+  function showError(message) {
+    errorBox.textContent = message;
+    errorBox.hidden = false;
+    progress.hidden = true;
+    form.hidden = false;
+  }
+
+  function setProgress(text) {
+    errorBox.hidden = true;
+    form.hidden = true;
+    result.hidden = true;
+    progress.hidden = false;
+    progressText.textContent = text;
+  }
+
+  function reset() {
+    currentJob = null;
+    form.reset();
+    result.hidden = true;
+    progress.hidden = true;
+    errorBox.hidden = true;
+    form.hidden = false;
+  }
+
+  async function detailOf(response) {
+    try {
+      const body = await response.json();
+      if (body && typeof body.detail === "string") return body.detail;
+    } catch (e) { /* not JSON */ }
+    return `The server answered ${response.status}. Please try again.`;
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function upload(file) {
+    if (!file) { showError("Choose a photo first."); return; }
+    if (file.size > maxBytes) {
+      showError(`The photo is larger than ${Math.round(maxBytes / 1048576)} MB; please upload a smaller one.`);
+      return;
+    }
+    if (file.type && file.type.startsWith("image/") && !types.includes(file.type)) {
+      showError("The file is not a JPEG, PNG or WebP image.");
+      return;
+    }
+    setProgress("Uploading…");
+    const data = new FormData();
+    data.append("file", file, file.name || "photo");
+    let response;
+    try {
+      response = await fetch(api, { method: "POST", body: data });
+    } catch (e) {
+      showError("Could not reach the server. Check your connection and try again.");
+      return;
+    }
+    if (response.status !== 202) {
+      let message = await detailOf(response);
+      const retry = response.headers.get("Retry-After");
+      if (response.status === 503 && retry) message += ` (try again in ${retry} s)`;
+      showError(message);
+      return;
+    }
+    const job = await response.json();
+    currentJob = job;
+    await poll(job);
+  }
+
+  async function poll(job) {
+    let failures = 0;
+    while (currentJob === job) {
+      let state;
+      try {
+        const response = await fetch(job.status_url, { cache: "no-store" });
+        if (response.status === 404) { showError(await detailOf(response)); return; }
+        if (!response.ok) throw new Error(String(response.status));
+        state = await response.json();
+        failures = 0;
+      } catch (e) {
+        if (++failures >= 10) { showError("Lost contact with the server. Please try again."); return; }
+        await sleep(pollMs);
+        continue;
+      }
+      if (state.status === "queued") {
+        setProgress(state.position ? `Waiting in line: position ${state.position} of ${state.queue_length}.`
+                                   : "Waiting in line…");
+      } else if (state.status === "started") {
+        setProgress("Simpsonizing your photo…");
+      } else if (state.status === "failed") {
+        showError(state.error || "Something went wrong. Please try again.");
+        return;
+      } else if (state.status === "finished") {
+        showResult(state);
+        return;
+      }
+      await sleep(pollMs);
+    }
+  }
+
+  function showResult(state) {
+    $("before-image").src = state.input_url;
+    $("after-image").src = state.result_url;
+    $("download").href = state.result_url + "?download=1";
+    progress.hidden = true;
+    result.hidden = false;
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const picked = [...form.querySelectorAll('input[type="file"]')].map((i) => i.files[0]).find(Boolean);
+    upload(picked);
+  });
+  for (const input of form.querySelectorAll('input[type="file"]')) {
+    input.addEventListener("change", () => { if (input.files[0]) upload(input.files[0]); });
+  }
+
+  const zone = $("drop-zone");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) upload(file);
+  });
+
+  $("again").addEventListener("click", reset);
+  $("delete").addEventListener("click", async () => {
+    const job = currentJob;
+    reset();
+    if (job) {
+      try { await fetch(job.status_url, { method: "DELETE" }); } catch (e) { /* it expires anyway */ }
+    }
+  });
+})();

@@ -1,0 +1,128 @@
+"""The job function RQ runs, and the one Simpsonizer each worker process keeps.
+
+``simpsonize_bytes`` is the plain function (photo bytes in, PNGs + face box + timings out). ``process_job`` is what
+the app enqueues (by name, ``worker.jobs.process_job``): it reads the normalised upload from Redis, runs
+``simpsonize_bytes``, stores the result with its TTL and deletes the input whatever happens. A photo the model
+rejects (no face, unreadable) fails the job with the model's user-facing sentence in ``job.meta["error"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from app import keys
+from app.jobstore import GENERIC_FAILURE
+from app.settings import get_settings
+from model.errors import SimpsonizeError
+from model.imaging import png_bytes
+
+_model = None
+_model_loads = 0
+_model_lock = threading.Lock()
+
+
+class InputGone(SimpsonizeError):
+    def __init__(self) -> None:
+        super().__init__("The photo for this job is gone (it expired or was deleted). Please upload it again.")
+
+
+def load_model(weights: str | Path | None = None, device: str | None = None, num_threads: int | None = None):
+    """Load the Simpsonizer for this process (once; the worker calls this before taking jobs)."""
+    global _model, _model_loads
+    from model.pipeline import Simpsonizer
+
+    with _model_lock:
+        _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads)
+        _model_loads += 1
+        return _model
+
+
+def get_model():
+    """This process's Simpsonizer; loaded from settings on first use if the worker did not load it already."""
+    if _model is None:
+        settings = get_settings()
+        return load_model(settings.weights, settings.device, settings.worker_threads)
+    return _model
+
+
+def model_loads() -> int:
+    """How many times this process has loaded the model (1 for a healthy worker, however many jobs it ran)."""
+    return _model_loads
+
+
+@dataclass
+class JobOutput:
+    image_png: bytes  # the Simpsonized face
+    face_png: bytes  # the aligned face crop that was translated, same size
+    meta: dict[str, Any] = field(default_factory=dict)  # face box/landmarks, timings (seconds), size
+
+
+def simpsonize_bytes(data: bytes, simpsonizer=None) -> JobOutput:
+    """One photo's bytes -> result PNG, face-crop PNG and metadata. Raises ``SimpsonizeError`` with a sentence."""
+    model = simpsonizer if simpsonizer is not None else get_model()
+    result = model.simpsonize(data)
+    started = time.perf_counter()
+    image_png, face_png = png_bytes(result.image), png_bytes(result.face_crop)
+    meta = result.to_dict()
+    meta["timings"]["encode"] = round(time.perf_counter() - started, 4)
+    return JobOutput(image_png=image_png, face_png=face_png, meta=meta)
+
+
+def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]:
+    """RQ entry point. Returns the (small) metadata, which the result hash also holds."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("process_job must run inside an RQ worker.")
+    redis = job.connection
+    input_key = keys.input_key(key_prefix, job_id)
+    started = time.perf_counter()
+    try:
+        data = redis.get(input_key)
+        if data is None:
+            raise InputGone()
+        output = simpsonize_bytes(data)
+        model = get_model()
+        meta = {**output.meta,
+                "worker": {"pid": os.getpid(), "model_loads": model_loads(), "device": str(model.device)}}
+        meta["timings"]["job"] = round(time.perf_counter() - started, 4)
+        if redis.exists(keys.deleted_key(key_prefix, job_id)):
+            return {"deleted": True}
+        result_key = keys.result_key(key_prefix, job_id)
+        with redis.pipeline() as pipe:
+            pipe.hset(result_key, mapping={"image": output.image_png, "face": output.face_png,
+                                           "meta": json.dumps(meta)})
+            pipe.expire(result_key, result_ttl)
+            pipe.execute()
+        if redis.exists(keys.deleted_key(key_prefix, job_id)):  # deleted while we were storing
+            redis.delete(result_key)
+        return meta
+    except SimpsonizeError as exc:
+        _record_failure(job, str(exc), started)
+        raise
+    except JobTimeoutException:
+        _record_failure(job, f"Simpsonizing took longer than {job.timeout} seconds. Please try again later.",
+                        started)
+        raise
+    except Exception:
+        _record_failure(job, GENERIC_FAILURE, started)
+        raise
+    finally:
+        redis.delete(input_key)
+
+
+def _record_failure(job, message: str, started: float) -> None:
+    job.meta["error"] = message
+    job.meta["timings"] = {"job": round(time.perf_counter() - started, 4)}
+    try:
+        job.save_meta()
+    except Exception:  # Redis gone: RQ will fail the job anyway, with the generic sentence
+        pass

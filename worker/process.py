@@ -1,0 +1,108 @@
+"""`simpsonize worker`: an RQ worker process that loads the Simpsonizer once and serves every job with it.
+
+RQ's default ``Worker`` forks a fresh work horse per job, which would reload the model (or at best re-fault its
+pages) for every photo. ``ModelWorker`` is a ``SimpleWorker``: jobs run in this process, the model is loaded before
+the first job and reused. Job timeouts still work (SIGALRM in the main thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+
+from app.jobstore import connect, refresh_rq_ttls
+from app.settings import get_settings
+
+log = logging.getLogger("simpsonize.worker")
+
+
+class ModelWorker(SimpleWorker):
+    """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one."""
+
+    bookkeeping_ttl = 7200
+
+    def execute_job(self, job, queue):
+        try:
+            super().execute_job(job, queue)
+        finally:
+            try:
+                refresh_rq_ttls(queue, self.bookkeeping_ttl)
+            except RedisError:
+                log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+
+    def handle_exception(self, job, *exc_info):
+        from model.errors import SimpsonizeError
+
+        if isinstance(exc_info[1], SimpsonizeError):  # the photo's fault, already explained to the user
+            self.log.info("Worker %s: job %s failed: %s", self.name, job.id, exc_info[1])
+            return
+        super().handle_exception(job, *exc_info)
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline)
+        # RQ adds a worker to its registration sets once, at birth, and never expires the sets. Re-adding ourselves
+        # on every heartbeat lets the sets carry a TTL: they expire only when no worker is left to refresh them.
+        connection = pipeline if pipeline is not None else self.connection
+        ttl = max(int(timeout or 0), self.worker_ttl + 60)
+        for key in [REDIS_WORKER_KEYS, *(WORKERS_BY_QUEUE_KEY % name for name in self.queue_names())]:
+            connection.sadd(key, self.key)
+            connection.expire(key, ttl)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="Redis to take jobs from (default: $REDIS_URL).")
+    parser.add_argument("--queue", help="Queue name (default: $SIMPSONIZE_QUEUE_NAME or 'simpsonize').")
+    parser.add_argument("--weights", type=Path, help="Generator weights (default: $SIMPSONIZE_WEIGHTS or the shipped "
+                                                     "weights/simpsonize.safetensors).")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU).")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS or all "
+                                                    "cores; give cores / workers when several run on one machine).")
+    parser.add_argument("--name", help="Worker name (default: RQ's random name).")
+    parser.add_argument("--burst", action="store_true", help="Quit when the queue is empty.")
+    parser.add_argument("--max-jobs", type=int, help="Quit after this many jobs.")
+    parser.add_argument("--log-level", default="INFO", help="Logging level (default INFO).")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    redis_url = args.redis_url or settings.redis_url
+    if not redis_url:
+        print("simpsonize worker: REDIS_URL is not set; point the worker at the Redis the web service uses, "
+              "e.g. REDIS_URL=redis://localhost:6379/0.", file=sys.stderr)
+        return 2
+    weights = Path(args.weights or settings.weights)
+    if not weights.is_file():
+        print(f"simpsonize worker: the weights file {weights} does not exist; export trained weights there "
+              "(simpsonize export) or set SIMPSONIZE_WEIGHTS to a weights file.", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from model.errors import SimpsonizeError
+    from worker.jobs import load_model
+
+    try:
+        model = load_model(weights, device=args.device or settings.device,
+                           num_threads=args.threads or settings.worker_threads)
+    except SimpsonizeError as exc:
+        print(f"simpsonize worker: {exc}", file=sys.stderr)
+        return 2
+    log.info("Loaded %s on %s (pid %d).", weights, model.device, os.getpid())
+
+    redis = connect(redis_url)
+    try:
+        redis.ping()
+    except RedisError as exc:
+        print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
+        return 2
+    queue = Queue(args.queue or settings.queue_name, connection=redis)
+    worker = ModelWorker([queue], connection=redis, name=args.name)
+    worker.bookkeeping_ttl = settings.bookkeeping_ttl
+    worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
+    return 0
