@@ -1,0 +1,44 @@
+# Simpsonize: one image for the web process and the workers.
+#
+#   CPU (default):  docker build -t simpsonize:cpu .
+#   CUDA:           docker build --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t simpsonize:cuda .
+#                   (PyPI's Linux torch wheels bundle CUDA; the host needs the NVIDIA driver + container toolkit)
+#
+#   Everything in one container (embedded Redis + workers + web):
+#       docker run -p 8000:8000 -v "$PWD/weights:/srv/simpsonize/weights:ro" simpsonize:cpu
+#   Scaled out (Redis + web + N workers): see docker-compose.yml.
+ARG PYTHON_VERSION=3.11
+FROM python:${PYTHON_VERSION}-slim-bookworm
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SIMPSONIZE_DATA_DIR=/var/lib/simpsonize
+
+WORKDIR /srv/simpsonize
+
+# Exact torch pins first (from the CPU or CUDA index), so nothing later can pull another torch; facenet-pytorch
+# without its (too old) pins, as the Makefile does.
+RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
+        torch==2.14.1 torchvision==0.29.1 \
+ && pip install --no-deps facenet-pytorch==2.6.0
+
+# Dependencies in their own layer: only pyproject.toml changes invalidate it.
+COPY pyproject.toml README.md* ./
+RUN mkdir -p app worker model training cli \
+ && touch README.md \
+ && pip install -e . \
+ && rm -rf app worker model training cli *.egg-info
+
+COPY . .
+RUN pip install --no-deps -e . \
+ && useradd --system --create-home --uid 10001 simpsonize \
+ && mkdir -p "${SIMPSONIZE_DATA_DIR}" \
+ && chown simpsonize "${SIMPSONIZE_DATA_DIR}"
+USER simpsonize
+
+EXPOSE 8000
+# With REDIS_URL set this is the web process only; without it, the whole embedded service.
+CMD ["simpsonize", "serve", "--host", "0.0.0.0", "--port", "8000"]
