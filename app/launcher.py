@@ -57,6 +57,69 @@ def _serve(app, args) -> "uvicorn.Server":  # noqa: F821
     return uvicorn.Server(config)
 
 
+class WorkerPool:
+    """The embedded default's worker processes. One that exits on its own is restarted, unless it failed to start
+    (exit code 2: bad weights, unreachable Redis) or died within ``MIN_UPTIME`` seconds of starting."""
+
+    MIN_UPTIME = 15.0
+
+    def __init__(self, commands: list[list[str]], env: dict[str, str], preexec_fn) -> None:
+        self.commands = commands
+        self.env = env
+        self.preexec_fn = preexec_fn
+        self.processes: list[subprocess.Popen] = []
+        self.started: list[float] = []
+        self.stopping = False
+        self.lock = threading.Lock()
+
+    def _spawn(self, command: list[str]) -> subprocess.Popen:
+        # Own session: the terminal's Ctrl-C reaches only the launcher, which stops things in order.
+        return subprocess.Popen(command, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                preexec_fn=self.preexec_fn)
+
+    def start(self) -> None:
+        with self.lock:
+            self.processes = [self._spawn(command) for command in self.commands]
+            self.started = [time.monotonic()] * len(self.commands)
+
+    def check(self) -> int | None:
+        """Restart crashed workers; returns an exit code when the service should stop instead."""
+        with self.lock:
+            if self.stopping:
+                return None
+            for i, process in enumerate(self.processes):
+                code = process.poll()
+                if code is None:
+                    continue
+                if code == 2 or time.monotonic() - self.started[i] < self.MIN_UPTIME:
+                    _say(f"worker pid {process.pid} exited with code {code}; stopping.")
+                    return code or 1
+                _say(f"worker pid {process.pid} exited with code {code}; starting a new one.")
+                self.processes[i] = self._spawn(self.commands[i])
+                self.started[i] = time.monotonic()
+        return None
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM to all (a warm shutdown: each finishes the photo in hand), then wait; SIGKILL stragglers."""
+        with self.lock:
+            self.stopping = True
+            for process in self.processes:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+
+
 def worker_command(threads: int, weights: Path, name: str, device: str | None = None) -> list[str]:
     command = [sys.executable, "-m", "cli.main", "worker", "--threads", str(threads), "--weights", str(weights),
                "--name", name]
@@ -91,33 +154,32 @@ def run(args: argparse.Namespace) -> int:
              "there (simpsonize export) or pass --weights / set SIMPSONIZE_WEIGHTS.")
         return 2
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _on_sigterm)
     redis = EmbeddedRedis(args.data_dir or settings.data_dir)
-    children: list[subprocess.Popen] = []
-    failed: dict[str, int] = {}
+    pool: WorkerPool | None = None
+    exit_code = 0
     try:
         try:
             url = redis.start()
         except DataDirInUse as exc:
             _say(str(exc))
             return 2
-        env = {**os.environ, "REDIS_URL": url}
         threads = max(1, len(os.sched_getaffinity(0)) // max(1, workers))
-        for i in range(workers):
-            command = worker_command(threads, weights, f"embedded-{os.getpid()}-{i + 1}", args.device)
-            children.append(subprocess.Popen(command, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                             preexec_fn=die_with_parent))
-
+        commands = [worker_command(threads, weights, f"embedded-{os.getpid()}-{i + 1}", args.device)
+                    for i in range(workers)]
+        pool = WorkerPool(commands, {**os.environ, "REDIS_URL": url}, die_with_parent)
+        pool.start()
         server = _serve(create_app(settings.model_copy(update={"redis_url": url})), args)
 
-        def watch() -> None:  # a worker that dies on its own (bad weights, crash) stops the service
+        def watch() -> None:
+            nonlocal exit_code
             while not server.should_exit:
-                for child in children:
-                    if child.poll() is not None:
-                        failed["code"] = child.returncode or 1
-                        _say(f"worker pid {child.pid} exited with code {child.returncode}; stopping.")
-                        server.should_exit = True
-                        return
+                code = pool.check()
+                if code is not None:
+                    exit_code = code
+                    server.should_exit = True
+                    return
                 time.sleep(0.5)
 
         threading.Thread(target=watch, name="worker-watch", daemon=True).start()
@@ -127,17 +189,12 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-        for child in children:  # all at once, then wait: a warm shutdown finishes the photo in hand
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + WORKER_STOP_TIMEOUT
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        if pool is not None:
+            # A second Ctrl-C/SIGTERM while workers finish their photos kills them at once.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda signum, frame: pool.kill())
+            pool.stop(WORKER_STOP_TIMEOUT)
         redis.stop()
-        signal.signal(signal.SIGTERM, previous)
-    return failed.get("code", 0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return exit_code

@@ -8,6 +8,7 @@
   const maxBytes = Number(form.dataset.maxBytes);
   const pollMs = Number(form.dataset.pollMs) || 1000;
   const types = ["image/jpeg", "image/png", "image/webp"];
+  const limitText = maxBytes >= 1048576 ? `${Math.round(maxBytes / 1048576)} MB` : `${Math.round(maxBytes / 1024)} KB`;
   const $ = (id) => document.getElementById(id);
   const errorBox = $("error"), progress = $("progress"), progressText = $("progress-text"), result = $("result");
   let currentJob = null;
@@ -49,7 +50,7 @@
   async function upload(file) {
     if (!file) { showError("Choose a photo first."); return; }
     if (file.size > maxBytes) {
-      showError(`The photo is larger than ${Math.round(maxBytes / 1048576)} MB; please upload a smaller one.`);
+      showError(`The photo is larger than ${limitText}; please upload a smaller one.`);
       return;
     }
     if (file.type && file.type.startsWith("image/") && !types.includes(file.type)) {

@@ -167,3 +167,27 @@ def test_a_worker_that_cannot_load_the_weights_stops_serve(tmp_path):
     assert process.returncode == 2, err
     assert "bad.safetensors" in err and "Traceback" not in err
     assert not os.path.exists(tmp_path / "data" / "redis.sock")
+
+
+def test_worker_pool_restarts_crashed_workers_but_not_broken_ones(monkeypatch):
+    from app.embedded import die_with_parent
+    from app.launcher import WorkerPool
+
+    monkeypatch.setattr(WorkerPool, "MIN_UPTIME", 0.0)
+    pool = WorkerPool([["sleep", "60"], [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(2)"]],
+                      child_env(), die_with_parent)
+    pool.start()
+    try:
+        first = pool.processes[0]
+        first.kill()
+        first.wait()
+        deadline = time.monotonic() + 30
+        code = None
+        while code is None and time.monotonic() < deadline:
+            code = pool.check()
+            time.sleep(0.1)
+        assert pool.processes[0].pid != first.pid and pool.processes[0].poll() is None  # restarted
+        assert code == 2  # the one that cannot start stops the service instead of looping
+    finally:
+        pool.stop(5)
+    assert all(process.poll() is not None for process in pool.processes)
