@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="Generator weights for the workers (default: "
                                                      "$SIMPSONIZE_WEIGHTS or weights/simpsonize.safetensors).")
     parser.add_argument("--device", help="Worker device: cpu, cuda, ... (default: CUDA when present).")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: cores / workers).")
     parser.add_argument("--data-dir", type=Path, help="Where the embedded Redis keeps its socket "
                                                       "(default: $SIMPSONIZE_DATA_DIR or ./data).")
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info).")
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         except DataDirInUse as exc:
             _say(str(exc))
             return 2
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+        threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, workers))
         commands = [worker_command(threads, weights, f"embedded-{os.getpid()}-{i + 1}", args.device)
                     for i in range(workers)]
         pool = WorkerPool(commands, {**os.environ, "REDIS_URL": url}, die_with_parent)

@@ -95,7 +95,7 @@ def wait_ready(base: str, process: subprocess.Popen, workers: int, timeout: floa
 
 
 def measure(workers: int, weights: Path, photo: bytes, singles: int, burst_size: int, timeout: float,
-            device: str | None) -> dict:
+            device: str | None, threads: int | None = None) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="szbench-") as data_dir:
@@ -103,6 +103,8 @@ def measure(workers: int, weights: Path, photo: bytes, singles: int, burst_size:
                    "--weights", str(weights), "--data-dir", data_dir, "--log-level", "warning"]
         if device:
             command += ["--device", device]
+        if threads:
+            command += ["--threads", str(threads)]
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -123,6 +125,7 @@ def measure(workers: int, weights: Path, photo: bytes, singles: int, burst_size:
     ordered = sorted(latencies)
     return {
         "workers": workers,
+        "threads": threads,
         "startup_s": round(startup, 2),
         "warmup_max_s": round(max(warmup), 3),
         "single_s": [round(x, 3) for x in single],
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--singles", type=int, default=3, help="one-photo repetitions (default 3)")
     parser.add_argument("--photo", type=Path, help="photo to send (default: scikit-image's astronaut)")
     parser.add_argument("--device", help="worker device (default: CUDA when present)")
+    parser.add_argument("--threads", type=int, help="torch threads per worker (default: serve's cores / workers)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -157,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     rows = []
     for workers in args.workers:
-        row = measure(workers, args.weights, photo, args.singles, args.burst, args.timeout, args.device)
+        threads = args.threads or max(1, len(os.sched_getaffinity(0)) // workers)  # what serve would choose
+        row = measure(workers, args.weights, photo, args.singles, args.burst, args.timeout, args.device, threads)
         rows.append(row)
-        print(f"{workers} worker(s): ready in {row['startup_s']:.1f} s | 1 photo: median {row['single_median_s']:.3f} s "
+        print(f"{workers} worker(s) x {threads} thread(s): ready in {row['startup_s']:.1f} s | "
+              f"1 photo: median {row['single_median_s']:.3f} s "
               f"(runs {', '.join(f'{x:.3f}' for x in row['single_s'])}) | {row['burst']} at once: all done in "
               f"{row['burst_wall_s']:.2f} s, per photo mean {row['burst_mean_s']:.2f} / median "
               f"{row['burst_median_s']:.2f} / p90 {row['burst_p90_s']:.2f} / max {row['burst_max_s']:.2f} s, "
