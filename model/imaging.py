@@ -41,7 +41,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         array = np.clip(array / peak * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L").convert("RGB")
+        return Image.fromarray(array).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -60,7 +60,7 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 def to_images(batch: torch.Tensor) -> list[Image.Image]:
     """Float tensor (N, 3, H, W) in [-1, 1] -> RGB images."""
     array = batch.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return [Image.fromarray(a, mode="RGB") for a in array.permute(0, 2, 3, 1).cpu().numpy()]
+    return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -1,0 +1,86 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.errors import NoFaceFound, UnreadableImage
+from model.face import crop_face, detect_faces
+from model.imaging import open_image
+
+# Eileen Collins' face in skimage's astronaut (512x512), measured by hand: eyes at about (205,102) and (247,104).
+ASTRONAUT_FACE_CENTRE = (225, 120)
+
+
+def test_astronaut_has_exactly_one_face_at_the_known_place(astronaut):
+    faces = detect_faces(astronaut)
+    assert len(faces) == 1
+    x0, y0, x1, y1 = faces[0].box
+    assert 170 <= x0 <= 195 and 255 <= x1 <= 280 and 50 <= y0 <= 75 and 160 <= y1 <= 185
+    left_eye, right_eye = faces[0].landmarks[:2]
+    assert abs(left_eye[0] - 205) < 8 and abs(right_eye[0] - 247) < 8
+
+
+def test_crop_is_centred_on_the_face_and_eyes_are_level(astronaut):
+    crop = crop_face(astronaut, size=128)
+    assert crop.image.size == (128, 128)
+    cx, cy = crop.center
+    assert abs(cx - ASTRONAUT_FACE_CENTRE[0]) < 12 and abs(cy - ASTRONAUT_FACE_CENTRE[1]) < 20
+    assert 80 < crop.side < 180  # the face, not the whole photo
+    assert abs(crop.angle) < 10
+    assert crop.other_faces == ()
+
+
+def test_tilted_face_is_levelled(astronaut):
+    tilted = astronaut.rotate(20, resample=Image.BICUBIC, center=ASTRONAUT_FACE_CENTRE)
+    crop = crop_face(tilted, size=128)
+    straight = crop_face(astronaut, size=128)
+    assert abs(crop.angle - straight.angle + 20) < 5  # PIL rotates counter-clockwise
+    diff = np.abs(np.asarray(crop.image, float) - np.asarray(straight.image, float)).mean()
+    assert diff < 25
+
+
+def test_no_face_raises_a_sentence(coffee):
+    with pytest.raises(NoFaceFound, match="No face found"):
+        crop_face(coffee)
+
+
+def exif_rotated_jpeg(image: Image.Image) -> bytes:
+    """The pixels stored turned 90° with EXIF orientation 6 ("rotate 90° CW to display"), as phones do."""
+    stored = image.transpose(Image.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied_before_cropping(astronaut):
+    plain = io.BytesIO()
+    astronaut.save(plain, format="JPEG", quality=95)
+    upright = crop_face(plain.getvalue(), size=128)
+    rotated = crop_face(exif_rotated_jpeg(astronaut), size=128)
+    assert np.allclose(rotated.center, upright.center, atol=3)
+    diff = np.abs(np.asarray(rotated.image, float) - np.asarray(upright.image, float)).mean()
+    assert diff < 6
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "CMYK", "P", "LA", "I;16"])
+def test_any_image_mode_is_accepted(astronaut, mode):
+    if mode == "I;16":
+        array = (np.asarray(astronaut.convert("L"), dtype=np.uint16) * 257)
+        image = Image.frombytes("I;16", astronaut.size, array.astype("<u2").tobytes())
+    else:
+        image = astronaut.convert(mode)
+    crop = crop_face(image, size=64)
+    assert crop.image.mode == "RGB" and crop.image.size == (64, 64)
+
+
+def test_transparent_background_becomes_white():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    assert open_image(rgba).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_unreadable_bytes_raise_a_sentence():
+    with pytest.raises(UnreadableImage, match="not a readable image"):
+        open_image(b"this is not an image")

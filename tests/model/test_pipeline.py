@@ -1,0 +1,46 @@
+import pytest
+
+import model.pipeline as pipeline
+from model.errors import MissingWeights, NoFaceFound
+from model.pipeline import Simpsonizer
+
+
+@pytest.fixture(scope="module")
+def simpsonizer(tiny_weights):
+    return Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
+
+
+def test_result_is_at_least_256_with_crop_and_timings(simpsonizer, astronaut):
+    result = simpsonizer(astronaut)
+    assert result.image.size == (256, 256) and result.image.mode == "RGB"
+    assert result.face_crop.size == (256, 256)
+    assert set(result.timings) == {"detect", "generate", "total"}
+    assert all(v >= 0 for v in result.timings.values())
+    summary = result.to_dict()
+    assert summary["face"]["face"]["box"] and summary["size"] == [256, 256]
+
+
+def test_generator_output_differs_from_the_input(simpsonizer, astronaut):
+    result = simpsonizer(astronaut)
+    assert result.image.tobytes() != result.face_crop.tobytes()
+
+
+def test_batch_reports_failures_in_place(simpsonizer, astronaut, coffee):
+    results = simpsonizer.simpsonize_batch([astronaut, coffee, astronaut])
+    assert isinstance(results[1], NoFaceFound)
+    assert results[0].image.tobytes() == results[2].image.tobytes()
+
+
+def test_weights_are_loaded_once_not_per_call(tiny_weights, astronaut, monkeypatch):
+    calls = []
+    real = pipeline.load_generator
+    monkeypatch.setattr(pipeline, "load_generator", lambda *a, **k: calls.append(a) or real(*a, **k))
+    s = Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
+    for _ in range(3):
+        s(astronaut)
+    assert len(calls) == 1
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(MissingWeights, match="does not exist"):
+        Simpsonizer(weights=tmp_path / "none.safetensors", device="cpu")

@@ -1,0 +1,68 @@
+"""`simpsonize predict` as a user runs it: a real subprocess, real exit codes and messages."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def predict(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "cli.main", "predict", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, astronaut, coffee):
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut.save(folder / "astronaut.jpg")
+    coffee.save(folder / "coffee.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def test_one_photo_writes_one_png(photos, tiny_weights, tmp_path):
+    out = tmp_path / "me.png"
+    done = predict(photos / "astronaut.jpg", "--output", out, "--weights", tiny_weights, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (256, 256)
+    assert "wrote" in done.stdout
+
+
+def test_no_face_exits_non_zero_with_the_reason(photos, tiny_weights, tmp_path):
+    done = predict(photos / "coffee.jpg", "--output", tmp_path / "x.png", "--weights", tiny_weights)
+    assert done.returncode == 1
+    assert "coffee.jpg: No face found" in done.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unreadable_file_is_named(photos, tiny_weights, tmp_path):
+    done = predict(photos / "broken.png", "--output", tmp_path / "x.png", "--weights", tiny_weights)
+    assert done.returncode == 1
+    assert "broken.png" in done.stderr and "not a readable image" in done.stderr
+
+
+def test_folder_writes_the_good_ones_and_names_each_failure(photos, tiny_weights, tmp_path):
+    out = tmp_path / "out"
+    done = predict(photos, "--output", out, "--weights", tiny_weights)
+    assert done.returncode == 1
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.png"]
+    assert "coffee.jpg" in done.stderr and "broken.png" in done.stderr
+    assert "simpsonized 1 of 3 photos" in done.stdout
+
+
+def test_missing_weights_is_one_sentence_and_exit_2(photos, tmp_path):
+    done = predict(photos / "astronaut.jpg", "--output", tmp_path / "x.png", "--weights", tmp_path / "none.safetensors")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error:") and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_corrupt_weights_exit_2_without_traceback(photos, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"junk" * 100)
+    done = predict(photos / "astronaut.jpg", "--output", tmp_path / "x.png", "--weights", bad)
+    assert done.returncode == 2 and "bad.safetensors" in done.stderr and "Traceback" not in done.stderr

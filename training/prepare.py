@@ -1,0 +1,173 @@
+"""`simpsonize prepare`: photo folders -> a CycleGAN dataset (trainA/ trainB/ testA/ testB/) + preview.png.
+
+A = Simpsons faces (used as they are, squared and resized), B = real faces, cropped with the serving
+crop (``model.face.crop_face``) so that train and serve frame faces identically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from model.errors import SimpsonizeError
+from model.imaging import open_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+SPLITS = ("trainA", "trainB", "testA", "testB")
+
+
+@dataclass
+class DomainReport:
+    found: int = 0
+    duplicates: int = 0
+    unreadable: int = 0
+    no_face: int = 0
+    kept: list[Path] = field(default_factory=list)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--simpsons", type=Path, required=True, help="folder of Simpsons face images (domain A)")
+    parser.add_argument("--real", type=Path, action="append", required=True,
+                        help="folder of real photos (domain B); repeat for several folders")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    parser.add_argument("--size", type=int, default=256, choices=(64, 128, 256), help="side of the stored squares")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each domain held out for test")
+    parser.add_argument("--test-max", type=int, default=25, help="at most this many test images per domain")
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many photos per domain (quick runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="device for face detection")
+
+
+def run(args: argparse.Namespace) -> int:
+    for folder in [args.simpsons, *args.real]:
+        if not folder.is_dir():
+            print(f"error: {folder} is not a folder.")
+            return 2
+    if not 0 <= args.test_fraction < 1:
+        print("error: --test-fraction must be in [0, 1).")
+        return 2
+    started = time.time()
+    summary = prepare(args.simpsons, args.real, args.out, size=args.size, test_fraction=args.test_fraction,
+                      test_max=args.test_max, limit=args.limit, seed=args.seed, device=args.device)
+    counts = summary["counts"]
+    print(f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
+          f"testB {counts['testB']}; skipped {summary['real']['no_face']} real photos without a face, "
+          f"{summary['simpsons']['duplicates'] + summary['real']['duplicates']} duplicates, "
+          f"{summary['simpsons']['unreadable'] + summary['real']['unreadable']} unreadable "
+          f"({time.time() - started:.0f} s)")
+    if counts["trainA"] == 0 or counts["trainB"] == 0:
+        print("error: a domain has no training images.")
+        return 1
+    return 0
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def split_count(n: int, fraction: float, maximum: int) -> int:
+    """The reference recipe's rule: ``fraction`` of the domain, at most ``maximum``, and never all of it."""
+    return max(0, min(round(n * fraction), maximum, n - 1))
+
+
+def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, test_fraction: float = 0.1,
+            test_max: int = 25, limit: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
+    from model.face import crop_face
+
+    rng = random.Random(seed)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for stale in (out / split).iterdir():
+            stale.unlink()
+
+    def sources(folders: list[Path]) -> list[Path]:
+        paths = [p for folder in folders for p in list_images(folder)]
+        rng.shuffle(paths)
+        return paths[:limit] if limit else paths
+
+    reports = {}
+    for domain, folders, is_real in (("A", [simpsons], False), ("B", real, True)):
+        paths = sources(folders)
+        report = DomainReport(found=len(paths))
+        seen: set[str] = set()
+        written = 0
+        staging = out / f".{domain}"
+        staging.mkdir(exist_ok=True)
+        for path in tqdm(paths, desc=f"domain {domain} ({'real, cropping faces' if is_real else 'Simpsons'})",
+                         unit="img", leave=False):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in seen:
+                report.duplicates += 1
+                continue
+            seen.add(digest)
+            try:
+                image = crop_face(path, size=size, device=device).image if is_real else square(open_image(path), size)
+            except SimpsonizeError as exc:
+                if exc.__class__.__name__ == "NoFaceFound":
+                    report.no_face += 1
+                else:
+                    report.unreadable += 1
+                continue
+            target = staging / f"{written:06d}_{path.stem}.png"
+            image.save(target)
+            report.kept.append(target)
+            written += 1
+        # The split is drawn after filtering so that test sizes follow the rule on usable images.
+        n_test = split_count(len(report.kept), test_fraction, test_max)
+        for i, staged in enumerate(report.kept):
+            split = f"test{domain}" if i < n_test else f"train{domain}"
+            staged.rename(out / split / staged.name)
+        staging.rmdir()
+        reports[domain] = report
+
+    counts = {split: len(list((out / split).iterdir())) for split in SPLITS}
+    summary = {
+        "counts": counts,
+        "size": size,
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "test_max": test_max,
+        "sources": {"A": [str(simpsons)], "B": [str(p) for p in real]},
+        "simpsons": _report_dict(reports["A"]),
+        "real": _report_dict(reports["B"]),
+        "crop": "model.face.crop_face",
+    }
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2))
+    write_preview(out, counts, rng)
+    return summary
+
+
+def square(image: Image.Image, size: int) -> Image.Image:
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
+
+
+def write_preview(out: Path, counts: dict[str, int], rng: random.Random, per_row: int = 8, thumb: int = 64) -> Path:
+    """One row of random thumbnails per split, titled with the split's image count."""
+    title_h = 18
+    sheet = Image.new("RGB", (per_row * thumb, len(SPLITS) * (thumb + title_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, split in enumerate(SPLITS):
+        y = row * (thumb + title_h)
+        draw.text((4, y + 3), f"{split}: {counts[split]} images", fill="black")
+        files = sorted((out / split).iterdir())
+        for col, path in enumerate(rng.sample(files, min(per_row, len(files)))):
+            with Image.open(path) as im:
+                sheet.paste(im.convert("RGB").resize((thumb, thumb)), (col * thumb, y + title_h))
+    path = out / "preview.png"
+    sheet.save(path)
+    return path
+
+
+def _report_dict(report: DomainReport) -> dict:
+    return {"found": report.found, "duplicates": report.duplicates, "unreadable": report.unreadable,
+            "no_face": report.no_face, "kept": len(report.kept)}

@@ -1,0 +1,536 @@
+"""`simpsonize train`: CycleGAN as published (Zhu et al. 2017), resumable, with a wall-clock budget.
+
+A = Simpsons, B = real. G_A: A->B, G_B: B->A (the one the service runs), D_A judges domain B, D_B domain A.
+Objective: least-squares GAN + 10 * cycle L1 (both ways) + 0.5 * 10 * identity L1; 50-image history pools;
+Adam(2e-4, betas 0.5/0.999); constant lr for ``epochs`` then linear decay to 0 over ``epochs_decay``.
+
+Run layout: ``RUN/config.json``, ``checkpoint.pt`` (everything needed to resume exactly), ``losses.csv``,
+``losses.png``, ``samples/step_*.png`` and ``snapshots/step_*.safetensors`` (G_B, for picking the best).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
+                            init_weights)
+from model.weights import save_generator
+from training.data import StepBatches, UnpairedFaces, load_fixed
+
+LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    size: int = 128
+    ngf: int = 64
+    n_blocks: int = 9
+    upsampling: str = "transpose"
+    ndf: int = 64
+    batch_size: int = 1
+    epochs: int = 100
+    epochs_decay: int = 100
+    steps_per_epoch: int = 0  # 0: one pass over the larger domain, as in the reference code
+    lr: float = 2e-4
+    lr_d: float = 0.0  # 0: same as lr
+    beta1: float = 0.5
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    sample_every: int = 0  # steps; 0: once per epoch
+    snapshot_every: int = 0  # steps; 0: no snapshots
+    checkpoint_minutes: float = 10.0
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(ngf=self.ngf, n_blocks=self.n_blocks, upsampling=self.upsampling)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Options that may change on --resume without changing the run (where and how long it runs).
+RUNTIME_OPTIONS = ("checkpoint_minutes", "sample_every", "snapshot_every")
+
+
+class ImagePool:
+    """History of generated images: half the time D sees an older fake instead of the newest (Shrivastava et al.)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.rng = random.Random(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif self.rng.random() > 0.5:
+                i = self.rng.randrange(self.size)
+                out.append(self.images[i].clone())
+                self.images[i] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state_dict(self) -> dict:
+        return {"images": [im.cpu() for im in self.images], "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.images = [im.to(device) for im in state["images"]]
+        self.rng.setstate(state["rng"])
+
+
+class Generators(nn.Module):
+    """Both generators in one forward pass, so DDP sees exactly one forward per backward."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.G_A = init_weights(ResnetGenerator(config))
+        self.G_B = init_weights(ResnetGenerator(config))
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, torch.Tensor]:
+        fake_B = self.G_A(real_A)
+        fake_A = self.G_B(real_B)
+        out = {"fake_B": fake_B, "rec_A": self.G_B(fake_B), "fake_A": fake_A, "rec_B": self.G_A(fake_A)}
+        if identity:
+            out["idt_A"] = self.G_A(real_B)  # G_A should leave a real face alone
+            out["idt_B"] = self.G_B(real_A)
+        return out
+
+
+class Discriminators(nn.Module):
+    def __init__(self, config: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.D_A = init_weights(NLayerDiscriminator(config))
+        self.D_B = init_weights(NLayerDiscriminator(config))
+
+    def forward(self, real_A, real_B, fake_A, fake_B) -> tuple[torch.Tensor, ...]:
+        return self.D_A(real_B), self.D_A(fake_B), self.D_B(real_A), self.D_B(fake_A)
+
+
+def lsgan(prediction: torch.Tensor, is_real: bool) -> torch.Tensor:
+    target = torch.ones_like(prediction) if is_real else torch.zeros_like(prediction)
+    return nn.functional.mse_loss(prediction.float(), target.float())
+
+
+def linear_decay(epochs: int, epochs_decay: int, steps_per_epoch: int):
+    def factor(step: int) -> float:
+        epoch = step / steps_per_epoch
+        if epoch < epochs or epochs_decay == 0:
+            return 1.0
+        return max(0.0, 1.0 - (epoch - epochs) / epochs_decay)
+
+    return factor
+
+
+@dataclass
+class Distributed:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        return cls(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, device: str | None = None, num_workers: int | None = None,
+                 dist_info: Distributed | None = None) -> None:
+        self.config = config
+        self.dist = dist_info or Distributed()
+        if device in (None, "", "auto"):
+            device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+        self.channels_last = cuda or self.bf16
+        self.out = Path(config.out)
+
+        torch.manual_seed(config.seed)  # same initial weights on every rank
+        self.dataset = UnpairedFaces(config.data, "train", config.size, seed=config.seed)
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
+        self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
+        self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
+
+        self.G = Generators(config.generator_config()).to(self.device)
+        self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf)).to(self.device)
+        if self.channels_last:
+            self.G.to(memory_format=torch.channels_last)
+            self.D.to(memory_format=torch.channels_last)
+        betas = (config.beta1, 0.999)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
+        schedule = linear_decay(config.epochs, config.epochs_decay, self.steps_per_epoch)
+        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, schedule)
+        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, schedule)
+        self.pool_A = ImagePool(config.pool_size, seed=config.seed * 1000 + 2 * self.dist.rank)  # fakes of A->B
+        self.pool_B = ImagePool(config.pool_size, seed=config.seed * 1000 + 2 * self.dist.rank + 1)
+        self.step = 0
+
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if cuda else None
+            self.G_train = DDP(self.G, device_ids=ids)
+            self.D_train = DDP(self.D, device_ids=ids)
+        else:
+            self.G_train, self.D_train = self.G, self.D
+
+        fixed = min(4, len(self.dataset.files_a), len(self.dataset.files_b))
+        test_root = Path(config.data)
+        sample_a = sorted((test_root / "testA").glob("*")) or self.dataset.files_a
+        sample_b = sorted((test_root / "testB").glob("*")) or self.dataset.files_b
+        self.sample_A = load_fixed(sample_a[:fixed], config.size).to(self.device)
+        self.sample_B = load_fixed(sample_b[:fixed], config.size).to(self.device)
+
+    # ----------------------------------------------------------------------------------------- one step
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
+        c = self.config
+        if self.channels_last:
+            real_A = real_A.contiguous(memory_format=torch.channels_last)
+            real_B = real_B.contiguous(memory_format=torch.channels_last)
+        identity = c.lambda_identity > 0
+
+        # Generators: D is frozen so its gradients stay clean for its own step.
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = self.G_train(real_A, real_B, identity)
+            loss_G_A = lsgan(self.D.D_A(out["fake_B"]), True)
+            loss_G_B = lsgan(self.D.D_B(out["fake_A"]), True)
+        l1 = nn.functional.l1_loss
+        loss_cycle_A = l1(out["rec_A"].float(), real_A) * c.lambda_cycle
+        loss_cycle_B = l1(out["rec_B"].float(), real_B) * c.lambda_cycle
+        if identity:
+            loss_idt_A = l1(out["idt_A"].float(), real_B) * c.lambda_cycle * c.lambda_identity
+            loss_idt_B = l1(out["idt_B"].float(), real_A) * c.lambda_cycle * c.lambda_identity
+        else:
+            loss_idt_A = loss_idt_B = torch.zeros((), device=self.device)
+        loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
+        loss_G.backward()
+        self.opt_G.step()
+
+        # Discriminators, on real images and on fakes drawn from the history pools.
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        fake_B = self.pool_A.query(out["fake_B"].detach().float())
+        fake_A = self.pool_B.query(out["fake_A"].detach().float())
+        if self.channels_last:
+            fake_A = fake_A.contiguous(memory_format=torch.channels_last)
+            fake_B = fake_B.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            real_b, fake_b, real_a, fake_a = self.D_train(real_A, real_B, fake_A, fake_B)
+            loss_D_A = 0.5 * (lsgan(real_b, True) + lsgan(fake_b, False))
+            loss_D_B = 0.5 * (lsgan(real_a, True) + lsgan(fake_a, False))
+        (loss_D_A + loss_D_B).backward()
+        self.opt_D.step()
+
+        self.sched_G.step()
+        self.sched_D.step()
+        self.step += 1
+        values = (loss_D_A, loss_G_A, loss_cycle_A, loss_idt_A, loss_D_B, loss_G_B, loss_cycle_B, loss_idt_B)
+        return {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "step": self.step,
+            "G_A": self.G.G_A.state_dict(), "G_B": self.G.G_B.state_dict(),
+            "D_A": self.D.D_A.state_dict(), "D_B": self.D.D_B.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
+            "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        for name, module in (("G_A", self.G.G_A), ("G_B", self.G.G_B), ("D_A", self.D.D_A), ("D_B", self.D.D_B)):
+            module.load_state_dict(state[name])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.sched_G.load_state_dict(state["sched_G"])
+        self.sched_D.load_state_dict(state["sched_D"])
+        self.pool_A.load_state_dict(state["pool_A"], self.device)
+        self.pool_B.load_state_dict(state["pool_B"], self.device)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save_checkpoint(self) -> Path:
+        path = self.out / "checkpoint.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+        return path
+
+    def save_snapshot(self) -> Path:
+        """Both generators at this step, as served-weights files, so `test --all-snapshots` can rank them."""
+        folder = self.out / "snapshots" / f"step_{self.step:07d}"
+        for name, generator, direction in (("G_A", self.G.G_A, "AtoB"), ("G_B", self.G.G_B, "BtoA")):
+            extra = {"direction": direction, "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                     "run": str(self.out)}
+            save_generator(folder / f"{name}.safetensors", generator, input_size=self.config.size, extra=extra)
+        return folder
+
+    # ----------------------------------------------------------------------------------- visuals
+    @torch.no_grad()
+    def save_samples(self) -> Path:
+        from training.visuals import save_grid
+
+        self.G.eval()
+        with self.autocast():
+            fake_B = self.G.G_A(self.sample_A).float()
+            rec_A = self.G.G_B(fake_B).float()
+            fake_A = self.G.G_B(self.sample_B).float()
+            rec_B = self.G.G_A(fake_A).float()
+        self.G.train()
+        rows = {"real_A": self.sample_A, "fake_B": fake_B, "rec_A": rec_A,
+                "real_B": self.sample_B, "fake_A": fake_A, "rec_B": rec_B}
+        return save_grid(self.out / "samples" / f"step_{self.step:07d}.png", rows)
+
+    # -------------------------------------------------------------------------------------- loop
+    def fit(self, max_minutes: float | None = None, max_steps: int | None = None) -> dict:
+        c = self.config
+        started = time.time()
+        last_checkpoint = started
+        end_step = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        sample_every = c.sample_every or self.steps_per_epoch
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=StepBatches(self.step, end_step, c.batch_size, self.dist.world_size, self.dist.rank),
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        log = LossLog(self.out / "losses.csv", resume_step=self.step) if self.dist.is_main else None
+        progress = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=end_step, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        stopped_by_clock = False
+        step_started = time.time()
+        for batch in loader:
+            losses = self.train_step(batch["A"].to(self.device, non_blocking=True),
+                                     batch["B"].to(self.device, non_blocking=True))
+            now = time.time()
+            if self.dist.is_main:
+                log.write(self.step, self.step / self.steps_per_epoch, self.sched_G.get_last_lr()[0], losses,
+                          now - step_started)
+                progress.update(1)
+                if self.step % 20 == 0:
+                    progress.set_postfix({k: f"{v:.2f}" for k, v in losses.items() if k in ("G_B", "D_B", "cycle_B")})
+                if self.step % sample_every == 0:
+                    self.save_samples()
+                if c.snapshot_every and self.step % c.snapshot_every == 0:
+                    self.save_snapshot()
+            step_started = now
+            over_budget = max_minutes is not None and (now - started) / 60 >= max_minutes
+            if self.dist.world_size > 1:  # every rank must stop on the same step
+                flag = torch.tensor([1.0 if over_budget else 0.0], device=self.device)
+                dist.all_reduce(flag)
+                over_budget = bool(flag.item() > 0)
+            if self.dist.is_main and (now - last_checkpoint) / 60 >= c.checkpoint_minutes:
+                self.save_checkpoint()
+                last_checkpoint = now
+            if over_budget:
+                stopped_by_clock = True
+                break
+        if progress is not None:
+            progress.close()
+        minutes = (time.time() - started) / 60
+        if self.dist.is_main:
+            self.save_checkpoint()
+            self.save_samples()
+            if c.snapshot_every:
+                self.save_snapshot()
+            log.close()
+            from training.visuals import plot_losses
+
+            plot_losses(self.out / "losses.csv", self.out / "losses.png")
+        return {"step": self.step, "total_steps": self.total_steps, "minutes": minutes,
+                "stopped_by_clock": stopped_by_clock, "finished": self.step >= self.total_steps}
+
+
+class LossLog:
+    """Appends one CSV row per step; on resume, rows past the checkpoint are dropped so the log stays exact."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        columns = ["step", "epoch", "lr", *LOSS_NAMES, "seconds"]
+        rows = []
+        if path.exists() and resume_step > 0:
+            with path.open() as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resume_step]
+        self.handle = path.open("w", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=columns)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+
+    def write(self, step: int, epoch: float, lr: float, losses: dict[str, float], seconds: float) -> None:
+        self.writer.writerow({"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.3e}",
+                              **{k: f"{v:.5f}" for k, v in losses.items()}, "seconds": f"{seconds:.3f}"})
+        if step % 10 == 0:
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig(data="", out="")
+    parser.add_argument("--data", type=Path, help="dataset from `simpsonize prepare` (not needed with --resume)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, samples)")
+    parser.add_argument("--size", type=int, default=defaults.size, help="training crop side (multiple of 4)")
+    parser.add_argument("--ngf", type=int, default=defaults.ngf)
+    parser.add_argument("--n-blocks", type=int, default=defaults.n_blocks)
+    parser.add_argument("--upsampling", choices=("transpose", "resize_conv"), default=defaults.upsampling,
+                        help="transpose: the reference layout; resize_conv: avoids checkerboard artefacts")
+    parser.add_argument("--ndf", type=int, default=defaults.ndf)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs at the initial learning rate")
+    parser.add_argument("--epochs-decay", type=int, default=defaults.epochs_decay,
+                        help="epochs of linear decay to 0 after --epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=0,
+                        help="define an epoch as this many steps (default: one pass over the larger domain)")
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--lr-d", type=float, default=0.0, help="discriminator learning rate (default: --lr)")
+    parser.add_argument("--lambda-identity", type=float, default=defaults.lambda_identity)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: per epoch)")
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="steps between G_B snapshots kept for `simpsonize test --all-snapshots` (0: none)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--num-workers", type=int, default=None, help="data loader processes")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        data=str(args.data), out=str(args.out), size=args.size, ngf=args.ngf, n_blocks=args.n_blocks,
+        upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size, epochs=args.epochs,
+        epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_d=args.lr_d,
+        lambda_identity=args.lambda_identity, seed=args.seed, precision=args.precision,
+        sample_every=args.sample_every, snapshot_every=args.snapshot_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    info = Distributed.from_env()
+    if info.world_size > 1:
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+    try:
+        return _run(args, info)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def record_session(out: Path, trainer: Trainer, start_step: int) -> None:
+    """Append where and how this stretch of training ran (the model card reports the hardware)."""
+    import platform
+
+    path = out / "sessions.json"
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    device = trainer.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
+    sessions.append({"start_step": start_step, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "device": f"{device.type}: {name}", "threads": torch.get_num_threads(),
+                     "world_size": trainer.dist.world_size, "precision": "bf16" if trainer.bf16 else "fp32",
+                     "torch": torch.__version__})
+    path.write_text(json.dumps(sessions, indent=2))
+
+
+def _run(args: argparse.Namespace, info: Distributed) -> int:
+    out: Path = args.out
+    checkpoint = out / "checkpoint.pt"
+    state = None
+    if args.resume:
+        if not checkpoint.exists():
+            print(f"error: --resume was given but {checkpoint} does not exist.")
+            return 2
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        config = TrainConfig.from_dict(state["config"])
+        for name in RUNTIME_OPTIONS:
+            setattr(config, name, getattr(args, name))
+    else:
+        if args.data is None:
+            print("error: --data is required for a new run.")
+            return 2
+        if checkpoint.exists():
+            print(f"error: {out} already holds a run; pass --resume to continue it or choose another --out.")
+            return 2
+        if args.size % 4:
+            print("error: --size must be a multiple of 4.")
+            return 2
+        config = config_from_args(args)
+    try:
+        trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}")
+        return 2
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        record_session(out, trainer, state["step"] if state else 0)
+    if state is not None:
+        trainer.load_state_dict(state)
+    summary = trainer.fit(max_minutes=args.max_minutes, max_steps=args.max_steps)
+    if info.is_main:
+        how = "stopped by --max-minutes" if summary["stopped_by_clock"] else (
+            "finished" if summary["finished"] else "stopped by --max-steps")
+        print(f"train: {how} at step {summary['step']}/{summary['total_steps']} after {summary['minutes']:.1f} min "
+              f"on {trainer.device} ({'bf16' if trainer.bf16 else 'fp32'}, world size {info.world_size}); "
+              f"checkpoint {out / 'checkpoint.pt'}")
+    return 0
