@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+SPLITS = ("trainA", "trainB", "testA", "testB")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A prepared-dataset layout with 6 train and 3 test images per domain, 40x40, distinguishable domains."""
+    root = tmp_path_factory.mktemp("dataset")
+    rng = np.random.default_rng(0)
+    for split in SPLITS:
+        (root / split).mkdir()
+        n = 6 if split.startswith("train") else 3
+        for i in range(n):
+            base = np.array([230, 200, 40]) if split.endswith("A") else np.array([150, 110, 90])
+            pixels = np.clip(base + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / split / f"{i}.png")
+    return root
+
+
+TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1",
+              "--epochs-decay", "1", "--steps-per-epoch", "2", "--device", "cpu", "--num-workers", "0"]

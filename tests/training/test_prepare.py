@@ -1,0 +1,51 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from cli.main import main
+from training.prepare import split_count
+
+
+def test_split_rule_is_ten_percent_capped_at_25():
+    assert split_count(1208, 0.1, 25) == 25
+    assert split_count(120, 0.1, 25) == 12
+    assert split_count(10, 0.1, 25) == 1
+    assert split_count(1, 0.1, 25) == 0  # never the whole domain
+    assert split_count(100, 0.3, 50) == 30
+
+
+def test_prepare_crops_real_faces_skips_faceless_and_duplicates(tmp_path, astronaut, coffee):
+    simpsons = tmp_path / "simpsons" / "cropped"
+    simpsons.mkdir(parents=True)
+    for i in range(12):
+        colour = (255, 217, 15 + i * 10)
+        Image.new("RGB", (200 if i % 2 else 180, 200), colour).save(simpsons / f"{i}.png")
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, angle in enumerate((0, 4, -4, 8)):  # four distinct photos of one face
+        astronaut.rotate(angle, resample=Image.BICUBIC).save(real / f"face{i}.jpg", quality=92)
+    (real / "copy.jpg").write_bytes((real / "face0.jpg").read_bytes())  # exact duplicate
+    coffee.save(real / "coffee.jpg")  # no face
+
+    out = tmp_path / "dataset"
+    code = main(["prepare", "--simpsons", str(tmp_path / "simpsons"), "--real", str(real), "--out", str(out),
+                 "--size", "64", "--test-fraction", "0.25", "--test-max", "2"])
+    assert code == 0
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["real"] == {"found": 6, "duplicates": 1, "unreadable": 0, "no_face": 1, "kept": 4}
+    assert summary["counts"] == {"trainA": 10, "testA": 2, "trainB": 3, "testB": 1}
+    crops = sorted((out / "trainB").iterdir()) + sorted((out / "testB").iterdir())
+    for path in crops:
+        with Image.open(path) as im:
+            assert im.size == (64, 64)
+            # a tight face crop is mostly skin, not the photo's dark background and suit
+            assert np.asarray(im, float).mean() > 90
+    preview = Image.open(out / "preview.png")
+    assert preview.width > 0 and preview.height > 0
+
+
+def test_prepare_refuses_a_missing_folder(tmp_path, capsys):
+    assert main(["prepare", "--simpsons", str(tmp_path / "nope"), "--real", str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "is not a folder" in capsys.readouterr().out

@@ -1,0 +1,85 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from cli.main import main
+from tests.training.conftest import TINY_TRAIN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train(data, out, *extra):
+    return main(["train", "--data", str(data), "--out", str(out), *TINY_TRAIN, *extra])
+
+
+def test_a_few_steps_write_checkpoint_losses_plot_and_samples(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--snapshot-every", "2") == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4
+    assert {"G_A", "G_B", "D_A", "D_B", "opt_G", "opt_D", "sched_G", "sched_D", "pool_A", "pool_B", "rng"} <= set(state)
+    with (run / "losses.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert {"G_A", "G_B", "D_A", "D_B", "cycle_A", "cycle_B", "idt_A", "idt_B"} <= set(rows[0])
+    assert all(float(r["cycle_B"]) > 0 for r in rows)
+    # lr constant for epoch 1, then linear decay to 0 over epoch 2
+    assert [float(r["lr"]) for r in rows] == pytest.approx([2e-4, 2e-4, 1e-4, 0.0])
+    assert Image.open(run / "losses.png").width > 0
+    grid = Image.open(run / "samples" / "step_0000004.png")
+    assert grid.height == 6 * 32  # real_A, fake_B, rec_A, real_B, fake_A, rec_B
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step_0000002", "step_0000004"]
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(tiny_dataset, straight) == 0
+    assert train(tiny_dataset, resumed, "--max-steps", "2") == 0
+    assert torch.load(resumed / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert main(["train", "--out", str(resumed), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for net in ("G_A", "G_B", "D_A", "D_B"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
+    assert (straight / "losses.csv").read_text().count("\n") == (resumed / "losses.csv").read_text().count("\n")
+
+
+def test_max_minutes_stops_cleanly_with_a_checkpoint(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:-8],
+                 "--epochs", "1000", "--epochs-decay", "0", "--steps-per-epoch", "2", "--device", "cpu",
+                 "--num-workers", "0", "--max-minutes", "0"]) == 0
+    assert "stopped by --max-minutes" in capsys.readouterr().out
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
+
+
+def test_new_run_refuses_to_overwrite_and_resume_needs_a_checkpoint(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--max-steps", "1") == 0
+    assert train(tiny_dataset, run) == 2
+    assert "already holds a run" in capsys.readouterr().out
+    assert main(["train", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+
+
+@pytest.mark.timeout(300)
+def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world size 2" in done.stdout
+    sessions = json.loads((run / "sessions.json").read_text())
+    assert sessions[-1]["world_size"] == 2
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
