@@ -101,10 +101,9 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
     data = Path(config["data"])
     size = int(config["size"])
     metrics_path = run / "test" / (snapshot or f"step_{int(info['step']):07d}") / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-    else:
-        metrics = evaluate(g_a, g_b, data, size)  # both directions, so the card always carries them
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if not {"AtoB", "BtoA"} <= set(metrics):
+        metrics = evaluate(g_a, g_b, data, size)  # the card always carries both directions
     test_faces = list_images(data / "testB") or list_images(data / "trainB")[:16]
     measured_psnr = fp16_psnr(g_b, load_fixed(test_faces[:32], size))
     half = precision == "fp16" or (precision == "auto" and measured_psnr >= MIN_FP16_PSNR)

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from cli.main import main
+from model.weights import load_generator, read_metadata
+from tests.training.conftest import TINY_TRAIN
+from training.evaluate import pick_best
+from training.export import psnr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--snapshot-every", "2"]) == 0
+    return run
+
+
+def test_test_writes_gallery_grids_and_metrics(trained_run, capsys):
+    assert main(["test", "--run", str(trained_run), "--direction", "both"]) == 0
+    out = trained_run / "test" / "step_0000004"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for direction in ("AtoB", "BtoA"):
+        assert metrics[direction]["count"] == 3
+        assert 0 < metrics[direction]["cycle_l1"] < 1
+        assert 0 <= metrics[direction]["domain_score"] <= 1
+        assert len(list((out / direction).glob("*.png"))) == 3
+    # the two tiny domains differ in colour, so even this classifier separates them
+    assert metrics["classifier_test_accuracy"] >= 0.8
+    index = (out / "index.html").read_text()
+    assert "BtoA/0.png" in index and "domain score" in index
+    assert "classifier accuracy" in capsys.readouterr().out
+
+
+def test_one_direction_only(trained_run):
+    assert main(["test", "--run", str(trained_run), "--direction", "BtoA"]) == 0
+    metrics = json.loads((trained_run / "test" / "step_0000004" / "metrics.json").read_text())
+    assert "BtoA" in metrics and "AtoB" not in metrics
+
+
+def test_all_snapshots_ranks_and_names_the_best(trained_run):
+    assert main(["test", "--run", str(trained_run), "--all-snapshots"]) == 0
+    best = json.loads((trained_run / "test" / "best_snapshot.json").read_text())
+    assert best["snapshot"] in ("step_0000002", "step_0000004")
+
+
+def test_pick_best_prefers_lower_cycle_loss_among_near_top_scores():
+    rows = [{"snapshot": "a", "domain_score": 0.96, "cycle_l1": 0.20},
+            {"snapshot": "b", "domain_score": 0.93, "cycle_l1": 0.10},
+            {"snapshot": "c", "domain_score": 0.60, "cycle_l1": 0.01}]
+    assert pick_best(rows)["snapshot"] == "b"
+
+
+def test_export_then_predict_uses_it(trained_run, tmp_path, astronaut):
+    out = tmp_path / "weights" / "tiny.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
+    meta = read_metadata(out)
+    assert meta["direction"] == "BtoA" and meta["training"]["steps"] == 4
+    assert "non-commercial" in meta["licence"]
+    assert {"AtoB", "BtoA"} <= set(meta["metrics"])
+    assert meta["data"]["counts"] is None or isinstance(meta["data"]["counts"], dict)
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=False)
+    generator, _ = load_generator(out)
+    for key, value in state["G_B"].items():
+        assert torch.allclose(generator.state_dict()[key], value, atol=1e-2)
+    photo = tmp_path / "astronaut.jpg"
+    astronaut.save(photo)
+    assert main(["predict", str(photo), "--output", str(tmp_path / "me.png"), "--weights", str(out)]) == 0
+
+
+def test_export_best_needs_a_ranking_first(trained_run, tmp_path, capsys):
+    fresh = trained_run.parent / "unranked"
+    fresh.mkdir(exist_ok=True)
+    (fresh / "config.json").write_text((trained_run / "config.json").read_text())
+    assert main(["export", "--run", str(fresh), "--best", "--out", str(tmp_path / "w.safetensors")]) == 2
+    assert "--all-snapshots" in capsys.readouterr().out
+
+
+def test_export_from_reference_folder(tmp_path):
+    from model.networks import GeneratorConfig, ResnetGenerator
+
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    generator = ResnetGenerator(GeneratorConfig(ngf=8, n_blocks=6))
+    state = generator.state_dict()
+    state["model.2.running_mean"] = torch.zeros(8)  # old checkpoints carry these
+    torch.save(state, reference / "latest_net_G_B.pth")
+    out = tmp_path / "imported.safetensors"
+    assert main(["export", "--from-reference", str(reference), "--out", str(out)]) == 0
+    loaded, meta = load_generator(out)
+    assert loaded.config == GeneratorConfig(ngf=8, n_blocks=6)
+    assert "latest_net_G_B.pth" in meta["source"]
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, a + 0.02) == pytest.approx(40.0, abs=0.01)
