@@ -169,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
         threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, workers))
         commands = [worker_command(threads, weights, f"embedded-{os.getpid()}-{i + 1}", args.device)
                     for i in range(workers)]
-        pool = WorkerPool(commands, {**os.environ, "REDIS_URL": url}, die_with_parent)
+        # Idle OpenMP threads sleep instead of spinning: on a busy machine (several workers, or a training job
+        # alongside) spinning threads steal each other's cores; measured 2.5 -> 1.7 s per photo on 2 loaded cores.
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "REDIS_URL": url}
+        pool = WorkerPool(commands, env, die_with_parent)
         pool.start()
         server = _serve(create_app(settings.model_copy(update={"redis_url": url})), args)
 
