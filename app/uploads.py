@@ -59,6 +59,7 @@ class _PartCollector:
         self._header_name = b""
         self._header_value = b""
         self._is_file = False
+        self._filename: str | None = None
         self._buffer = bytearray()
         self._other_bytes = 0
 
