@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "Train the CycleGAN (resumable, --max-minutes, DDP under torchrun)."),
     "test": ("training.evaluate", "Translate the test splits, write a gallery and metrics."),
     "export": ("training.export", "Export the real->Simpsons generator as served weights."),
-    "bench": ("model.bench", "Measure detect/generate speed (and the service end to end)."),
+    "bench": ("benchmarks.cli", "Measure model speed (`bench model`) or service latency (`bench service`)."),
 }
 
 
