@@ -53,7 +53,7 @@ def test_init_is_normal_with_std_002_and_zero_bias():
     weight = generator.model[10].conv_block[1].weight.detach()
     assert abs(float(weight.std()) - 0.02) < 0.002
     assert abs(float(weight.mean())) < 0.002
-    assert float(generator.model[1].bias.abs().max()) == 0.0
+    assert float(generator.model[1].bias.detach().abs().max()) == 0.0
 
 
 def test_invalid_config_is_rejected():
