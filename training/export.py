@@ -132,12 +132,21 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
         "licence": DATA_LICENCE,
     }
     save_generator(out, g_b, input_size=size, half=half, extra=extra)
-    check, _ = load_generator(out)  # the written file must load as served
-    del check
+    served, _ = load_generator(out)  # the written file must load as served; the examples use it
+    examples = write_examples(served, test_faces[:8], size, out.with_name(f"{out.stem}_examples.png"))
     print(f"export: step {step} ({info['source']}) -> {out} ({out.stat().st_size / 1e6:.1f} MB, "
           f"{'fp16' if half else 'fp32'}, fp16 PSNR {measured_psnr:.1f} dB); "
-          f"B->A domain score {metrics.get('BtoA', {}).get('domain_score')}")
+          f"B->A domain score {metrics.get('BtoA', {}).get('domain_score')}; examples {examples}")
     return 0
+
+
+@torch.no_grad()
+def write_examples(generator: ResnetGenerator, faces: list[Path], size: int, path: Path) -> Path:
+    """Before/after grid of held-out faces for the model card."""
+    from training.visuals import save_grid
+
+    images = load_fixed(faces, size)
+    return save_grid(path, {"real (test)": images, "Simpsonized": generator(images)}, thumb=min(size, 96))
 
 
 def _wall_time(run: Path, step: int) -> tuple[float, str]:

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from model.imaging import to_images
 
-LABEL_WIDTH = 70
+LABEL_WIDTH = 84
 
 
 def save_grid(path: Path, rows: dict[str, torch.Tensor], thumb: int | None = None) -> Path:

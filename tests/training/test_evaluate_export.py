@@ -97,3 +97,12 @@ def test_psnr():
     a = torch.zeros(1, 3, 4, 4)
     assert psnr(a, a) == float("inf")
     assert psnr(a, a + 0.02) == pytest.approx(40.0, abs=0.01)
+
+
+def test_export_writes_an_examples_grid_for_the_model_card(trained_run, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "card.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
+    grid = Image.open(tmp_path / "card_examples.png")
+    assert grid.height == 2 * 32  # before row, after row (tiny run: 32 px)
