@@ -25,9 +25,10 @@ def test_test_writes_gallery_grids_and_metrics(trained_run, capsys):
         assert metrics[direction]["count"] == 3
         assert 0 < metrics[direction]["cycle_l1"] < 1
         assert 0 <= metrics[direction]["domain_score"] <= 1
+        assert 0 <= metrics[direction]["domain_score_colour"] <= 1
         assert len(list((out / direction).glob("*.png"))) == 3
     # the two tiny domains differ in colour, so even this classifier separates them
-    assert metrics["classifier_test_accuracy"] >= 0.8
+    assert metrics["classifier_test_accuracy"] >= 0.8 and metrics["classifier_colour_test_accuracy"] >= 0.8
     index = (out / "index.html").read_text()
     assert "BtoA/0.png" in index and "domain score" in index
     assert "classifier accuracy" in capsys.readouterr().out
@@ -106,3 +107,16 @@ def test_export_writes_an_examples_grid_for_the_model_card(trained_run, tmp_path
     assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
     grid = Image.open(tmp_path / "card_examples.png")
     assert grid.height == 2 * 32  # before row, after row (tiny run: 32 px)
+
+
+def test_grayscale_classifier_cannot_see_colour():
+    from training.evaluate import DomainClassifier
+
+    classifier = DomainClassifier(grayscale=True).eval()
+    yellow = torch.zeros(1, 3, 32, 32)
+    yellow[:, 0], yellow[:, 1], yellow[:, 2] = 0.9, 0.8, -0.9
+    # same luma, different hue: identical verdicts
+    luma = 0.299 * 0.9 + 0.587 * 0.8 + 0.114 * -0.9
+    grey = torch.full((1, 3, 32, 32), luma)
+    with torch.no_grad():
+        assert torch.allclose(classifier(yellow), classifier(grey), atol=1e-5)
