@@ -140,8 +140,7 @@ def measure(workers: int, weights: Path, photo: bytes, singles: int, burst_size:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "weights" / "simpsonize.safetensors")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--burst", type=int, default=10, help="photos sent at once (default 10)")
@@ -151,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: serve's cores / workers)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     if not args.weights.is_file():
         print(f"service_latency: the weights file {args.weights} does not exist; pass --weights.", file=sys.stderr)
         return 2

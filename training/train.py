@@ -477,14 +477,24 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def record_session(out: Path, trainer: Trainer, start_step: int) -> None:
-    """Append where and how this stretch of training ran (the model card reports the hardware)."""
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     import platform
 
+    return platform.processor() or "CPU"
+
+
+def record_session(out: Path, trainer: Trainer, start_step: int) -> None:
+    """Append where and how this stretch of training ran (the model card reports the hardware)."""
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.exists() else []
     device = trainer.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "CPU")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     sessions.append({"start_step": start_step, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "device": f"{device.type}: {name}", "threads": torch.get_num_threads(),
                      "world_size": trainer.dist.world_size, "precision": "bf16" if trainer.bf16 else "fp32",
