@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from model.errors import SimpsonizeError
-from model.face import FaceCrop, crop_face
+from model.face import FaceCrop, crop_face, detect_faces, get_detector
 from model.imaging import ImageSource, to_images, to_tensor
 from model.weights import DEFAULT_WEIGHTS, load_generator
 
@@ -62,6 +62,13 @@ class Simpsonizer:
         self.input_size = int(self.metadata.get("input_size", 256))
         self.output_size = max(output_size or self.input_size, MIN_OUTPUT_SIZE)
         self.detector_device = "cuda" if self.device.type == "cuda" else "cpu"
+        get_detector(self.detector_device)  # built once per process, here rather than on the first photo
+
+    def warm_up(self) -> None:
+        """One detection and one generator pass on a blank image, so the first real photo is not the slow one."""
+        blank = Image.new("RGB", (self.input_size, self.input_size), (128, 128, 128))
+        detect_faces(blank, device=self.detector_device)
+        self.translate([blank])
 
     def __call__(self, image: ImageSource) -> SimpsonizeResult:
         return self.simpsonize(image)

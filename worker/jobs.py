@@ -42,6 +42,7 @@ def load_model(weights: str | Path | None = None, device: str | None = None, num
 
     with _model_lock:
         _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads)
+        _model.warm_up()
         _model_loads += 1
         return _model
 

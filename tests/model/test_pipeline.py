@@ -44,3 +44,8 @@ def test_weights_are_loaded_once_not_per_call(tiny_weights, astronaut, monkeypat
 def test_missing_weights_is_a_clear_error(tmp_path):
     with pytest.raises(MissingWeights, match="does not exist"):
         Simpsonizer(weights=tmp_path / "none.safetensors", device="cpu")
+
+
+def test_warm_up_runs_detector_and_generator(tiny_weights):
+    s = Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
+    s.warm_up()  # a blank image has no face: warming up must not raise
