@@ -12,6 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from model.errors import UnreadableImage
 
 ImageSource = Image.Image | bytes | str | Path
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 def open_image(source: ImageSource) -> Image.Image:

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from model.errors import SimpsonizeError, WeightsError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic"}
+from model.imaging import IMAGE_SUFFIXES
 PROGRESS_THRESHOLD = 3
 
 

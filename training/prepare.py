@@ -17,10 +17,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from model.errors import SimpsonizeError
-from model.imaging import open_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from model.errors import NoFaceFound, SimpsonizeError
+from model.imaging import IMAGE_SUFFIXES, open_image
 SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
@@ -111,7 +109,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
             try:
                 image = crop_face(path, size=size, device=device).image if is_real else square(open_image(path), size)
             except SimpsonizeError as exc:
-                if exc.__class__.__name__ == "NoFaceFound":
+                if isinstance(exc, NoFaceFound):
                     report.no_face += 1
                 else:
                     report.unreadable += 1
