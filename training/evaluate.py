@@ -150,7 +150,7 @@ def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, 
     """Metrics for the requested directions; with ``out``, also grids and a gallery there."""
     structure, accuracy = get_classifier(data, grayscale=True)
     colour, colour_accuracy = get_classifier(data, grayscale=False)
-    classifier = (structure, colour)
+    classifiers = (structure, colour)
     metrics: dict = {"classifier_test_accuracy": round(accuracy, 4),
                      "classifier_colour_test_accuracy": round(colour_accuracy, 4)}
     pages = []
@@ -161,7 +161,7 @@ def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, 
             continue
         images = load_fixed(files, size)
         forward, backward = (g_a, g_b) if direction == "AtoB" else (g_b, g_a)
-        result, fake, rec = evaluate_direction(forward, backward, images, classifier,
+        result, fake, rec = evaluate_direction(forward, backward, images, classifiers,
                                                target_is_simpsons=direction == "BtoA")
         result.direction = direction
         metrics[direction] = result.to_dict()
