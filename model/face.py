@@ -31,6 +31,22 @@ _detectors_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
+class Framing:
+    """How much of the head a crop shows. Stored in the weights' metadata so serving crops as training did."""
+
+    scale: float = CROP_SCALE  # crop side / mean(eye distance, eye-to-mouth distance)
+    eye_line: float = EYE_LINE  # height of the eye line in the crop, as a fraction of its side
+
+    def to_dict(self) -> dict:
+        return {"scale": self.scale, "eye_line": self.eye_line}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "Framing":
+        data = data or {}
+        return cls(scale=float(data.get("scale", CROP_SCALE)), eye_line=float(data.get("eye_line", EYE_LINE)))
+
+
+@dataclass(frozen=True)
 class Face:
     """One detected face, in the coordinates of the upright input image."""
 
@@ -91,7 +107,7 @@ def detect_faces(image: Image.Image, device: str = "cpu") -> list[Face]:
     return sorted(faces, key=lambda f: f.area, reverse=True)
 
 
-def crop_face(source: ImageSource, size: int = 256, device: str = "cpu") -> FaceCrop:
+def crop_face(source: ImageSource, size: int = 256, device: str = "cpu", framing: Framing = Framing()) -> FaceCrop:
     """Find the largest confident face, level its eyes and cut the square the generator expects.
 
     Raises ``NoFaceFound`` when there is none.
@@ -101,17 +117,18 @@ def crop_face(source: ImageSource, size: int = 256, device: str = "cpu") -> Face
     if not faces:
         raise NoFaceFound()
     face = faces[0]
-    return align_crop(image, face, size, other_faces=tuple(faces[1:]))
+    return align_crop(image, face, size, other_faces=tuple(faces[1:]), framing=framing)
 
 
-def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Face, ...] = ()) -> FaceCrop:
+def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Face, ...] = (),
+               framing: Framing = Framing()) -> FaceCrop:
     left_eye, right_eye, _nose, mouth_left, mouth_right = (np.asarray(p, dtype=np.float64) for p in face.landmarks)
     eyes = (left_eye + right_eye) / 2
     mouth = (mouth_left + mouth_right) / 2
     dx, dy = right_eye - left_eye
     angle = math.degrees(math.atan2(dy, dx))
     scale_ref = (np.linalg.norm(right_eye - left_eye) + np.linalg.norm(mouth - eyes)) / 2
-    side = max(float(scale_ref) * CROP_SCALE, 8.0)
+    side = max(float(scale_ref) * framing.scale, 8.0)
 
     # Shrink huge photos first so the affine resampling below never decimates by more than ~2x.
     shrink = max(1.0, side / (2 * size))
@@ -124,7 +141,7 @@ def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Fac
     theta = math.radians(angle)
     cos, sin = math.cos(theta), math.sin(theta)
     k = side_s / size
-    ou, ov = size / 2, EYE_LINE * size  # where the eye midpoint lands in the crop
+    ou, ov = size / 2, framing.eye_line * size  # where the eye midpoint lands in the crop
     a, b = k * cos, -k * sin
     d, e = k * sin, k * cos
     c = eyes_s[0] - a * ou - b * ov

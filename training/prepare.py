@@ -18,7 +18,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from model.errors import NoFaceFound, SimpsonizeError
+from model.face import CROP_SCALE, EYE_LINE, Framing
 from model.imaging import IMAGE_SUFFIXES, open_image
+
 SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
@@ -39,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=256, choices=(64, 128, 256), help="side of the stored squares")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each domain held out for test")
     parser.add_argument("--test-max", type=int, default=25, help="at most this many test images per domain")
+    parser.add_argument("--test-max-real", type=int, default=None,
+                        help="at most this many real test images (default: --test-max); the real test split is "
+                             "the evaluation pool of `simpsonize test`, so it wants a few hundred")
+    parser.add_argument("--framing-scale", type=float, default=CROP_SCALE,
+                        help="crop side / mean(eye distance, eye-to-mouth distance); larger shows more head and hair")
+    parser.add_argument("--eye-line", type=float, default=EYE_LINE, help="height of the eyes in the crop (0-1)")
+    parser.add_argument("--faces-from", type=Path, default=None,
+                        help="faces.json of an earlier prepare: reuse its detections instead of running MTCNN "
+                             "(a new framing of the same photos costs seconds, not minutes)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos per domain (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for face detection")
@@ -53,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
         print("error: --test-fraction must be in [0, 1).")
         return 2
     started = time.time()
+    if args.faces_from is not None and not args.faces_from.is_file():
+        print(f"error: {args.faces_from} does not exist.")
+        return 2
     summary = prepare(args.simpsons, args.real, args.out, size=args.size, test_fraction=args.test_fraction,
-                      test_max=args.test_max, limit=args.limit, seed=args.seed, device=args.device)
+                      test_max=args.test_max, test_max_real=args.test_max_real, limit=args.limit, seed=args.seed,
+                      device=args.device, framing=Framing(args.framing_scale, args.eye_line),
+                      faces_from=args.faces_from)
     counts = summary["counts"]
     print(f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
           f"testB {counts['testB']}; skipped {summary['real']['no_face']} real photos without a face, "
@@ -77,8 +93,29 @@ def split_count(n: int, fraction: float, maximum: int) -> int:
 
 
 def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, test_fraction: float = 0.1,
-            test_max: int = 25, limit: int | None = None, seed: int = 0, device: str = "cpu") -> dict:
-    from model.face import crop_face
+            test_max: int = 25, test_max_real: int | None = None, limit: int | None = None, seed: int = 0,
+            device: str = "cpu", framing: Framing = Framing(), faces_from: Path | None = None) -> dict:
+    from model.face import Face, align_crop, detect_faces
+
+    # Detections keyed by source path: a later prepare with another framing reuses them (MTCNN is the slow part).
+    known_faces: dict[str, dict | None] = json.loads(faces_from.read_text()) if faces_from else {}
+    faces_seen: dict[str, dict | None] = {}
+
+    def crop_real(path: Path) -> Image.Image:
+        key = str(path.resolve())
+        image = open_image(path)
+        if key in known_faces:
+            found = known_faces[key]
+            face = Face(box=tuple(found["box"]), confidence=found["confidence"],
+                        landmarks=tuple(tuple(p) for p in found["landmarks"])) if found else None
+        else:
+            faces = detect_faces(image, device=device)
+            face = faces[0] if faces else None
+        faces_seen[key] = None if face is None else {"box": list(face.box), "confidence": face.confidence,
+                                                     "landmarks": [list(p) for p in face.landmarks]}
+        if face is None:
+            raise NoFaceFound()
+        return align_crop(image, face, size, framing=framing).image
 
     rng = random.Random(seed)
     for split in SPLITS:
@@ -107,7 +144,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
                 continue
             seen.add(digest)
             try:
-                image = crop_face(path, size=size, device=device).image if is_real else square(open_image(path), size)
+                image = crop_real(path) if is_real else square(open_image(path), size)
             except SimpsonizeError as exc:
                 if isinstance(exc, NoFaceFound):
                     report.no_face += 1
@@ -118,10 +155,13 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
             image.save(target)
             report.kept.append(target)
             written += 1
-        # The split is drawn after filtering so that test sizes follow the rule on usable images.
-        n_test = split_count(len(report.kept), test_fraction, test_max)
+        # The split is drawn after filtering so that test sizes follow the rule on usable images. The test images
+        # are the *last* of the seeded shuffle, so a run prepared with --limit never trained on them either.
+        cap = test_max_real if (is_real and test_max_real is not None) else test_max
+        n_test = split_count(len(report.kept), test_fraction, cap)
+        first_test = len(report.kept) - n_test
         for i, staged in enumerate(report.kept):
-            split = f"test{domain}" if i < n_test else f"train{domain}"
+            split = f"test{domain}" if i >= first_test else f"train{domain}"
             staged.rename(out / split / staged.name)
         staging.rmdir()
         reports[domain] = report
@@ -136,8 +176,10 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         "sources": {"A": [str(simpsons)], "B": [str(p) for p in real]},
         "simpsons": _report_dict(reports["A"]),
         "real": _report_dict(reports["B"]),
-        "crop": "model.face.crop_face",
+        "crop": "model.face.align_crop",
+        "framing": framing.to_dict(),
     }
+    (out / "faces.json").write_text(json.dumps(faces_seen))
     (out / "dataset.json").write_text(json.dumps(summary, indent=2))
     write_preview(out, counts, rng)
     return summary
