@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.concurrency import run_in_threadpool
 
+from app.guard import Busy, ClientLimits, UploadGate, client_key, with_deadline
 from app.jobstore import JobStore, QueueFull
 from app.settings import Settings
-from app.uploads import normalise, read_upload
+from app.uploads import UploadError, normalise, read_upload
 
 
 def get_store(request: Request) -> JobStore:
@@ -34,20 +35,52 @@ class ServiceUnavailable(Exception):
 async def submit_upload(request: Request) -> str:
     """Validate the request's upload and enqueue it; returns the job id.
 
-    Raises ``UploadError`` (4xx) or ``ServiceUnavailable`` (503: queue full or Redis unreachable).
+    In order, each step before any work of the next: the client's rate limit and job places (429), a free upload
+    slot (503), the body within ``upload_timeout`` (408) and its size (413), a decode when a decoder is free, then
+    the queue (503 when full). Raises ``UploadError`` (4xx), ``TooManyRequests`` (429) or ``ServiceUnavailable``
+    (503: busy, queue full or Redis unreachable).
     """
     store: JobStore = request.app.state.store
     settings: Settings = request.app.state.settings
+    limits: ClientLimits = request.app.state.client_limits
+    gate: UploadGate = request.app.state.upload_gate
     busy = ServiceUnavailable("Too many photos are waiting right now; please try again in a few seconds.",
                               settings.retry_after)
+    client = client_key(request.client.host if request.client else None)
+    token = None
     try:
+        await run_in_threadpool(limits.hit, client)
+        token = await run_in_threadpool(limits.reserve, client)
         await run_in_threadpool(store.check_capacity)  # before reading the body: no work when full
-        upload = await read_upload(request, settings.max_upload_bytes)
-        image = await run_in_threadpool(normalise, upload.data, max_pixels=settings.max_pixels,
-                                        max_side=settings.max_side)
-        return await run_in_threadpool(store.submit, image.jpeg)
+        async with gate.upload():
+            try:
+                upload = await with_deadline(read_upload(request, settings.max_upload_bytes),
+                                             settings.upload_timeout)
+            except TimeoutError:
+                raise UploadError(408, f"The upload took longer than {settings.upload_timeout:g} seconds; "
+                                       "please try again on a faster connection or with a smaller photo.") from None
+            image = await gate.decode(normalise, upload.data, max_pixels=settings.max_pixels,
+                                      max_side=settings.max_side,
+                                      max_pixels_full_decode=settings.max_pixels_full_decode)
+            del upload
+        job_id = await run_in_threadpool(store.submit, image.jpeg)
+        await run_in_threadpool(limits.confirm, client, token, job_id)
+        token = None
+        return job_id
+    except Busy:
+        raise ServiceUnavailable("The server is receiving too many photos right now; please try again in a few "
+                                 "seconds.", settings.retry_after) from None
     except QueueFull:
         raise busy from None
+    except OutOfMemoryError as exc:
+        raise ServiceUnavailable("The service's storage is full right now; please try again in a minute.",
+                                 max(settings.retry_after, 60)) from exc
     except RedisError as exc:
         raise ServiceUnavailable("The job queue is unreachable right now; please try again shortly.",
                                  settings.retry_after) from exc
+    finally:
+        if token is not None:
+            try:
+                await run_in_threadpool(limits.release, client, token)
+            except RedisError:
+                pass  # the reservation expires on its own

@@ -16,10 +16,16 @@ from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 from rq.worker_registration import get_keys as worker_keys
 
 from app import keys
 from app.settings import Settings
+
+# Job data, meta and results are JSON, never pickles: whoever can write to Redis must not be able to run code in the
+# web process or the workers. Every Queue, Job.fetch and Worker uses this.
+SERIALIZER = JSONSerializer
+SOCKET_TIMEOUT = 10.0  # seconds: a Redis that stops answering fails the request (503) instead of hanging it
 
 GENERIC_FAILURE = "Something went wrong while Simpsonizing this photo. Please try again."
 EXPIRED_FAILURE = "The job was stopped before it finished. Please try again."
@@ -31,7 +37,7 @@ class QueueFull(Exception):
 
 def connect(url: str) -> Redis:
     """A Redis client for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
-    return Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30)
 
 
 def refresh_rq_ttls(queue: Queue, ttl: int) -> None:
@@ -88,7 +94,7 @@ class JobStore:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.queue = Queue(settings.queue_name, connection=redis)
+        self.queue = Queue(settings.queue_name, connection=redis, serializer=SERIALIZER)
         self.prefix = settings.key_prefix
 
     # -- writing -------------------------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ class JobStore:
         if not keys.is_job_id(job_id):
             return None
         try:
-            return Job.fetch(job_id, connection=self.redis)
+            return Job.fetch(job_id, connection=self.redis, serializer=SERIALIZER)
         except NoSuchJobError:
             return None
 

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from app.cpu import available_cpus
 from app.settings import get_settings
 
 WORKER_STOP_TIMEOUT = 30.0
@@ -50,11 +51,18 @@ def _say(message: str) -> None:
     print(f"simpsonize serve: {message}", file=sys.stderr, flush=True)
 
 
+def uvicorn_options(settings) -> dict:
+    """uvicorn's limits. Forwarded headers are handled by the app itself (``ProxyHeadersMiddleware``, trusting only
+    ``SIMPSONIZE_FORWARDED_ALLOW_IPS``), so uvicorn's own handling, which would trust its own list, is off."""
+    return dict(proxy_headers=False, limit_concurrency=settings.limit_concurrency, timeout_keep_alive=5,
+                server_header=False, timeout_graceful_shutdown=10)
+
+
 def _serve(app, args) -> "uvicorn.Server":  # noqa: F821
     import uvicorn
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True,
-                            forwarded_allow_ips="*", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            **uvicorn_options(app.state.settings))
     return uvicorn.Server(config)
 
 
@@ -166,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         except DataDirInUse as exc:
             _say(str(exc))
             return 2
-        threads = args.threads or max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+        threads = args.threads or max(1, available_cpus() // max(1, workers))  # cgroup CPU quota counts
         commands = [worker_command(threads, weights, f"embedded-{os.getpid()}-{i + 1}", args.device)
                     for i in range(workers)]
         # Idle OpenMP threads sleep instead of spinning: on a busy machine (several workers, or a training job

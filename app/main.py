@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app.guard import ClientLimits, UploadGate
+from app.http_security import CrossSiteGuard, SecurityHeaders, docs_csp
 from app.jobstore import JobStore, connect
 from app.routes import health, jobs, pages
 from app.settings import REPO_ROOT, Settings, get_settings
@@ -35,9 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set: run `simpsonize serve`, which starts an embedded Redis, "
                          "or set REDIS_URL.")
-    app = FastAPI(title="Simpsonize", version="1", description=DESCRIPTION)
+    app = FastAPI(title="Simpsonize", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.store = JobStore(settings, connect(settings.redis_url))
+    app.state.client_limits = ClientLimits(settings, app.state.store.redis)
+    app.state.upload_gate = UploadGate(settings)
     app.state.templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     app.include_router(jobs.router)
@@ -48,4 +56,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": _sentence(exc)}, status_code=422)
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API")
+        return HTMLResponse(page.body, headers={"Content-Security-Policy": docs_csp(page.body.decode())})
+
+    # Outermost last: client address first (from trusted proxies only), then Host, headers, CORS, cross-site.
+    app.add_middleware(CrossSiteGuard, api_prefix=jobs.PREFIX, cors_origins=settings.split(settings.cors_origins))
+    if cors := settings.split(settings.cors_origins):
+        app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["*"], expose_headers=["Location", "Retry-After"], max_age=600)
+    app.add_middleware(SecurityHeaders)
+    if (hosts := settings.split(settings.allowed_hosts)) and "*" not in hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.split(settings.forwarded_allow_ips))
     return app

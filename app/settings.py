@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,25 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * MB, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)  # decoded size limit against decompression bombs
     max_side: int = Field(default=1600, ge=64)  # longest side after normalisation
+    # Formats decoded at full size (all but JPEG, which decodes reduced) cost 4 bytes a pixel with alpha: lower limit.
+    max_pixels_full_decode: int = Field(default=24_000_000, gt=0)
+    # Images decoded at once by the web process (each holds one full-size decode); None = CPUs available, at most 4.
+    decode_concurrency: int | None = Field(default=None, ge=1)
+    # Uploads being received or decoded at once; more get 503 + Retry-After at once (each holds up to max_upload_bytes).
+    max_uploads_in_progress: int = Field(default=16, ge=1)
+    upload_timeout: float = Field(default=60.0, gt=0)  # seconds to receive a whole upload body, else 408
+
+    # Abuse limits, per client (the peer address, or the forwarded one from a trusted proxy).
+    # "20/minute" (any `limits` string: "5/second", "100/hour;20/minute") or "off", which also lifts the
+    # per-client queue cap (for benchmarks).
+    rate_limit: str = "20/minute"
+    max_queued_per_client: int = Field(default=5, ge=1)  # a client's jobs waiting at once; more -> 429
+
+    # HTTP. Comma-separated lists.
+    forwarded_allow_ips: str = "127.0.0.1"  # proxies whose X-Forwarded-For/-Proto are believed ("*": any; unsafe)
+    allowed_hosts: str = "*"  # Host headers answered (TrustedHostMiddleware), e.g. "photos.example.org"
+    cors_origins: str = ""  # origins allowed to call the REST API from a browser; empty = same origin only
+    limit_concurrency: int = Field(default=200, ge=1)  # open connections uvicorn serves before answering 503
 
     # Queue and lifetimes (seconds). Every key the service writes expires.
     max_queue: int = Field(default=100, ge=1)  # queued jobs beyond this -> 503
@@ -48,6 +67,34 @@ class Settings(BaseSettings):
     # Embedded default (`simpsonize serve` without REDIS_URL).
     data_dir: Path = Path("data")
     poll_interval_ms: int = Field(default=1000, ge=100)  # how often the page asks for progress
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_is_valid(cls, value: str) -> str:
+        if value.strip().lower() in ("off", "none", "0", ""):
+            return "off"
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"rate_limit must look like '20/minute' or be 'off' ({exc})") from None
+        return value
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rate_limit != "off"
+
+    @property
+    def decoders(self) -> int:
+        """Decodes at once: ``decode_concurrency``, else one per available CPU, at most 4."""
+        from app.cpu import available_cpus
+
+        return self.decode_concurrency or min(4, available_cpus())
+
+    @staticmethod
+    def split(value: str) -> list[str]:
+        return [item.strip() for item in value.split(",") if item.strip()]
 
     @property
     def input_ttl(self) -> int:

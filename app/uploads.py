@@ -13,7 +13,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -144,22 +144,54 @@ class NormalisedImage:
     source_size: tuple[int, int]
 
 
-def normalise(data: bytes, *, max_pixels: int, max_side: int) -> NormalisedImage:
-    """Decode for real and normalise; raises ``UploadError`` (413 pixel limit, 415 not a supported image)."""
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose does).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+REDUCED_DECODE = ("JPEG",)  # formats Pillow can decode at 1/2, 1/4 or 1/8 scale (draft)
+STRIP_PIXELS = 1 << 18  # flatten/convert big images a strip of about this many pixels at a time
+WHITE = (255, 255, 255)
+
+
+def pixel_limit(image_format: str | None, max_pixels: int, max_pixels_full_decode: int | None) -> int:
+    """JPEG is decoded reduced (draft), so only ``max_pixels`` applies; every other format is decoded at full size
+    (4 bytes a pixel with alpha), so it also gets the lower ``max_pixels_full_decode``."""
+    if image_format in REDUCED_DECODE or max_pixels_full_decode is None:
+        return max_pixels
+    return min(max_pixels, max_pixels_full_decode)
+
+
+def normalise(data: bytes, *, max_pixels: int, max_side: int,
+              max_pixels_full_decode: int | None = None) -> NormalisedImage:
+    """Decode for real and normalise; raises ``UploadError`` (413 pixel limit, 415 not a supported image).
+
+    Memory: one full-size decode (JPEG: reduced by up to 8x first) plus small copies. The image is shrunk before
+    anything else happens to it: transparency is flattened and other modes converted strip by strip while reducing,
+    and the EXIF orientation is applied to the shrunk image (the bounding box is square, so the order is free).
+    """
     not_an_image = UploadError(415, "The file is not a JPEG, PNG or WebP image.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = image.size
-            if width * height > max_pixels:
+            limit = pixel_limit(image.format, max_pixels, max_pixels_full_decode)
+            if width * height > limit:
                 raise UploadError(413, f"The photo has too many pixels ({width}x{height}); the limit is "
-                                       f"{max_pixels / 1e6:.0f} megapixels.")
+                                       f"{limit / 1e6:.0f} megapixels" + (
+                                           "" if limit == max_pixels else
+                                           f" for {image.format} ({max_pixels / 1e6:.0f} for JPEG)") + ".")
             source_format = image.format or "?"
-            if image.format == "JPEG":
-                image.draft("RGB", (max_side, max_side))  # decode big JPEGs at a reduced scale
+            if image.format in REDUCED_DECODE:
+                image.draft("RGB", _target_size(image.size, max_side))  # decode big JPEGs at a reduced scale
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            if image.width < 1 or image.height < 1:
+                raise not_an_image
+            rgb = shrink_to_rgb(image, max_side)
+            del image  # the full-size decode is freed before encoding
+            if orientation in _UPRIGHT:
+                rgb = rgb.transpose(_UPRIGHT[orientation])  # small by now
     except UploadError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, hit while opening
@@ -169,27 +201,64 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int) -> NormalisedImage
         raise not_an_image from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
         raise UploadError(415, "The image could not be decoded: the file looks damaged or truncated.") from exc
-    if image.width < 1 or image.height < 1:
-        raise not_an_image
-    rgb = to_rgb(image)
-    rgb.thumbnail((max_side, max_side), Image.LANCZOS)
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=95, subsampling=0)
     return NormalisedImage(jpeg=buffer.getvalue(), width=rgb.width, height=rgb.height,
                            source_format=source_format, source_size=(width, height))
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB; transparency is flattened onto white, 16-bit greys are rescaled."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        peak = 65535.0 if image.mode.startswith("I;16") else max(float(image.getextrema()[1] or 1), 1.0)
-        return image.convert("F").point(lambda v: v * 255.0 / peak).convert("L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if "A" in image.mode or image.mode == "PA":
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size ``thumbnail((max_side, max_side))`` gives: aspect kept, longest side at most ``max_side``."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shrink_to_rgb(image: Image.Image, max_side: int) -> Image.Image:
+    """8-bit RGB, longest side <= ``max_side``, made from ``image`` without a second full-size copy.
+
+    RGB and L shrink in place (Pillow's thumbnail reduces by an integer factor first). Any other mode (alpha,
+    palette, 16-bit, CMYK) is converted and resized strip by strip, so the only full-size buffer is the decoded
+    image itself. Transparency is flattened onto white; 16-bit and
+    32-bit greys are rescaled to 8 bits.
+    """
+    target = _target_size(image.size, max_side)
+    if image.mode in ("RGB", "L") and "transparency" not in image.info:
+        image.thumbnail(target, Image.LANCZOS)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    convert = _strip_converter(image)
+    if target == image.size:
+        return convert(image)  # small already
+    width, height = image.size
+    scale = height / target[1]
+    margin = 3 * scale + 2  # Lanczos reaches 3 output pixels (3 * scale input rows) either side
+    out_rows = max(1, int(STRIP_PIXELS / width / scale))  # output rows a strip: about STRIP_PIXELS input pixels
+    shrunk = Image.new("RGB", target)
+    for first in range(0, target[1], out_rows):
+        last = min(first + out_rows, target[1])
+        top = max(0, int(first * scale - margin))
+        bottom = min(height, int(last * scale + margin) + 1)
+        strip = convert(image.crop((0, top, width, bottom)))
+        # The box is where these output rows come from; Pillow reads the margin around it, so the strips join
+        # seamlessly, as one resize of the whole image would.
+        part = strip.resize((target[0], last - first), Image.LANCZOS,
+                            box=(0, first * scale - top, width, last * scale - top))
+        shrunk.paste(part, (0, first))
+    return shrunk
+
+
+def _strip_converter(image: Image.Image):
+    """A function turning one strip of ``image`` (same mode) into 8-bit RGB."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        peak = 65535.0 if mode.startswith("I;16") else max(float(image.getextrema()[1] or 1), 1.0)
+        return lambda strip: strip.convert("F").point(lambda v: v * 255.0 / peak).convert("L").convert("RGB")
+    transparent = "A" in mode or "a" in mode or (mode in ("P", "L", "RGB") and "transparency" in image.info)
+
+    def flatten(strip: Image.Image) -> Image.Image:
+        rgba = strip if strip.mode == "RGBA" else strip.convert("RGBA")
+        flat = Image.new("RGB", strip.size, WHITE)
+        flat.paste(rgba, mask=rgba)  # the alpha channel blends the strip onto white
+        return flat
+
+    return flatten if transparent else (lambda strip: strip.convert("RGB"))

@@ -17,7 +17,8 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from app.jobstore import connect, refresh_rq_ttls
+from app.cpu import limited_cpus
+from app.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from app.settings import get_settings
 
 log = logging.getLogger("simpsonize.worker")
@@ -27,6 +28,9 @@ class ModelWorker(SimpleWorker):
     """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one."""
 
     bookkeeping_ttl = 7200
+
+    def __init__(self, *args, serializer=SERIALIZER, **kwargs):
+        super().__init__(*args, serializer=serializer, **kwargs)  # JSON: a job from Redis never unpickles code
 
     def execute_job(self, job, queue):
         try:
@@ -62,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="Generator weights (default: $SIMPSONIZE_WEIGHTS or the shipped "
                                                      "weights/simpsonize.safetensors).")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU).")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS or all "
-                                                    "cores; give cores / workers when several run on one machine).")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
+                                                    "cgroup CPU quota when one is set, else torch's default; give "
+                                                    "cores / workers when several run on one machine).")
     parser.add_argument("--name", help="Worker name (default: RQ's random name).")
     parser.add_argument("--burst", action="store_true", help="Quit when the queue is empty.")
     parser.add_argument("--max-jobs", type=int, help="Quit after this many jobs.")
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model = load_model(weights, device=args.device or settings.device,
-                           num_threads=args.threads or settings.worker_threads)
+                           num_threads=args.threads or settings.worker_threads or limited_cpus())
     except SimpsonizeError as exc:
         print(f"simpsonize worker: {exc}", file=sys.stderr)
         return 2
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     except RedisError as exc:
         print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
         return 2
-    queue = Queue(args.queue or settings.queue_name, connection=redis)
+    queue = Queue(args.queue or settings.queue_name, connection=redis, serializer=SERIALIZER)
     worker = ModelWorker([queue], connection=redis, name=args.name)
     worker.bookkeeping_ttl = settings.bookkeeping_ttl
     worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())

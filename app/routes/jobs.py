@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.deps import ServiceUnavailable, get_store, submit_upload
+from app.guard import TooManyRequests
 from app.jobstore import JobStore, job_view_dict
 from app.schemas import ErrorResponse, JobCreated, JobState
 from app.uploads import FIELD, UploadError
@@ -13,7 +14,8 @@ from app.uploads import FIELD, UploadError
 PREFIX = "/api/v1/jobs"
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
 
-NOT_FOUND = "No such job: it never existed, has expired, or was deleted."
+NOT_FOUND = ("No such job: it never existed, has expired, was deleted, or was lost when the service restarted. "
+             "Please upload the photo again.")
 _errors = {code: {"model": ErrorResponse, "description": text} for code, text in {
     404: "Unknown, expired or deleted job.",
 }.items()}
@@ -39,14 +41,20 @@ def error(status_code: int, detail: str, headers: dict[str, str] | None = None) 
     summary="Upload a photo; it is validated, normalised and queued.",
     responses={413: {"model": ErrorResponse, "description": "File or pixel count over the limit."},
                415: {"model": ErrorResponse, "description": "Not a JPEG, PNG or WebP image."},
+               403: {"model": ErrorResponse, "description": "Sent by a browser from another site."},
+               408: {"model": ErrorResponse, "description": "The body took longer than the upload timeout."},
                422: {"model": ErrorResponse, "description": f"No multipart field '{FIELD}'."},
-               503: {"model": ErrorResponse, "description": "Queue full or unreachable; see Retry-After."}},
+               429: {"model": ErrorResponse, "description": "Too many uploads from this client, or too many of "
+                                                            "its photos waiting; see Retry-After."},
+               503: {"model": ErrorResponse, "description": "Busy, queue full or unreachable; see Retry-After."}},
 )
 async def create_job(request: Request):
     try:
         job_id = await submit_upload(request)
     except UploadError as exc:
         return error(exc.status_code, exc.detail)
+    except TooManyRequests as exc:
+        return error(429, exc.detail, {"Retry-After": str(exc.retry_after)})
     except ServiceUnavailable as exc:
         return error(503, exc.detail, {"Retry-After": str(exc.retry_after)})
     url = f"{PREFIX}/{job_id}"

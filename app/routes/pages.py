@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.deps import ServiceUnavailable, get_store, submit_upload
+from app.guard import TooManyRequests
 from app.jobstore import JobStore
 from app.routes.jobs import NOT_FOUND, PREFIX
 from app.uploads import UploadError
@@ -42,9 +43,9 @@ async def upload_form(request: Request):
         job_id = await submit_upload(request)
     except UploadError as exc:
         return _page(request, "index.html", status_code=exc.status_code, error=exc.detail)
-    except ServiceUnavailable as exc:
-        return _page(request, "index.html", status_code=503, error=exc.detail,
-                     headers={"Retry-After": str(exc.retry_after)})
+    except (TooManyRequests, ServiceUnavailable) as exc:
+        return _page(request, "index.html", status_code=429 if isinstance(exc, TooManyRequests) else 503,
+                     error=exc.detail, headers={"Retry-After": str(exc.retry_after)})
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 

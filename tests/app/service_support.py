@@ -51,7 +51,9 @@ def shared_redis() -> EmbeddedRedis:
 
 
 def make_settings(redis_url: str, weights: Path | None = None, **overrides) -> Settings:
-    values = dict(redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}", poll_interval_ms=200)
+    # Every test client is the same address ("testclient"): per-client limits are off unless a test sets them.
+    values = dict(redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}", poll_interval_ms=200,
+                  rate_limit="off")
     if weights is not None:
         values["weights"] = weights
     values.update(overrides)
