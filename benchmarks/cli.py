@@ -1,17 +1,18 @@
-"""`simpsonize bench model|service ...`: the benchmarks, each printing its own figures."""
+"""`simpsonize bench model|service|uploads ...`: the benchmarks, each printing its own figures."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import model_speed, service_latency
+from benchmarks import model_speed, service_latency, upload_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
     model_speed.add_arguments(sub.add_parser("model", help="detect and generate time per image"))
     service_latency.add_arguments(sub.add_parser("service", help="end-to-end latency of the embedded service"))
+    upload_memory.add_arguments(sub.add_parser("uploads", help="web process peak memory under a burst of big PNGs"))
 
 
 def run(args: argparse.Namespace) -> int:
-    return model_speed.run(args) if args.bench == "model" else service_latency.run(args)
+    return {"model": model_speed, "service": service_latency, "uploads": upload_memory}[args.bench].run(args)
