@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import os
 import shutil
 import signal
 import subprocess
@@ -51,16 +52,38 @@ def stop_process(process: subprocess.Popen, timeout: float, sig: int = signal.SI
     return process.wait()
 
 
-class DataDirInUse(RuntimeError):
+class DataDirError(RuntimeError):
+    """The data directory cannot be used: refuse to start, with this sentence."""
+
+
+class DataDirInUse(DataDirError):
     pass
+
+
+class DataDirUnsafe(DataDirError):
+    pass
+
+
+def secure_data_dir(path: Path) -> None:
+    """Create ``path`` mode 0700, or check that an existing one belongs to us (and make it 0700): the Redis socket
+    and lock live there, and nobody else may swap them."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise DataDirUnsafe(f"The data directory {path} belongs to user id {info.st_uid}, not to this user "
+                            f"({os.geteuid()}); use a directory of your own (--data-dir or SIMPSONIZE_DATA_DIR).")
+    if info.st_mode & 0o077:
+        path.chmod(0o700)
 
 
 class EmbeddedRedis:
     """``start()`` returns a ``unix://`` URL; ``stop()`` shuts the server down. Nothing is written to disk but the
     socket and a lock file (every key carries a TTL anyway)."""
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, maxmemory: str = "1gb") -> None:
         self.data_dir = Path(data_dir).resolve()
+        # Full Redis refuses writes (uploads get 503) rather than evicting keys, which would drop queued jobs.
+        self.maxmemory = maxmemory
         self.process: subprocess.Popen | None = None
         self._lock_file = None
         self._socket_dir: str | None = None
@@ -75,7 +98,7 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, timeout: float = 20.0) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(self.data_dir)
         self._lock_file = open(self.data_dir / "redis.lock", "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,10 +106,25 @@ class EmbeddedRedis:
             self._lock_file.close()
             self._lock_file = None
             raise DataDirInUse(f"Another Simpsonize server is already using the data directory {self.data_dir}.")
+        try:
+            return self._launch(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, timeout: float = 20.0) -> str:
+        """Start a fresh server on the same socket after the last one died (the data-dir lock is kept). It starts
+        empty: nothing was ever persisted."""
+        if self.process is not None and self.process.poll() is None:
+            stop_process(self.process, timeout)
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> str:
         self.socket.unlink(missing_ok=True)
         command = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                    "--dir", str(self.data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
-                   "--loglevel", "warning", "--logfile", ""]
+                   "--loglevel", "warning", "--logfile", "", "--maxmemory", self.maxmemory,
+                   "--maxmemory-policy", "noeviction"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                         start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
@@ -101,11 +139,9 @@ class EmbeddedRedis:
                 except (RedisConnectionError, BusyLoadingError, FileNotFoundError):
                     pass
                 if time.monotonic() > deadline:
+                    stop_process(self.process, 5)
                     raise RuntimeError(f"redis-server did not answer on {self.socket} within {timeout:.0f} s.")
                 time.sleep(0.05)
-        except BaseException:
-            self.stop()
-            raise
         finally:
             client.close()
 

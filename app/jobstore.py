@@ -13,13 +13,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from redis import Redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import WatchError
+from redis.retry import Retry
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
-from rq.worker_registration import get_keys as worker_keys
 
-from app import keys
+from app import keys, liveness
 from app.settings import Settings
 
 # Job data, meta and results are JSON, never pickles: whoever can write to Redis must not be able to run code in the
@@ -36,8 +38,13 @@ class QueueFull(Exception):
 
 
 def connect(url: str) -> Redis:
-    """A Redis client for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
-    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30)
+    """A Redis client for ``redis://``, ``rediss://`` or ``unix://`` URLs.
+
+    A command that finds the connection broken (Redis restarted) reconnects and is retried a few times within about
+    half a second; a Redis that stays away gives a ``RedisError`` fast, which the app answers with 503.
+    """
+    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30,
+                          retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), 3))
 
 
 def refresh_rq_ttls(queue: Queue, ttl: int) -> None:
@@ -103,17 +110,33 @@ class JobStore:
             raise QueueFull()
 
     def submit(self, image: bytes) -> str:
-        """Store the normalised photo and enqueue its job; returns the new job id."""
-        self.check_capacity()
+        """Store the normalised photo and enqueue its job; returns the new job id.
+
+        The queue-full check and the enqueue are one atomic step: a transaction that WATCHes the queue list, so
+        two uploads racing for the last place cannot both get it (the loser re-checks and gets ``QueueFull``).
+        Nothing is written when the queue is full.
+        """
         s = self.settings
-        job_id = keys.new_job_id()
-        self.redis.set(keys.input_key(self.prefix, job_id), image, ex=s.input_ttl)
-        self.queue.enqueue(
-            keys.JOB_FUNCTION, job_id, self.prefix, s.result_ttl,
-            job_id=job_id, description="simpsonize photo",
-            ttl=s.queue_ttl, result_ttl=s.result_ttl, failure_ttl=s.result_ttl, job_timeout=s.job_timeout,
-        )
-        refresh_rq_ttls(self.queue, s.bookkeeping_ttl)
+        queue = self.queue
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(queue.key)
+                    if pipe.llen(queue.key) >= s.max_queue:
+                        raise QueueFull()
+                    job_id = keys.new_job_id()
+                    pipe.multi()
+                    pipe.set(keys.input_key(self.prefix, job_id), image, ex=s.input_ttl)
+                    queue.enqueue_call(
+                        keys.JOB_FUNCTION, args=(job_id, self.prefix, s.result_ttl),
+                        job_id=job_id, description="simpsonize photo", ttl=s.queue_ttl, result_ttl=s.result_ttl,
+                        failure_ttl=s.result_ttl, timeout=s.job_timeout, pipeline=pipe,
+                    )
+                    pipe.execute()
+                    break
+                except WatchError:  # another upload changed the queue between our check and our enqueue
+                    continue
+        refresh_rq_ttls(queue, s.bookkeeping_ttl)
         return job_id
 
     def delete(self, job_id: str) -> bool:
@@ -162,8 +185,7 @@ class JobStore:
             view.status = "started"
         elif rq_status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             view.status = "failed"
-            view.error = job.meta.get("error") or (GENERIC_FAILURE if rq_status == JobStatus.FAILED
-                                                   else EXPIRED_FAILURE)
+            view.error = job.meta.get("error") or self._unexplained_failure(job, rq_status)
             timings.update(job.meta.get("timings", {}))
         else:  # queued, deferred, scheduled, created
             position = self.queue.get_job_position(job_id)
@@ -173,6 +195,17 @@ class JobStore:
             timings["end_to_end"] = total
         view.timings = timings or None
         return view
+
+    @staticmethod
+    def _unexplained_failure(job: Job, rq_status: JobStatus) -> str:
+        """A failure the job function did not explain: RQ found the job abandoned (its worker died and nobody
+        reaped it sooner), stopped or canceled it, or the worker could not even record the reason."""
+        if rq_status != JobStatus.FAILED:
+            return EXPIRED_FAILURE
+        result = job.latest_result()
+        if result is not None and "AbandonedJobError" in (result.exc_string or ""):
+            return liveness.WORKER_STOPPED
+        return GENERIC_FAILURE
 
     def result_meta(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.result_key(self.prefix, job_id), "meta")
@@ -186,14 +219,8 @@ class JobStore:
 
     # -- health --------------------------------------------------------------------------------------------------
     def live_workers(self) -> int:
-        """Workers registered for our queue whose heartbeat key has not expired."""
-        names = sorted(worker_keys(queue=self.queue))
-        if not names:
-            return 0
-        with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.exists(name)
-            return sum(pipe.execute())
+        """Workers registered for our queue whose last heartbeat is at most 2 x ``worker_heartbeat`` old."""
+        return len(liveness.live_workers(self.queue, 2 * self.settings.worker_heartbeat))
 
     def readiness(self) -> tuple[bool, str]:
         try:

@@ -67,56 +67,113 @@ def _serve(app, args) -> "uvicorn.Server":  # noqa: F821
 
 
 class WorkerPool:
-    """The embedded default's worker processes. One that exits on its own is restarted, unless it failed to start
-    (exit code 2: bad weights, unreachable Redis) or died within ``MIN_UPTIME`` seconds of starting."""
+    """The embedded default's worker processes, supervised.
+
+    A worker that exits on its own is replaced by a new one with a new, unique RQ name (RQ refuses to register a
+    second worker under the name of a dead one whose key has not expired yet). ``on_exit(name)`` is called for each
+    worker that exited, so the launcher can end the job it held at once (``app.liveness.reap``).
+
+    The service stops instead when a worker fails to start for a reason a restart cannot fix: exit code 2 (bad
+    weights or settings), exit code 3 (Redis unreachable) from a first-generation worker, or ``MAX_QUICK_CRASHES``
+    crashes in a row each within ``MIN_UPTIME`` seconds of starting. Quick crashes are retried after a pause that
+    doubles each time (``RESTART_DELAY`` up to 30 s), so a crash loop does not eat the CPU.
+    """
 
     MIN_UPTIME = 15.0
+    MAX_QUICK_CRASHES = 5
+    RESTART_DELAY = 1.0
 
-    def __init__(self, commands: list[list[str]], env: dict[str, str], preexec_fn) -> None:
+    def __init__(self, commands: list[list[str]], env: dict[str, str], preexec_fn, name_prefix: str | None = None,
+                 on_exit=None) -> None:
         self.commands = commands
         self.env = env
         self.preexec_fn = preexec_fn
-        self.processes: list[subprocess.Popen] = []
+        self.name_prefix = name_prefix
+        self.on_exit = on_exit
+        self.processes: list[subprocess.Popen | None] = []
+        self.names: list[str | None] = []
         self.started: list[float] = []
+        self.generation: list[int] = []
+        self.quick_crashes: list[int] = []
+        self.restart_at: list[float | None] = []
         self.stopping = False
         self.lock = threading.Lock()
 
-    def _spawn(self, command: list[str]) -> subprocess.Popen:
+    def _spawn(self, i: int) -> None:
+        self.generation[i] += 1
+        command = list(self.commands[i])
+        name = None
+        if self.name_prefix:
+            name = f"{self.name_prefix}-{i + 1}.{self.generation[i]}"
+            command += ["--name", name]
         # Own session: the terminal's Ctrl-C reaches only the launcher, which stops things in order.
-        return subprocess.Popen(command, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                preexec_fn=self.preexec_fn)
+        self.processes[i] = subprocess.Popen(command, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                             preexec_fn=self.preexec_fn)
+        self.names[i] = name
+        self.started[i] = time.monotonic()
+        self.restart_at[i] = None
 
     def start(self) -> None:
         with self.lock:
-            self.processes = [self._spawn(command) for command in self.commands]
-            self.started = [time.monotonic()] * len(self.commands)
+            n = len(self.commands)
+            self.processes, self.names, self.started = [None] * n, [None] * n, [0.0] * n
+            self.generation, self.quick_crashes, self.restart_at = [0] * n, [0] * n, [None] * n
+            for i in range(n):
+                self._spawn(i)
 
     def check(self) -> int | None:
-        """Restart crashed workers; returns an exit code when the service should stop instead."""
-        with self.lock:
-            if self.stopping:
-                return None
-            for i, process in enumerate(self.processes):
-                code = process.poll()
-                if code is None:
-                    continue
-                if code == 2 or time.monotonic() - self.started[i] < self.MIN_UPTIME:
-                    _say(f"worker pid {process.pid} exited with code {code}; stopping.")
-                    return code or 1
-                _say(f"worker pid {process.pid} exited with code {code}; starting a new one.")
-                self.processes[i] = self._spawn(self.commands[i])
-                self.started[i] = time.monotonic()
-        return None
+        """Replace exited workers; returns an exit code when the service should stop instead."""
+        exited = []
+        try:
+            with self.lock:
+                if self.stopping:
+                    return None
+                now = time.monotonic()
+                for i, process in enumerate(self.processes):
+                    if process is None:  # waiting for its restart
+                        if self.restart_at[i] is not None and now >= self.restart_at[i]:
+                            self._spawn(i)
+                        continue
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    exited.append(self.names[i])
+                    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    if code == 2 or (code == 3 and self.generation[i] == 1):
+                        _say(f"worker pid {process.pid} {how} while starting; stopping.")
+                        return code
+                    quick = now - self.started[i] < self.MIN_UPTIME
+                    self.quick_crashes[i] = self.quick_crashes[i] + 1 if quick else 0
+                    if self.quick_crashes[i] >= self.MAX_QUICK_CRASHES:
+                        _say(f"worker pid {process.pid} {how}, the {self.quick_crashes[i]}th time in a row within "
+                             f"{self.MIN_UPTIME:.0f} s of starting; stopping.")
+                        return code if code > 0 else 1
+                    self.processes[i] = None
+                    if self.quick_crashes[i]:
+                        delay = min(30.0, self.RESTART_DELAY * 2 ** (self.quick_crashes[i] - 1))
+                        _say(f"worker pid {process.pid} {how}; starting a new one in {delay:.0f} s.")
+                        self.restart_at[i] = now + delay
+                    else:
+                        _say(f"worker pid {process.pid} {how}; starting a new one.")
+                        self._spawn(i)
+            return None
+        finally:
+            if self.on_exit is not None:
+                for name in exited:
+                    if name:
+                        self.on_exit(name)
 
     def stop(self, timeout: float) -> None:
         """SIGTERM to all (a warm shutdown: each finishes the photo in hand), then wait; SIGKILL stragglers."""
         with self.lock:
             self.stopping = True
             for process in self.processes:
-                if process.poll() is None:
+                if process is not None and process.poll() is None:
                     process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in self.processes:
+            if process is None:
+                continue
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -125,13 +182,42 @@ class WorkerPool:
 
     def kill(self) -> None:
         for process in self.processes:
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 process.kill()
 
 
-def worker_command(threads: int, weights: Path, name: str, device: str | None = None) -> list[str]:
-    command = [sys.executable, "-m", "cli.main", "worker", "--threads", str(threads), "--weights", str(weights),
-               "--name", name]
+class RedisSupervisor:
+    """Restarts the embedded Redis on the same socket when it dies. The new server starts empty (nothing is
+    persisted, by design: selfies never touch the disk), the web process and the workers reconnect on their own, and
+    jobs that were queued are gone: their status URLs answer 404 "upload again"."""
+
+    MAX_FAILED_RESTARTS = 3
+
+    def __init__(self, redis) -> None:
+        self.redis = redis
+        self.restarts = 0
+        self.failed = 0
+
+    def check(self) -> int | None:
+        process = self.redis.process
+        if process is None or process.poll() is None:
+            return None
+        _say(f"embedded Redis (pid {process.pid}) exited with code {process.returncode}; restarting it on "
+             f"{self.redis.socket}.")
+        try:
+            self.redis.restart()
+        except RuntimeError as exc:
+            self.failed += 1
+            _say(f"could not restart Redis: {exc}")
+            return 1 if self.failed >= self.MAX_FAILED_RESTARTS else None
+        self.failed = 0
+        self.restarts += 1
+        _say("embedded Redis is back (empty: jobs that were queued are lost and must be uploaded again).")
+        return None
+
+
+def worker_command(threads: int, weights: Path, device: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "cli.main", "worker", "--threads", str(threads), "--weights", str(weights)]
     if device:
         command += ["--device", device]
     return command
@@ -154,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
         return 0
 
-    from app.embedded import DataDirInUse, EmbeddedRedis, die_with_parent
+    from app.embedded import DataDirError, EmbeddedRedis, die_with_parent
 
     workers = max(0, args.workers)
     weights = Path(args.weights or settings.weights)
@@ -165,34 +251,55 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _on_sigterm)
-    redis = EmbeddedRedis(args.data_dir or settings.data_dir)
+    redis = EmbeddedRedis(args.data_dir or settings.data_dir, maxmemory=settings.redis_maxmemory)
     pool: WorkerPool | None = None
     exit_code = 0
     try:
         try:
             url = redis.start()
-        except DataDirInUse as exc:
+        except DataDirError as exc:
             _say(str(exc))
             return 2
         threads = args.threads or max(1, available_cpus() // max(1, workers))  # cgroup CPU quota counts
-        commands = [worker_command(threads, weights, f"embedded-{os.getpid()}-{i + 1}", args.device)
-                    for i in range(workers)]
+        commands = [worker_command(threads, weights, args.device) for _ in range(workers)]
         # Idle OpenMP threads sleep instead of spinning: on a busy machine (several workers, or a training job
         # alongside) spinning threads steal each other's cores; measured 2.5 -> 1.7 s per photo on 2 loaded cores.
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "REDIS_URL": url}
-        pool = WorkerPool(commands, env, die_with_parent)
+        app_settings = settings.model_copy(update={"redis_url": url})
+        app = create_app(app_settings)
+        store = app.state.store
+
+        def worker_exited(name: str) -> None:
+            """End the job the dead worker held now, rather than when its heartbeat is found stale."""
+            from redis.exceptions import RedisError
+
+            from app import liveness
+
+            try:
+                for job_id in liveness.reap(store.queue, settings.key_prefix, 4 * settings.worker_heartbeat,
+                                            dead=[name]):
+                    _say(f"job {job_id} failed: its worker {name} stopped.")
+                liveness.forget_worker(store.redis, store.queue, name)
+            except RedisError as exc:
+                _say(f"could not end the jobs of worker {name}: {exc}")
+
+        pool = WorkerPool(commands, env, die_with_parent, name_prefix=f"embedded-{os.getpid()}",
+                          on_exit=worker_exited)
+        supervisor = RedisSupervisor(redis)
         pool.start()
-        server = _serve(create_app(settings.model_copy(update={"redis_url": url})), args)
+        server = _serve(app, args)
 
         def watch() -> None:
             nonlocal exit_code
             while not server.should_exit:
-                code = pool.check()
+                code = supervisor.check()
+                if code is None:
+                    code = pool.check()
                 if code is not None:
                     exit_code = code
                     server.should_exit = True
                     return
-                time.sleep(0.5)
+                time.sleep(0.25)
 
         threading.Thread(target=watch, name="worker-watch", daemon=True).start()
         _say(f"http://{args.host}:{args.port} with {workers} worker(s), {threads} thread(s) each, "

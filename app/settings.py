@@ -63,9 +63,13 @@ class Settings(BaseSettings):
     weights: Path = DEFAULT_WEIGHTS
     device: str | None = None  # None/"auto": CUDA when present, else CPU
     worker_threads: int | None = Field(default=None, ge=1)  # torch CPU threads per worker; None = all cores
+    # A worker writes a heartbeat this often (seconds), busy or idle. It counts as alive (/readyz) while its last
+    # heartbeat is at most 2x this old; the started job of a worker silent for 4x this long is failed (app.liveness).
+    worker_heartbeat: int = Field(default=5, ge=1)
 
     # Embedded default (`simpsonize serve` without REDIS_URL).
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")  # created mode 0700; must belong to the user running serve
+    redis_maxmemory: str = "1gb"  # the embedded Redis refuses writes beyond this (uploads get 503), never evicts
     poll_interval_ms: int = Field(default=1000, ge=100)  # how often the page asks for progress
 
     @field_validator("rate_limit")

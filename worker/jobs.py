@@ -113,11 +113,22 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
         _record_failure(job, f"Simpsonizing took longer than {job.timeout} seconds. Please try again later.",
                         started)
         raise
-    except Exception:
-        _record_failure(job, GENERIC_FAILURE, started)
+    except Exception as exc:
+        # Causes that can be named get their own sentence; the generic one is for real bugs only (RQ logs their
+        # traceback: ModelWorker.handle_exception passes them on).
+        _record_failure(job, OUT_OF_MEMORY if _is_out_of_memory(exc) else GENERIC_FAILURE, started)
         raise
     finally:
         redis.delete(input_key)
+
+
+OUT_OF_MEMORY = ("The server ran out of memory while working on this photo. Please try again in a minute, or "
+                 "upload a smaller photo.")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's (CUDA/MPS) OutOfMemoryError, recognised by name: no torch import needed here."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def _record_failure(job, message: str, started: float) -> None:

@@ -11,35 +11,94 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
+from app import liveness
 from app.cpu import limited_cpus
 from app.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from app.settings import get_settings
 
 log = logging.getLogger("simpsonize.worker")
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 class ModelWorker(SimpleWorker):
-    """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one."""
+    """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one, heartbeats from a thread
+    every ``heartbeat_interval`` seconds (RQ's own heartbeat stops while a job runs in a SimpleWorker, and comes
+    every 6.75 minutes when idle), ends the jobs of dead workers (``app.liveness.reap``), and reconnects within
+    ``max_connection_wait_time`` seconds once Redis is back after a restart."""
 
     bookkeeping_ttl = 7200
+    heartbeat_interval = 5.0
+    key_prefix = "simpsonize"
+    # RQ doubles its reconnect wait up to 60 s; a restarted Redis must see this worker again within seconds.
+    max_connection_wait_time = 2.0
 
     def __init__(self, *args, serializer=SERIALIZER, **kwargs):
         super().__init__(*args, serializer=serializer, **kwargs)  # JSON: a job from Redis never unpickles code
 
+    def bootstrap(self, *args, **kwargs):
+        super().bootstrap(*args, **kwargs)
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._beat_thread.start()
+
+    def teardown(self):
+        beating = getattr(self, "_beating", None)
+        if beating is not None:
+            beating.set()
+            self._beat_thread.join(self.heartbeat_interval + 5)
+        super().teardown()
+
+    def _beat(self) -> None:
+        """The heartbeat thread: runs while the main thread waits for a job or runs one (torch frees the GIL)."""
+        while not self._beating.wait(self.heartbeat_interval):
+            try:
+                self.heartbeat()
+                self._reap()
+            except RedisError as exc:  # Redis restarting: the main loop reconnects, and so do we next time
+                log.warning("Reaping failed: %s", exc)
+            except Exception:  # never let the thread die: /readyz would call this worker dead
+                log.exception("Heartbeat failed.")
+
+    def _reap(self) -> None:
+        """Once per interval across all workers (a Redis lock), fail the jobs of workers that went silent."""
+        lock = f"{self.key_prefix}:reaper-lock"
+        if not self.connection.set(lock, self.name, nx=True, ex=max(1, int(self.heartbeat_interval))):
+            return
+        for queue in self.queues:
+            for job_id in liveness.reap(queue, self.key_prefix, 4 * self.heartbeat_interval):
+                self.log.warning("Worker %s: failed job %s, whose worker stopped.", self.name, job_id)
+
+    # RQ's work loop quits on a Redis error anywhere but in its dequeue (which retries). These steps of the loop
+    # ride out a Redis restart instead: the next dequeue waits for Redis to come back.
     def execute_job(self, job, queue):
         try:
             super().execute_job(job, queue)
+        except REDIS_DOWN as exc:
+            log.warning("Lost Redis while finishing job %s (%s); its state is gone with that Redis.", job.id, exc)
         finally:
             try:
                 refresh_rq_ttls(queue, self.bookkeeping_ttl)
             except RedisError:
                 log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+
+    def run_maintenance_tasks(self):
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_DOWN as exc:
+            log.warning("Skipped RQ's maintenance: %s", exc)
+
+    def check_for_suspension(self, burst: bool):
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_DOWN as exc:
+            log.warning("Could not check for suspension: %s", exc)
 
     def handle_exception(self, job, *exc_info):
         from model.errors import SimpsonizeError
@@ -50,6 +109,14 @@ class ModelWorker(SimpleWorker):
         super().handle_exception(job, *exc_info)
 
     def heartbeat(self, timeout=None, pipeline=None):
+        if pipeline is not None:
+            return self._heartbeat(timeout, pipeline)
+        try:
+            self._heartbeat(timeout, pipeline)
+        except REDIS_DOWN as exc:  # the work loop's next dequeue waits for Redis to come back
+            log.warning("Heartbeat failed: %s", exc)
+
+    def _heartbeat(self, timeout=None, pipeline=None):
         super().heartbeat(timeout, pipeline)
         # RQ adds a worker to its registration sets once, at birth, and never expires the sets. Re-adding ourselves
         # on every heartbeat lets the sets carry a TTL: they expire only when no worker is left to refresh them.
@@ -105,9 +172,11 @@ def run(args: argparse.Namespace) -> int:
         redis.ping()
     except RedisError as exc:
         print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
-        return 2
+        return 3  # distinct from 2 (bad weights/settings): `serve` retries it once the service has been up
     queue = Queue(args.queue or settings.queue_name, connection=redis, serializer=SERIALIZER)
     worker = ModelWorker([queue], connection=redis, name=args.name)
     worker.bookkeeping_ttl = settings.bookkeeping_ttl
+    worker.heartbeat_interval = settings.worker_heartbeat
+    worker.key_prefix = settings.key_prefix
     worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
     return 0

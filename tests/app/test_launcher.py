@@ -169,25 +169,66 @@ def test_a_worker_that_cannot_load_the_weights_stops_serve(tmp_path):
     assert not os.path.exists(tmp_path / "data" / "redis.sock")
 
 
-def test_worker_pool_restarts_crashed_workers_but_not_broken_ones(monkeypatch):
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]  # ignores the --name the pool appends
+
+
+def wait_for_check(pool, until, timeout: float = 30.0):
+    """Call pool.check() (as the launcher's watch thread does) until ``until(code)`` holds; returns the code."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = pool.check()
+        if until(code):
+            return code
+        assert time.monotonic() < deadline, "the pool did not get there in time"
+        time.sleep(0.05)
+
+
+def test_worker_pool_replaces_a_killed_worker_under_a_new_name(monkeypatch):
     from app.embedded import die_with_parent
     from app.launcher import WorkerPool
 
-    monkeypatch.setattr(WorkerPool, "MIN_UPTIME", 0.0)
-    pool = WorkerPool([["sleep", "60"], [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(2)"]],
-                      child_env(), die_with_parent)
+    exited = []
+    pool = WorkerPool([SLEEPER, SLEEPER], child_env(), die_with_parent, name_prefix="t", on_exit=exited.append)
     pool.start()
     try:
+        assert pool.names == ["t-1.1", "t-2.1"]
         first = pool.processes[0]
-        first.kill()
+        first.kill()  # as the OOM killer would, a second after the start: a crash, not a start-up failure
         first.wait()
-        deadline = time.monotonic() + 30
-        code = None
-        while code is None and time.monotonic() < deadline:
-            code = pool.check()
-            time.sleep(0.1)
-        assert pool.processes[0].pid != first.pid and pool.processes[0].poll() is None  # restarted
-        assert code == 2  # the one that cannot start stops the service instead of looping
+        wait_for_check(pool, lambda code: pool.processes[0] is not None and pool.processes[0] is not first)
+        assert pool.processes[0].poll() is None and pool.names[0] == "t-1.2"  # a new, unique RQ name
+        assert exited == ["t-1.1"]  # the launcher is told, to end the job the dead worker held
+        assert pool.processes[1].poll() is None and pool.names[1] == "t-2.1"  # the other one is untouched
     finally:
         pool.stop(5)
     assert all(process.poll() is not None for process in pool.processes)
+
+
+@pytest.mark.parametrize("code", [2, 3])
+def test_worker_pool_stops_on_start_up_failures(code):
+    """2: bad weights or settings; 3: Redis unreachable when the first workers start."""
+    from app.embedded import die_with_parent
+    from app.launcher import WorkerPool
+
+    pool = WorkerPool([SLEEPER, [sys.executable, "-c", f"raise SystemExit({code})"]], child_env(), die_with_parent)
+    pool.start()
+    try:
+        assert wait_for_check(pool, lambda c: c is not None) == code
+        assert pool.processes[0].poll() is None  # nothing restarted it in a loop; the launcher stops everything
+    finally:
+        pool.stop(5)
+
+
+def test_worker_pool_retries_quick_crashes_with_a_pause_then_gives_up(monkeypatch):
+    from app.embedded import die_with_parent
+    from app.launcher import WorkerPool
+
+    monkeypatch.setattr(WorkerPool, "RESTART_DELAY", 0.05)
+    monkeypatch.setattr(WorkerPool, "MAX_QUICK_CRASHES", 3)
+    pool = WorkerPool([[sys.executable, "-c", "raise SystemExit(1)"]], child_env(), die_with_parent, name_prefix="q")
+    pool.start()
+    try:
+        assert wait_for_check(pool, lambda c: c is not None) == 1
+        assert pool.generation == [3]  # started, restarted twice after a pause, then the service stops
+    finally:
+        pool.stop(5)
