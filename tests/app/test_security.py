@@ -497,3 +497,68 @@ def test_the_page_says_what_is_kept_and_for_how_long(client, service_settings):
     minutes = round(service_settings.result_ttl / 60)
     assert "photo you upload is deleted" in footer
     assert f"face crop and the result are kept for {minutes} minutes" in footer
+
+
+# -- 7. deployment defaults of the embedded service -----------------------------------------------------------------
+
+
+def test_embedded_data_dir_is_private_and_must_be_ours(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from app.embedded import DataDirUnsafe, secure_data_dir
+
+    fresh = tmp_path / "fresh" / "data"
+    secure_data_dir(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o755)
+    secure_data_dir(loose)
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+    real = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: real + 1)  # as if someone else had made the directory
+    with pytest.raises(DataDirUnsafe, match="belongs to user id"):
+        secure_data_dir(loose)
+
+
+def test_a_full_embedded_redis_refuses_uploads_and_evicts_nothing():
+    import shutil
+    import tempfile
+
+    from redis.exceptions import OutOfMemoryError
+
+    from app.embedded import EmbeddedRedis
+    from app.jobstore import connect
+
+    directory = tempfile.mkdtemp(prefix="szf-")  # short: unix socket path limit
+    try:
+        with EmbeddedRedis(directory, maxmemory="3mb") as server:
+            redis = connect(server.url)
+            stored = 0
+            with pytest.raises(OutOfMemoryError):
+                for stored in range(1, 200):
+                    redis.set(f"filler:{stored}", b"x" * 100_000)
+            with TestClient(create_app(make_settings(server.url, max_queue=50))) as client:
+                response = upload(client)
+            assert response.status_code == 503 and int(response.headers["retry-after"]) >= 60
+            assert "storage is full" in response.json()["detail"]
+            assert sum(1 for _ in redis.scan_iter("filler:*")) == stored - 1  # nothing was evicted
+            redis.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_cpu_count_follows_the_cgroup_quota(tmp_path):
+    from app.cpu import available_cpus, cgroup_quota
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: 1.5 CPUs
+    assert cgroup_quota(tmp_path) == 1.5
+    assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_quota(v1) == 1.0 and available_cpus(v1) == 1
