@@ -5,7 +5,8 @@
 #                   (PyPI's Linux torch wheels bundle CUDA; the host needs the NVIDIA driver + container toolkit)
 #
 #   Everything in one container (embedded Redis + workers + web):
-#       docker run -p 8000:8000 -v "$PWD/weights:/srv/simpsonize/weights:ro" simpsonize:cpu
+#       docker run -p 127.0.0.1:8000:8000 --stop-timeout 150 -v "$PWD/weights:/srv/simpsonize/weights:ro" simpsonize:cpu
+#   (--stop-timeout: workers finish the photo in hand on SIGTERM; a reverse proxy goes in front, see README)
 #   Scaled out (Redis + web + N workers): see docker-compose.yml.
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim-bookworm
@@ -36,9 +37,12 @@ COPY . .
 RUN pip install --no-deps -e . \
  && useradd --system --create-home --uid 10001 simpsonize \
  && mkdir -p "${SIMPSONIZE_DATA_DIR}" \
- && chown simpsonize "${SIMPSONIZE_DATA_DIR}"
+ && chown simpsonize "${SIMPSONIZE_DATA_DIR}" \
+ && chmod 700 "${SIMPSONIZE_DATA_DIR}"
 USER simpsonize
 
 EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"]
 # With REDIS_URL set this is the web process only; without it, the whole embedded service.
 CMD ["simpsonize", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=["Location", "Retry-After"], max_age=600)
     app.add_middleware(SecurityHeaders)
     if (hosts := settings.split(settings.allowed_hosts)) and "*" not in hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
+        # Loopback names stay allowed: the container healthchecks ask http://127.0.0.1:8000/healthz.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*hosts, "localhost", "127.0.0.1", "::1"])
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.split(settings.forwarded_allow_ips))
     return app

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -127,6 +129,25 @@ class ModelWorker(SimpleWorker):
             connection.expire(key, ttl)
 
 
+def default_name() -> str:
+    """Unique (a restarted container keeps its hostname and often its pid) and tied to the host, for ``check``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def check(redis_url: str, queue_name: str, max_age: float) -> int:
+    """0 when a worker named after this host has a heartbeat at most ``max_age`` seconds old, else 1."""
+    host = socket.gethostname()
+    try:
+        alive = liveness.live_workers(Queue(queue_name, connection=connect(redis_url), serializer=SERIALIZER), max_age)
+    except RedisError as exc:
+        print(f"unhealthy: Redis is not reachable ({type(exc).__name__}).")
+        return 1
+    mine = [name for name in alive if name.startswith(f"{host}-")]
+    print(f"healthy: {', '.join(mine)}" if mine else f"unhealthy: no worker of host {host} has a heartbeat within "
+                                                       f"{max_age:g} s.")
+    return 0 if mine else 1
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="Redis to take jobs from (default: $REDIS_URL).")
     parser.add_argument("--queue", help="Queue name (default: $SIMPSONIZE_QUEUE_NAME or 'simpsonize').")
@@ -136,7 +157,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
                                                     "cgroup CPU quota when one is set, else torch's default; give "
                                                     "cores / workers when several run on one machine).")
-    parser.add_argument("--name", help="Worker name (default: RQ's random name).")
+    parser.add_argument("--name", help="Worker name (default: HOSTNAME-PID-RANDOM, which --check recognises).")
+    parser.add_argument("--check", action="store_true",
+                        help="Health check (containers): exit 0 if a worker of this host has a recent heartbeat in "
+                             "Redis, else 1. Loads no model.")
     parser.add_argument("--burst", action="store_true", help="Quit when the queue is empty.")
     parser.add_argument("--max-jobs", type=int, help="Quit after this many jobs.")
     parser.add_argument("--log-level", default="INFO", help="Logging level (default INFO).")
@@ -149,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         print("simpsonize worker: REDIS_URL is not set; point the worker at the Redis the web service uses, "
               "e.g. REDIS_URL=redis://localhost:6379/0.", file=sys.stderr)
         return 2
+    if args.check:
+        return check(redis_url, args.queue or settings.queue_name, 2 * settings.worker_heartbeat)
     weights = Path(args.weights or settings.weights)
     if not weights.is_file():
         print(f"simpsonize worker: the weights file {weights} does not exist; export trained weights there "
@@ -174,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
         return 3  # distinct from 2 (bad weights/settings): `serve` retries it once the service has been up
     queue = Queue(args.queue or settings.queue_name, connection=redis, serializer=SERIALIZER)
-    worker = ModelWorker([queue], connection=redis, name=args.name)
+    worker = ModelWorker([queue], connection=redis, name=args.name or default_name())
     worker.bookkeeping_ttl = settings.bookkeeping_ttl
     worker.heartbeat_interval = settings.worker_heartbeat
     worker.key_prefix = settings.key_prefix

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFile
 
 from app import keys
 from app.guard import client_key
-from app.jobstore import JobStore
+from app.jobstore import JobStore, connect
 from app.main import create_app
 from app.uploads import UploadError, normalise
 from service_support import free_port, make_settings, wait_for_job
@@ -446,6 +446,7 @@ def test_allowed_hosts_refuse_other_host_headers(app_for):
     with TestClient(app_for(allowed_hosts="photos.example.org"), base_url="http://photos.example.org") as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+        assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200  # the healthcheck
 
 
 @pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
@@ -562,3 +563,31 @@ def test_cpu_count_follows_the_cgroup_quota(tmp_path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
     assert cgroup_quota(v1) == 1.0 and available_cpus(v1) == 1
+
+
+def test_worker_health_check_sees_only_live_workers_of_its_host(redis_url):
+    import socket as sockets
+
+    from rq import Worker
+
+    from worker.process import check, default_name
+
+    settings = make_settings(redis_url)
+    store = JobStore(settings, connect(redis_url))
+    assert check(redis_url, settings.queue_name, 10) == 1  # nobody there
+    other = Worker([store.queue], connection=store.redis, name="another-host-1-abcdef")
+    other.register_birth()
+    other.heartbeat()
+    assert check(redis_url, settings.queue_name, 10) == 1  # alive, but not on this host
+    name = default_name()
+    assert name.startswith(sockets.gethostname() + "-") and name != default_name()  # unique per start
+    ours = Worker([store.queue], connection=store.redis, name=name)
+    ours.register_birth()
+    ours.heartbeat()
+    try:
+        assert check(redis_url, settings.queue_name, 10) == 0
+        ours.register_death()
+        assert check(redis_url, settings.queue_name, 10) == 1  # dead workers do not count
+    finally:
+        other.register_death()
+    assert check("redis://127.0.0.1:1/0", settings.queue_name, 10) == 1  # Redis away: unhealthy, no traceback
