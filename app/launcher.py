@@ -55,7 +55,8 @@ def uvicorn_options(settings) -> dict:
     """uvicorn's limits. Forwarded headers are handled by the app itself (``ProxyHeadersMiddleware``, trusting only
     ``SIMPSONIZE_FORWARDED_ALLOW_IPS``), so uvicorn's own handling, which would trust its own list, is off."""
     return dict(proxy_headers=False, limit_concurrency=settings.limit_concurrency, timeout_keep_alive=5,
-                server_header=False, timeout_graceful_shutdown=10)
+                server_header=False, timeout_graceful_shutdown=10,
+                access_log=settings.access_log)  # off by default: its URLs hold job ids, which are bearer tokens
 
 
 def _serve(app, args) -> "uvicorn.Server":  # noqa: F821

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     allowed_hosts: str = "*"  # Host headers answered (TrustedHostMiddleware), e.g. "photos.example.org"
     cors_origins: str = ""  # origins allowed to call the REST API from a browser; empty = same origin only
     limit_concurrency: int = Field(default=200, ge=1)  # open connections uvicorn serves before answering 503
+    access_log: bool = False  # uvicorn's access log: client addresses and URLs with job ids (bearer tokens) in them
 
     # Queue and lifetimes (seconds). Every key the service writes expires.
     max_queue: int = Field(default=100, ge=1)  # queued jobs beyond this -> 503

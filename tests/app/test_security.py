@@ -228,6 +228,7 @@ def test_slow_loris_over_a_real_socket_is_answered_408(app_for):
     port = free_port()
     options = uvicorn_options(application.state.settings)
     assert options["proxy_headers"] is False and options["limit_concurrency"] >= 1
+    assert options["access_log"] is False  # URLs with job ids stay out of the logs
     server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning",
                                            **options))
     thread = threading.Thread(target=server.run, daemon=True)
