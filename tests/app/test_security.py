@@ -592,3 +592,27 @@ def test_worker_health_check_sees_only_live_workers_of_its_host(redis_url):
     finally:
         other.register_death()
     assert check("redis://127.0.0.1:1/0", settings.queue_name, 10) == 1  # Redis away: unhealthy, no traceback
+
+
+def test_a_redis_that_stops_answering_fails_fast_instead_of_hanging(monkeypatch):
+    """A server that accepts connections and then says nothing (a hung or half-dead Redis): without a socket
+    timeout every request would hang on it forever."""
+    import app.jobstore
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    monkeypatch.setattr(app.jobstore, "SOCKET_TIMEOUT", 0.3)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(silent.accept()) for _ in range(8)], daemon=True).start()
+    try:
+        client = connect(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        with pytest.raises(RedisTimeout):
+            client.ping()
+        assert time.monotonic() - started < 10  # a few retries of 0.3 s, not forever
+    finally:
+        for conn, _ in accepted:
+            conn.close()
+        silent.close()
