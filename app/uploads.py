@@ -2,9 +2,10 @@
 
 ``read_upload`` streams the request body through python-multipart's parser and stops as soon as the file part
 exceeds ``max_upload_bytes`` (or the Content-Length already says it will), so an oversized upload is never held in
-full. ``normalise`` decodes JPEG/PNG/WebP only, refuses images with more than ``max_pixels`` pixels before
-decoding them, applies the EXIF orientation, flattens to 8-bit RGB and shrinks the longest side to ``max_side``.
-Every failure is an ``UploadError`` with an HTTP status and a sentence for the user.
+full. ``normalise`` decodes JPEG/PNG/WebP/HEIC/AVIF only (HEIC through pillow-heif, AVIF natively in Pillow),
+refuses images with more than ``max_pixels`` pixels, fewer than ``MIN_SIDE`` on a side or a longer/shorter side ratio
+over ``MAX_ASPECT`` before decoding them, applies the EXIF orientation, flattens to 8-bit RGB and shrinks the longest
+side to ``max_side``. Every failure is an ``UploadError`` with an HTTP status and a sentence for the user.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import pillow_heif
 from PIL import ExifTags, Image, UnidentifiedImageError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+pillow_heif.register_heif_opener()  # HEIC/HEIF, iPhones' default; libheif applies the rotation stored in the file
+
 FIELD = "file"
-FORMATS = ("JPEG", "PNG", "WEBP")
+FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF")
+FORMAT_NAMES = "JPEG, PNG, WebP, HEIC or AVIF"
+MIN_SIDE = 64  # pixels: below this on a side there is no face to find (the face detector needs more)
+MAX_ASPECT = 5.0  # longest side / shortest side: a panorama or a strip, not a photo of a face
 FIELD_OVERHEAD = 64 * 1024  # headers, boundaries and small form fields allowed on top of the file
 
 
@@ -61,7 +68,7 @@ class _PartCollector:
         self._is_file = False
         self._filename: str | None = None
         self._buffer = bytearray()
-        self._other_bytes = 0
+        self.seen_file = False  # a part named ``file`` has begun (even an empty one)
 
     def on_part_begin(self) -> None:
         self._headers = {}
@@ -83,6 +90,7 @@ class _PartCollector:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         self._is_file = name == FIELD and self.upload is None
+        self.seen_file = self.seen_file or name == FIELD
         self._filename = options.get(b"filename", b"").decode("utf-8", "replace") or None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -91,10 +99,7 @@ class _PartCollector:
             if len(self._buffer) + size > self.limit:
                 raise too_large(self.limit)
             self._buffer += data[start:end]
-        else:
-            self._other_bytes += size
-            if self._other_bytes > FIELD_OVERHEAD:
-                raise too_large(self.limit)
+        # Other parts are not kept; the limit on the whole body (read_upload) bounds them.
 
     def on_part_end(self) -> None:
         if self._is_file and self._buffer:  # a browser sends an empty part for an input left empty
@@ -123,7 +128,8 @@ async def read_upload(request: Request, limit: int) -> Upload:
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit + FIELD_OVERHEAD:
-                raise too_large(limit)
+                # A body this big without any `file` part yet is a photo sent under another name: say so.
+                raise too_large(limit) if collector.seen_file else missing_file()
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
@@ -169,7 +175,7 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
     anything else happens to it: transparency is flattened and other modes converted strip by strip while reducing,
     and the EXIF orientation is applied to the shrunk image (the bounding box is square, so the order is free).
     """
-    not_an_image = UploadError(415, "The file is not a JPEG, PNG or WebP image.")
+    not_an_image = UploadError(415, f"The file is not a {FORMAT_NAMES} image.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
@@ -181,6 +187,7 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
                                        f"{limit / 1e6:.0f} megapixels" + (
                                            "" if limit == max_pixels else
                                            f" for {image.format} ({max_pixels / 1e6:.0f} for JPEG)") + ".")
+            check_shape(width, height)
             source_format = image.format or "?"
             if image.format in REDUCED_DECODE:
                 image.draft("RGB", _target_size(image.size, max_side))  # decode big JPEGs at a reduced scale
@@ -205,6 +212,18 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
     rgb.save(buffer, format="JPEG", quality=95, subsampling=0)
     return NormalisedImage(jpeg=buffer.getvalue(), width=rgb.width, height=rgb.height,
                            source_format=source_format, source_size=(width, height))
+
+
+def check_shape(width: int, height: int) -> None:
+    """Refuse, before decoding, images that cannot hold a face the model can use: 422 with the reason."""
+    if width < 1 or height < 1:
+        raise UploadError(415, f"The file is not a {FORMAT_NAMES} image.")
+    if min(width, height) < MIN_SIDE:
+        raise UploadError(422, f"The photo is too small ({width}x{height} pixels): it needs at least {MIN_SIDE} "
+                               f"pixels on each side to find a face. Please upload a bigger photo.")
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise UploadError(422, f"The photo is {width}x{height} pixels: too long and thin to be a photo of a face "
+                               f"(at most {MAX_ASPECT:g} times longer than wide). Please crop it around the face.")
 
 
 def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:

@@ -7,7 +7,7 @@
   const api = form.dataset.api;
   const maxBytes = Number(form.dataset.maxBytes);
   const pollMs = Number(form.dataset.pollMs) || 1000;
-  const types = ["image/jpeg", "image/png", "image/webp"];
+  const types = ["image/jpeg", "image/png", "image/webp", "image/heic", "image/heif", "image/avif"];
   const limitText = maxBytes >= 1048576 ? `${Math.round(maxBytes / 1048576)} MB` : `${Math.round(maxBytes / 1024)} KB`;
   const $ = (id) => document.getElementById(id);
   const errorBox = $("error"), progress = $("progress"), progressText = $("progress-text"), result = $("result");
@@ -54,7 +54,7 @@
       return;
     }
     if (file.type && file.type.startsWith("image/") && !types.includes(file.type)) {
-      showError("The file is not a JPEG, PNG or WebP image.");
+      showError("The file is not a JPEG, PNG, WebP, HEIC or AVIF image.");
       return;
     }
     setProgress("Uploading…");

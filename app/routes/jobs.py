@@ -26,7 +26,7 @@ UPLOAD_BODY = {
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": [FIELD],
             "properties": {FIELD: {"type": "string", "format": "binary",
-                                   "description": "A photo with a face: JPEG, PNG or WebP."}},
+                                   "description": "A photo with a face: JPEG, PNG, WebP, HEIC or AVIF."}},
         }}},
     }
 }
@@ -40,10 +40,11 @@ def error(status_code: int, detail: str, headers: dict[str, str] | None = None) 
     "", status_code=202, response_model=JobCreated, openapi_extra=UPLOAD_BODY,
     summary="Upload a photo; it is validated, normalised and queued.",
     responses={413: {"model": ErrorResponse, "description": "File or pixel count over the limit."},
-               415: {"model": ErrorResponse, "description": "Not a JPEG, PNG or WebP image."},
+               415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, WebP, HEIC or AVIF image."},
                403: {"model": ErrorResponse, "description": "Sent by a browser from another site."},
                408: {"model": ErrorResponse, "description": "The body took longer than the upload timeout."},
-               422: {"model": ErrorResponse, "description": f"No multipart field '{FIELD}'."},
+               422: {"model": ErrorResponse, "description": f"No multipart field '{FIELD}', or a photo too small "
+                                                            "(under 64 px on a side) or too long and thin for a face."},
                429: {"model": ErrorResponse, "description": "Too many uploads from this client, or too many of "
                                                             "its photos waiting; see Retry-After."},
                503: {"model": ErrorResponse, "description": "Busy, queue full or unreachable; see Retry-After."}},

@@ -171,7 +171,7 @@ def test_missing_field_is_422(client):
 def test_not_an_image_is_415(client, astronaut):
     response = submit(client, b"hello, I am a text file" * 10, "notes.txt", "text/plain")
     assert response.status_code == 415
-    assert response.json()["detail"] == "The file is not a JPEG, PNG or WebP image."
+    assert response.json()["detail"] == "The file is not a JPEG, PNG, WebP, HEIC or AVIF image."
     gif = io.BytesIO()
     astronaut.save(gif, format="GIF")
     assert submit(client, gif.getvalue(), "a.gif", "image/gif").status_code == 415

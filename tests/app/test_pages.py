@@ -58,7 +58,7 @@ def test_form_flow_failure_is_explained(client, coffee_jpeg):
 def test_form_errors_are_shown_on_the_page(client):
     response = client.post("/jobs", files={"file": ("notes.txt", b"just text" * 20, "text/plain")})
     assert response.status_code == 415
-    assert "The file is not a JPEG, PNG or WebP image." in response.text
+    assert "The file is not a JPEG, PNG, WebP, HEIC or AVIF image." in response.text
     assert 'id="upload-form"' in response.text  # the form is there to try again
     missing = client.post("/jobs", data={"other": "x"}, files={"nothing": ("", b"", "application/octet-stream")})
     assert missing.status_code == 422 and "No photo was uploaded" in missing.text
