@@ -135,6 +135,9 @@ class DiscriminatorConfig:
     ndf: int = 64
     n_layers: int = 3
     input_nc: int = 3
+    # Spectral normalisation (Miyato et al., 2018) bounds each layer's Lipschitz constant; the instance norms are
+    # then dropped, as in SN-GAN discriminators, since a norm after the conv would undo the bound's effect.
+    spectral_norm: bool = False
 
 
 class NLayerDiscriminator(nn.Module):
@@ -143,6 +146,11 @@ class NLayerDiscriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()) -> None:
         super().__init__()
         ndf = config.ndf
+        sn = config.spectral_norm
+
+        def norm(channels: int) -> nn.Module:
+            return nn.Identity() if sn else instance_norm(channels)
+
         layers: list[nn.Module] = [
             nn.Conv2d(config.input_nc, ndf, kernel_size=4, stride=2, padding=1),
             nn.LeakyReLU(0.2, True),
@@ -152,17 +160,22 @@ class NLayerDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=2, padding=1, bias=True),
-                instance_norm(ndf * mult),
+                norm(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
         prev, mult = mult, min(2**config.n_layers, 8)
         layers += [
             nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=1, padding=1, bias=True),
-            instance_norm(ndf * mult),
+            norm(ndf * mult),
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1),
         ]
         self.model = nn.Sequential(*layers)
+        if sn:
+            init_weights(self)  # before the parametrisation wraps the weights
+            for layer in self.model:
+                if isinstance(layer, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

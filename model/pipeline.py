@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from model.errors import SimpsonizeError
-from model.face import FaceCrop, crop_face, detect_faces, get_detector
+from model.face import FaceCrop, Framing, crop_face, detect_faces, get_detector
 from model.imaging import ImageSource, to_images, to_tensor
 from model.weights import DEFAULT_WEIGHTS, load_generator
 
@@ -60,6 +60,8 @@ class Simpsonizer:
         self.weights_path = Path(weights) if weights else DEFAULT_WEIGHTS
         self.generator, self.metadata = load_generator(self.weights_path, device=self.device)
         self.input_size = int(self.metadata.get("input_size", 256))
+        # Crop as the training data was cropped (older weights carry no framing: the default one trained them).
+        self.framing = Framing.from_dict(self.metadata.get("framing"))
         self.output_size = max(output_size or self.input_size, MIN_OUTPUT_SIZE)
         self.detector_device = "cuda" if self.device.type == "cuda" else "cpu"
         get_detector(self.detector_device)  # built once per process, here rather than on the first photo
@@ -87,7 +89,8 @@ class Simpsonizer:
         for image in images:
             started = time.perf_counter()
             try:
-                crops.append(crop_face(image, size=self.input_size, device=self.detector_device))
+                crops.append(crop_face(image, size=self.input_size, device=self.detector_device,
+                                       framing=self.framing))
             except SimpsonizeError as exc:
                 crops.append(exc)
             detect_times.append(time.perf_counter() - started)

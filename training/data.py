@@ -7,6 +7,7 @@ any sampler state.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ class UnpairedFaces(Dataset):
         if not self.files_a or not self.files_b:
             raise FileNotFoundError(f"{root} has no images in {phase}A/ or {phase}B/: run `simpsonize prepare` first.")
         self.size, self.seed, self.augment = size, seed, augment
+        # How `prepare` cropped the real faces; snapshots carry it so serving crops the same way.
+        info = root / "dataset.json"
+        self.framing = json.loads(info.read_text()).get("framing") if info.exists() else None
         self.load_size = load_size_for(size) if augment else size
 
     def __len__(self) -> int:

@@ -9,9 +9,15 @@ Metrics per direction:
   rank checkpoints. The colour classifier's verdict is reported too, as ``domain_score_colour``. Both
   classifiers' accuracies on the test splits are reported beside the scores.
 
-``--all-snapshots`` ranks the run's snapshots (``train --snapshot-every``) on B->A and names the best one:
-among snapshots whose domain score is within 0.05 of the best score, the lowest B->A cycle L1 (most of the
-person kept) wins.
+The honest measure is the **C2ST** (``training/c2st.py``): fresh classifiers try to tell the B->A translations of
+the real test pool (``testB``, a few hundred faces that `prepare` kept out of training) from as many Simpsons faces;
+their held-out accuracy, mean and spread over 3 seeds, is 0.5 when they cannot and 1.0 when they trivially can.
+Sanity rows in the same report show the measure works (Simpsons vs Simpsons ~0.5, photos and yellow-tinted photos
+~1.0, tighter-framed Simpsons in between).
+
+``--all-snapshots`` ranks the run's snapshots (``train --snapshot-every``) by the C2ST, with B->A cycle L1 as the
+tie-breaker (the person must stay recoverable), and writes a gallery of the same 16 test faces for every snapshot.
+``--weights FILE`` measures served weights files (the shipped model, say) the same way, in the same run.
 """
 
 from __future__ import annotations
@@ -28,12 +34,91 @@ from torch import nn
 
 from model.networks import ResnetGenerator
 from model.weights import load_generator
+from training.c2st import C2ST_SIZE, SANITY_EXPECTED, SEEDS, c2st, resize, sanity_sets
 from training.data import load_fixed
 from training.prepare import list_images
 from training.visuals import save_grid
 
 CLASSIFIER_SIZE = 64
 DIRECTIONS = ("AtoB", "BtoA")
+POOL_SIZE = 300  # translated test faces against as many Simpsons faces
+GALLERY_FACES = 16
+TIE_MARGIN = 0.02  # C2ST differences below this are treated as ties, broken by cycle L1
+MAX_CYCLE_L1 = 0.08  # the person must stay recoverable: the first shipped model's B->A cycle L1 was 0.08
+
+
+# ------------------------------------------------------------------------------------------- C2ST pool
+@dataclass
+class QualityPool:
+    """What every model is measured against, loaded once: the same faces, in the same order, every time."""
+
+    reference: torch.Tensor  # Simpsons faces (trainA, seeded draw), at C2ST size
+    others: torch.Tensor  # other Simpsons faces, full size (for the sanity rows)
+    photo_files: list[Path]  # the real test pool (testB)
+    data: Path
+
+    def photos(self, size: int) -> torch.Tensor:
+        return load_fixed(self.photo_files, size)
+
+
+def load_pool(data: Path, n: int = POOL_SIZE, seed: int = 0) -> QualityPool:
+    photo_files = list_images(data / "testB")[:n]
+    if not photo_files:
+        raise FileNotFoundError(f"{data / 'testB'} holds no images: run `simpsonize prepare` first.")
+    simpsons = list_images(data / "trainA")
+    order = torch.randperm(len(simpsons), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_ref = min(len(photo_files), len(simpsons) // 2)
+    reference = load_fixed([simpsons[i] for i in order[:n_ref]], C2ST_SIZE)
+    others = load_fixed([simpsons[i] for i in order[n_ref:2 * n_ref]], 256)
+    return QualityPool(reference, others, photo_files, data)
+
+
+@torch.no_grad()
+def translate(generator: ResnetGenerator, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    return torch.cat([generator(images[i:i + batch]).clamp(-1, 1) for i in range(0, len(images), batch)])
+
+
+def c2st_of_generator(g_b: ResnetGenerator, pool: QualityPool, size: int, g_a: ResnetGenerator | None = None,
+                      seeds=SEEDS) -> tuple[dict, torch.Tensor]:
+    """C2ST of G_B's translations of the test pool (and B->A cycle L1 when G_A is given); returns the translations."""
+    photos = pool.photos(size)
+    fake = translate(g_b, photos)
+    row = c2st(pool.reference, fake, seeds=seeds).to_dict()
+    if g_a is not None:
+        rec = translate(g_a, fake)
+        row["cycle_l1"] = round(float((rec - photos).abs().mean() / 2), 4)
+    return row, fake
+
+
+def sanity_rows(pool: QualityPool, seeds=SEEDS) -> list[dict]:
+    """The rows that show the measure works; each says whether it came out inside its expected band."""
+    rows = []
+    for name, images in sanity_sets(pool.others, pool.photos(256)).items():
+        result = c2st(pool.reference, images, seeds=seeds)
+        low, high = SANITY_EXPECTED[name]
+        rows.append({"row": name, **result.to_dict(), "expected": f"{low:.2f}-{high:.2f}",
+                     "as_expected": low <= result.mean <= high})
+    return rows
+
+
+def cached_sanity_rows(pool: QualityPool, seeds=SEEDS) -> list[dict]:
+    """Sanity rows depend only on the dataset: computed once and kept beside it."""
+    path = pool.data / f"c2st_sanity_n{len(pool.photo_files)}_s{len(seeds)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rows = sanity_rows(pool, seeds)
+    path.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def format_table(rows: list[dict], first: str) -> str:
+    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        cycle = row.get("cycle_l1")
+        lines.append(f"| {row[first]} | {row['c2st']:.3f} ± {row['c2st_std']:.3f} | "
+                     f"{', '.join(f'{a:.2f}' for a in row['c2st_per_seed'])} | "
+                     f"{'' if cycle is None else f'{cycle:.4f}'} |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------- domain classifier
@@ -146,8 +231,9 @@ def evaluate_direction(forward: ResnetGenerator, backward: ResnetGenerator, imag
 
 
 def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, directions=DIRECTIONS,
-             out: Path | None = None) -> dict:
-    """Metrics for the requested directions; with ``out``, also grids and a gallery there."""
+             out: Path | None = None, c2st_pool: QualityPool | None = None) -> dict:
+    """Metrics for the requested directions; with ``out``, also grids and a gallery there. With ``c2st_pool``,
+    B->A also gets the C2ST on the whole pool."""
     structure, accuracy = get_classifier(data, grayscale=True)
     colour, colour_accuracy = get_classifier(data, grayscale=False)
     classifiers = (structure, colour)
@@ -165,6 +251,10 @@ def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, 
                                                target_is_simpsons=direction == "BtoA")
         result.direction = direction
         metrics[direction] = result.to_dict()
+        if direction == "BtoA" and c2st_pool is not None:
+            row, _ = c2st_of_generator(g_b, c2st_pool, size, g_a)
+            metrics[direction].update({k: v for k, v in row.items() if k != "cycle_l1"})
+            metrics[direction]["pool_cycle_l1"] = row["cycle_l1"]
         if out is not None:
             pages.append(_write_direction(out / direction, direction, files, images, fake, rec, result))
     if out is not None:
@@ -191,8 +281,16 @@ def _write_index(out: Path, metrics: dict, pages) -> None:
              "<h1>Test-split translations</h1>",
              f"<p>Domain classifier accuracy on the test splits: {metrics['classifier_test_accuracy']:.1%} (grey-scale), "
              f"{metrics['classifier_colour_test_accuracy']:.1%} (colour)</p>"]
+    if "sanity" in metrics:
+        parts.append("<h2>C2ST sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok")
+        parts += [f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
+                  f"<td>{'yes' if r['as_expected'] else 'NO'}" for r in metrics["sanity"]]
+        parts.append("</table>")
     for direction, names in pages:
         m = metrics[direction]
+        if "c2st" in m:
+            parts.append(f"<p><b>{direction} C2ST {m['c2st']:.3f} ± {m['c2st_std']:.3f}</b> on {m['n_per_set']} "
+                         "translated test faces against as many Simpsons faces (0.5: indistinguishable)</p>")
         parts.append(f"<h2>{direction} ({'Simpsons → real' if direction == 'AtoB' else 'real → Simpsons'})</h2>")
         parts.append(f"<p>{m['count']} images · domain score {m['domain_score']:.1%} (grey-scale classifier; "
                      f"colour classifier {m['domain_score_colour']:.1%}) · cycle L1 {m['cycle_l1']:.4f}"
@@ -202,33 +300,72 @@ def _write_index(out: Path, metrics: dict, pages) -> None:
 
 
 # ---------------------------------------------------------------------------------------- snapshots
-def rank_snapshots(run: Path, data: Path, size: int) -> list[dict]:
-    rows = []
+def rank_snapshots(run: Path, data: Path, size: int, pool: QualityPool | None = None) -> tuple[list[dict], dict]:
+    """C2ST and cycle L1 of every snapshot, and the translations of the same gallery faces for each."""
+    pool = pool or load_pool(data)
+    rows, gallery = [], {}
     for folder in sorted((run / "snapshots").glob("step_*")):
         g_a, _ = load_generator(folder / "G_A.safetensors")
         g_b, meta = load_generator(folder / "G_B.safetensors")
-        metrics = evaluate(g_a, g_b, data, size, directions=("BtoA",))
-        rows.append({"snapshot": folder.name, "step": meta.get("step"),
-                     "domain_score": metrics["BtoA"]["domain_score"],
-                     "domain_score_colour": metrics["BtoA"]["domain_score_colour"],
-                     "cycle_l1": metrics["BtoA"]["cycle_l1"]})
-    return rows
+        row, fake = c2st_of_generator(g_b, pool, size, g_a)
+        rows.append({"snapshot": folder.name, "step": meta.get("step"), **row})
+        gallery[folder.name] = fake[:GALLERY_FACES]
+    return rows, gallery
 
 
-def pick_best(rows: list[dict], tolerance: float = 0.05) -> dict | None:
+def pick_best(rows: list[dict], margin: float = TIE_MARGIN, max_cycle_l1: float = MAX_CYCLE_L1) -> dict | None:
+    """Lowest C2ST wins; within ``margin`` of it, the lowest cycle L1. Snapshots whose cycle L1 is above
+    ``max_cycle_l1`` (the person no longer recoverable) are considered only if none is below it."""
     if not rows:
         return None
-    top = max(r["domain_score"] for r in rows)
-    return min((r for r in rows if r["domain_score"] >= top - tolerance), key=lambda r: r["cycle_l1"])
+    keep = [r for r in rows if r.get("cycle_l1", 0.0) <= max_cycle_l1] or rows
+    top = min(r["c2st"] for r in keep)
+    return min((r for r in keep if r["c2st"] <= top + margin), key=lambda r: r.get("cycle_l1", 0.0))
+
+
+def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dict, rows: list[dict],
+                           sanity: list[dict]) -> Path:
+    """One row per snapshot, the same 16 test faces in every row, and an index.html with the ranking."""
+    grid = {"test faces": pool.photos(size)[:GALLERY_FACES]}
+    by_name = {r["snapshot"]: r for r in rows}
+    for name, fake in gallery.items():
+        grid[f"{name} C2ST {by_name[name]['c2st']:.2f}"] = fake
+    path = save_grid(out / "snapshots_gallery.png", grid, thumb=min(size, 96))
+    table = "".join(f"<tr><td>{html.escape(r['snapshot'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}"
+                    f"<td>{r['cycle_l1']:.4f}" for r in rows)
+    checks = "".join(f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
+                     f"<td>{'yes' if r['as_expected'] else 'NO'}" for r in sanity)
+    (out / "index.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>snapshots</title><style>body{font-family:sans-serif}</style>"
+        "<h1>Snapshots ranked by C2ST (lower is better; 0.5 = indistinguishable from the show)</h1>"
+        f"<table border=1 cellpadding=4><tr><th>snapshot<th>C2ST<th>B→A cycle L1{table}</table>"
+        f"<h2>Sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok{checks}</table>"
+        f"<h2>The same {GALLERY_FACES} test faces, every snapshot</h2><img src='{path.name}'>")
+    return path
+
+
+def measure_weights(files: list[Path], data: Path, sanity: bool = True) -> dict:
+    """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly)."""
+    pool = load_pool(data)
+    rows = []
+    for path in files:
+        g_b, meta = load_generator(path)
+        row, _ = c2st_of_generator(g_b, pool, int(meta.get("input_size", 256)))
+        rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
+    return {"data": str(data), "weights": rows, "sanity": cached_sanity_rows(pool) if sanity else []}
 
 
 # --------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="run folder from `simpsonize train`")
+    parser.add_argument("--run", type=Path, help="run folder from `simpsonize train`")
     parser.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both")
     parser.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run trained on)")
     parser.add_argument("--snapshot", default=None, help="evaluate snapshots/STEP instead of the last checkpoint")
-    parser.add_argument("--all-snapshots", action="store_true", help="rank every snapshot on B->A, name the best")
+    parser.add_argument("--all-snapshots", action="store_true",
+                        help="rank every snapshot by the C2ST (cycle L1 breaks ties), name the best")
+    parser.add_argument("--weights", type=Path, action="append", default=None, metavar="FILE",
+                        help="measure served weights files instead of a run (repeat to compare; needs --data)")
+    parser.add_argument("--no-sanity", action="store_true", help="skip the C2ST sanity rows")
 
 
 def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetGenerator, ResnetGenerator, dict]:
@@ -249,7 +386,12 @@ def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetG
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.weights:
+        return run_weights(args)
     run_dir: Path = args.run
+    if run_dir is None:
+        print("error: give --run (a training run) or --weights (served weights files).")
+        return 2
     if not (run_dir / "config.json").exists():
         print(f"error: {run_dir} is not a training run (no config.json).")
         return 2
@@ -260,20 +402,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     size = int(config["size"])
     if args.all_snapshots:
-        rows = rank_snapshots(run_dir, data, size)
-        if not rows:
+        if not list((run_dir / "snapshots").glob("step_*")):
             print(f"error: {run_dir / 'snapshots'} holds no snapshots (train with --snapshot-every).")
             return 2
+        pool = load_pool(data)
+        rows, gallery = rank_snapshots(run_dir, data, size, pool)
+        sanity = [] if args.no_sanity else cached_sanity_rows(pool)
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
+        write_snapshot_gallery(out, pool, size, gallery, rows, sanity)
         with (out / "snapshots.csv").open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         best = pick_best(rows)
         (out / "best_snapshot.json").write_text(json.dumps(best, indent=2))
-        print(f"test: ranked {len(rows)} snapshots; best {best['snapshot']} (domain score {best['domain_score']:.1%}, "
-              f"cycle L1 {best['cycle_l1']:.4f}); table {out / 'snapshots.csv'}")
+        for row in rows:
+            row["c2st_per_seed"] = " ".join(str(a) for a in row["c2st_per_seed"])
+        print(format_table([{**r, "c2st_per_seed": [float(a) for a in r["c2st_per_seed"].split()]} for r in rows],
+                           "snapshot"))
+        _print_sanity(sanity)
+        print(f"test: ranked {len(rows)} snapshots by C2ST; best {best['snapshot']} (C2ST {best['c2st']:.3f}, "
+              f"cycle L1 {best['cycle_l1']:.4f}); gallery {out / 'index.html'}, table {out / 'snapshots.csv'}")
         return 0
     try:
         g_a, g_b, info = load_run_generators(run_dir, args.snapshot)
@@ -282,11 +432,45 @@ def run(args: argparse.Namespace) -> int:
         return 2
     directions = DIRECTIONS if args.direction == "both" else (args.direction,)
     out = run_dir / "test" / (args.snapshot or f"step_{int(info['step']):07d}")
-    metrics = evaluate(g_a, g_b, data, size, directions, out=out)
+    pool = load_pool(data) if "BtoA" in directions else None
+    metrics = evaluate(g_a, g_b, data, size, directions, out=out, c2st_pool=pool)
+    if pool is not None and not args.no_sanity:
+        metrics["sanity"] = cached_sanity_rows(pool)
+        _write_index(out, metrics, [(d, [f"{d}/{p.stem}.png" for p in list_images(out / d)]) for d in directions])
     metrics["step"] = info["step"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     summary = "; ".join(f"{d}: domain score {metrics[d]['domain_score']:.1%}, cycle L1 {metrics[d]['cycle_l1']:.4f}"
                         for d in directions if d in metrics)
+    if "BtoA" in metrics and "c2st" in metrics["BtoA"]:
+        summary += f"; B->A C2ST {metrics['BtoA']['c2st']:.3f} ± {metrics['BtoA']['c2st_std']:.3f}"
+    _print_sanity(metrics.get("sanity", []))
     print(f"test: step {info['step']}: {summary} (classifier accuracy {metrics['classifier_test_accuracy']:.1%}); "
           f"gallery {out / 'index.html'}")
+    return 0
+
+
+def _print_sanity(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print(format_table(rows, "row"))
+    broken = [r["row"] for r in rows if not r["as_expected"]]
+    if broken:
+        print(f"warning: the C2ST sanity rows {', '.join(broken)} fell outside their expected bands: "
+              "the measure may be broken on this data.")
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    if args.data is None or not (args.data / "testB").is_dir():
+        print("error: --weights needs --data, a prepared dataset with a testB/ pool.")
+        return 2
+    missing = [str(p) for p in args.weights if not p.is_file()]
+    if missing:
+        print(f"error: {', '.join(missing)} does not exist.")
+        return 2
+    report = measure_weights(args.weights, args.data, sanity=not args.no_sanity)
+    print(format_table(report["weights"], "weights"))
+    _print_sanity(report["sanity"])
+    out = args.data / "c2st_weights.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}")
     return 0

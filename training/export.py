@@ -126,6 +126,7 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
         },
         "data": {"counts": dataset.get("counts"), "sources": dataset.get("sources"),
                  "skipped": {"real_without_face": dataset.get("real", {}).get("no_face")}},
+        "framing": dataset.get("framing"),  # the Simpsonizer crops uploads this way
         "metrics": metrics,
         "fp16_psnr_db": None if math.isinf(measured_psnr) else round(measured_psnr, 2),
         "exported": dt.date.today().isoformat(),

@@ -55,7 +55,9 @@ class TrainConfig:
     lambda_identity: float = 0.5
     pool_size: int = 50
     seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA; on CPU bf16 only with AMX, or where a short probe finds it faster
+    diff_augment: str = ""  # DiffAugment policy for every discriminator input, e.g. "color,translation,cutout"
+    spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
     sample_every: int = 0  # steps; 0: once per epoch
     snapshot_every: int = 0  # steps; 0: no snapshots
     checkpoint_minutes: float = 10.0
@@ -67,6 +69,68 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_precision(config: "TrainConfig", device: torch.device) -> tuple[bool, str]:
+    """(use bf16, why). bf16 autocast is a trap on CPUs without bf16 hardware: on an AVX2-only EPYC one step took
+    75 s in bf16 against 1.84 s in fp32, while an AMX Xeon ran it 3x faster. So on CPU: bf16 with AMX; otherwise
+    time 3 steps of each (after one warm-up) on this model and take bf16 only if it is at least 10 % faster."""
+    if config.precision in ("bf16", "fp32"):
+        return config.precision == "bf16", f"asked for {config.precision}"
+    if device.type == "cuda":
+        return True, "auto: CUDA"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return True, "auto: CPU has AMX (amx_bf16)"
+    fp32_s, bf16_s = probe_step_seconds(config, device)
+    has = "has avx512_bf16" if "avx512_bf16" in flags else "has no AMX or avx512_bf16"
+    if bf16_s < 0.9 * fp32_s:
+        return True, f"auto: CPU {has}; probe: bf16 {bf16_s:.3f} s vs fp32 {fp32_s:.3f} s per step"
+    return False, f"auto: CPU {has}; probe: fp32 {fp32_s:.3f} s vs bf16 {bf16_s:.3f} s per step"
+
+
+def probe_step_seconds(config: "TrainConfig", device: torch.device, steps: int = 3) -> tuple[float, float]:
+    """Median seconds of a generator+discriminator forward/backward in fp32 and in bf16 autocast, on throwaway
+    networks of the run's size; torch's RNG is restored afterwards so the run itself is unchanged."""
+    with torch.random.fork_rng(devices=[]):
+        G = Generators(config.generator_config()).to(device)
+        D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm)).to(device)
+        x = torch.rand(config.batch_size, 3, config.size, config.size, device=device) * 2 - 1
+        results = []
+        for bf16 in (False, True):
+            net_g, net_d, inp = G, D, x
+            if bf16:
+                net_g = G.to(memory_format=torch.channels_last)
+                net_d = D.to(memory_format=torch.channels_last)
+                inp = x.contiguous(memory_format=torch.channels_last)
+            times = []
+            for i in range(steps + 1):
+                started = time.perf_counter()
+                context = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+                with context:
+                    out = net_g(inp, inp, config.lambda_identity > 0)
+                    loss = sum(o.float().mean() for o in out.values())
+                    loss = loss + sum(p.float().mean() for p in net_d(inp, inp, out["fake_A"], out["fake_B"]))
+                loss.backward()
+                if i:
+                    times.append(time.perf_counter() - started)
+                if bf16 and time.perf_counter() - started > 20 * (results[0] if results else 1):
+                    times = [math.inf]  # hopeless (no bf16 hardware): stop probing
+                    break
+            results.append(sorted(times)[len(times) // 2])
+            G.zero_grad(set_to_none=True)
+            D.zero_grad(set_to_none=True)
+    return results[0], results[1]
 
 
 # Options that may change on --resume without changing the run (where and how long it runs).
@@ -127,11 +191,15 @@ class Generators(nn.Module):
 class Discriminators(nn.Module):
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
-        self.D_A = init_weights(NLayerDiscriminator(config))
-        self.D_B = init_weights(NLayerDiscriminator(config))
+        # A spectrally normalised discriminator initialises itself before its weights are parametrised.
+        init = (lambda net: net) if config.spectral_norm else init_weights
+        self.D_A = init(NLayerDiscriminator(config))
+        self.D_B = init(NLayerDiscriminator(config))
+        self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
 
     def forward(self, real_A, real_B, fake_A, fake_B) -> tuple[torch.Tensor, ...]:
-        return self.D_A(real_B), self.D_A(fake_B), self.D_B(real_A), self.D_B(fake_A)
+        a = self.augment
+        return self.D_A(a(real_B)), self.D_A(a(fake_B)), self.D_B(a(real_A)), self.D_B(a(fake_A))
 
 
 def lsgan(prediction: torch.Tensor, is_real: bool) -> torch.Tensor:
@@ -167,14 +235,16 @@ class Distributed:
 
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, num_workers: int | None = None,
-                 dist_info: Distributed | None = None) -> None:
+                 dist_info: Distributed | None = None, precision: tuple[bool, str] | None = None) -> None:
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
             device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+        # ``precision``: a choice made earlier in this run on this same hardware (resume keeps it: a timing probe
+        # could flip on a busy machine, and the run would then no longer continue exactly).
+        self.bf16, self.precision_reason = precision or choose_precision(config, self.device)
         self.channels_last = cuda or self.bf16
         self.out = Path(config.out)
 
@@ -185,7 +255,12 @@ class Trainer:
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
 
         self.G = Generators(config.generator_config()).to(self.device)
-        self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf)).to(self.device)
+        self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm)).to(self.device)
+        if config.diff_augment:
+            from training.augment import diff_augment, parse_policy
+
+            parse_policy(config.diff_augment)  # fail now, not at the first step
+            self.D.augment = lambda x: diff_augment(x, config.diff_augment)
         if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
@@ -233,8 +308,8 @@ class Trainer:
         self.opt_G.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.G_train(real_A, real_B, identity)
-            loss_G_A = lsgan(self.D.D_A(out["fake_B"]), True)
-            loss_G_B = lsgan(self.D.D_B(out["fake_A"]), True)
+            loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
+            loss_G_B = lsgan(self.D.D_B(self.D.augment(out["fake_A"])), True)
         l1 = nn.functional.l1_loss
         loss_cycle_A = l1(out["rec_A"].float(), real_A) * c.lambda_cycle
         loss_cycle_B = l1(out["rec_B"].float(), real_B) * c.lambda_cycle
@@ -273,6 +348,7 @@ class Trainer:
         return {
             "config": asdict(self.config),
             "step": self.step,
+            "precision": {"bf16": self.bf16, "reason": self.precision_reason, "hardware": hardware_name(self.device)},
             "G_A": self.G.G_A.state_dict(), "G_B": self.G.G_B.state_dict(),
             "D_A": self.D.D_A.state_dict(), "D_B": self.D.D_B.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
@@ -311,7 +387,7 @@ class Trainer:
         folder = self.out / "snapshots" / f"step_{self.step:07d}"
         for name, generator, direction in (("G_A", self.G.G_A, "AtoB"), ("G_B", self.G.G_B, "BtoA")):
             extra = {"direction": direction, "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                     "run": str(self.out)}
+                     "run": str(self.out), "framing": self.dataset.framing}
             save_generator(folder / f"{name}.safetensors", generator, input_size=self.config.size, extra=extra)
         return folder
 
@@ -332,9 +408,13 @@ class Trainer:
         return save_grid(self.out / "samples" / f"step_{self.step:07d}.png", rows)
 
     # -------------------------------------------------------------------------------------- loop
-    def fit(self, max_minutes: float | None = None, max_steps: int | None = None) -> dict:
+    def fit(self, max_minutes: float | None = None, max_steps: int | None = None,
+            max_cpu_minutes: float | None = None) -> dict:
+        """Train until the schedule ends or a budget runs out. ``max_cpu_minutes`` counts this process's CPU time
+        (all its threads), so ablation arms get equal compute even when something else shares the machine."""
         c = self.config
         started = time.time()
+        cpu_started = time.process_time()
         last_checkpoint = started
         end_step = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
         sample_every = c.sample_every or self.steps_per_epoch
@@ -367,7 +447,8 @@ class Trainer:
                 if c.snapshot_every and self.step % c.snapshot_every == 0:
                     self.save_snapshot()
             step_started = now
-            over_budget = max_minutes is not None and (now - started) / 60 >= max_minutes
+            over_budget = (max_minutes is not None and (now - started) / 60 >= max_minutes) or (
+                max_cpu_minutes is not None and (time.process_time() - cpu_started) / 60 >= max_cpu_minutes)
             if self.dist.world_size > 1:  # every rank must stop on the same step
                 flag = torch.tensor([1.0 if over_budget else 0.0], device=self.device)
                 dist.all_reduce(flag)
@@ -381,6 +462,7 @@ class Trainer:
         if progress is not None:
             progress.close()
         minutes = (time.time() - started) / 60
+        cpu_minutes = (time.process_time() - cpu_started) / 60
         if self.dist.is_main:
             self.save_checkpoint()
             self.save_samples()
@@ -390,7 +472,7 @@ class Trainer:
             from training.visuals import plot_losses
 
             plot_losses(self.out / "losses.csv", self.out / "losses.png")
-        return {"step": self.step, "total_steps": self.total_steps, "minutes": minutes,
+        return {"step": self.step, "total_steps": self.total_steps, "minutes": minutes, "cpu_minutes": cpu_minutes,
                 "stopped_by_clock": stopped_by_clock, "finished": self.step >= self.total_steps}
 
 
@@ -440,12 +522,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-identity", type=float, default=defaults.lambda_identity)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                        help="auto: bf16 on CUDA; on CPU bf16 only with AMX or where a 3-step probe finds it faster")
+    parser.add_argument("--diff-augment", default="", metavar="POLICY",
+                        help="DiffAugment for every discriminator input, e.g. color,translation,cutout (default: off)")
+    parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in the discriminators")
     parser.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: per epoch)")
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="steps between G_B snapshots kept for `simpsonize test --all-snapshots` (0: none)")
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this")
+    parser.add_argument("--max-cpu-minutes", type=float, default=None,
+                        help="stop after this much CPU time of this process (equal-compute ablations)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -458,6 +545,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size, epochs=args.epochs,
         epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_d=args.lr_d,
         lambda_identity=args.lambda_identity, seed=args.seed, precision=args.precision,
+        diff_augment=args.diff_augment, spectral_norm=args.spectral_norm,
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
         checkpoint_minutes=args.checkpoint_minutes,
     )
@@ -475,6 +563,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def hardware_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
 
 def _cpu_name() -> str:
@@ -498,6 +590,7 @@ def record_session(out: Path, trainer: Trainer, start_step: int) -> None:
     sessions.append({"start_step": start_step, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "device": f"{device.type}: {name}", "threads": torch.get_num_threads(),
                      "world_size": trainer.dist.world_size, "precision": "bf16" if trainer.bf16 else "fp32",
+                     "precision_reason": trainer.precision_reason,
                      "torch": torch.__version__})
     path.write_text(json.dumps(sessions, indent=2))
 
@@ -525,8 +618,18 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
             print("error: --size must be a multiple of 4.")
             return 2
         config = config_from_args(args)
+    precision = None
+    if state is not None and args.precision == "auto":
+        saved = state.get("precision") or {}
+        device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device))
+        if saved.get("hardware") == hardware_name(device):
+            precision = (bool(saved["bf16"]), f"{saved['reason']} (kept from the run's earlier session)")
+    elif args.resume and args.precision != "auto":
+        config.precision = args.precision
     try:
-        trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info)
+        trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info,
+                          precision=precision)
     except FileNotFoundError as exc:
         print(f"error: {exc}")
         return 2
@@ -536,11 +639,16 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         record_session(out, trainer, state["step"] if state else 0)
     if state is not None:
         trainer.load_state_dict(state)
-    summary = trainer.fit(max_minutes=args.max_minutes, max_steps=args.max_steps)
     if info.is_main:
-        how = "stopped by --max-minutes" if summary["stopped_by_clock"] else (
+        print(f"train: precision {'bf16' if trainer.bf16 else 'fp32'} ({trainer.precision_reason}) on "
+              f"{_cpu_name() if trainer.device.type == 'cpu' else trainer.device}")
+    summary = trainer.fit(max_minutes=args.max_minutes, max_steps=args.max_steps,
+                          max_cpu_minutes=args.max_cpu_minutes)
+    if info.is_main:
+        how = "stopped by its time budget" if summary["stopped_by_clock"] else (
             "finished" if summary["finished"] else "stopped by --max-steps")
         print(f"train: {how} at step {summary['step']}/{summary['total_steps']} after {summary['minutes']:.1f} min "
+              f"({summary['cpu_minutes']:.1f} CPU min) "
               f"on {trainer.device} ({'bf16' if trainer.bf16 else 'fp32'}, world size {info.world_size}); "
               f"checkpoint {out / 'checkpoint.pt'}")
     return 0
