@@ -73,6 +73,7 @@ class FaceCrop:
     side: float  # crop side in input pixels
     angle: float  # degrees the face was rotated (counter-clockwise) to level the eyes
     other_faces: tuple[Face, ...] = field(default=())
+    outside: float = 0.0  # share of the crop that lies outside the photo (filled with its border colour)
 
     def to_dict(self) -> dict:
         return {"face": self.face.to_dict(), "center": [round(c, 1) for c in self.center],
@@ -148,11 +149,16 @@ def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Fac
     f = eyes_s[1] - d * ou - e * ov
     border = _border_colour(image)
     crop = image.transform((size, size), Image.AFFINE, (a, b, c, d, e, f), resample=Image.BICUBIC, fillcolor=border)
+    grid = (np.arange(16) + 0.5) * size / 16
+    u, v = np.meshgrid(grid, grid)
+    x, y = a * u + b * v + c, d * u + e * v + f
+    outside = float(np.mean((x < 0) | (y < 0) | (x >= image.width) | (y >= image.height)))
 
     # Crop centre in original coordinates (for placing results back).
     cu, cv = size / 2, size / 2
     center = (float((a * cu + b * cv + c) * shrink), float((d * cu + e * cv + f) * shrink))
-    return FaceCrop(image=crop, face=face, center=center, side=side, angle=angle, other_faces=other_faces)
+    return FaceCrop(image=crop, face=face, center=center, side=side, angle=angle, other_faces=other_faces,
+                    outside=outside)
 
 
 def _border_colour(image: Image.Image) -> tuple[int, int, int]:

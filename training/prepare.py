@@ -24,12 +24,17 @@ from model.imaging import IMAGE_SUFFIXES, open_image
 SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
+class CropOutsidePhoto(SimpsonizeError):
+    """The framing asks for more of the head than the photo shows."""
+
+
 @dataclass
 class DomainReport:
     found: int = 0
     duplicates: int = 0
     unreadable: int = 0
     no_face: int = 0
+    outside: int = 0  # crop ran past the photo's edge more than --max-outside allows
     kept: list[Path] = field(default_factory=list)
 
 
@@ -47,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--framing-scale", type=float, default=CROP_SCALE,
                         help="crop side / mean(eye distance, eye-to-mouth distance); larger shows more head and hair")
     parser.add_argument("--eye-line", type=float, default=EYE_LINE, help="height of the eyes in the crop (0-1)")
+    parser.add_argument("--max-outside", type=float, default=1.0,
+                        help="skip real photos whose crop runs past the photo's edge by more than this share of the "
+                             "crop (tight source crops get flat borders at loose framings)")
     parser.add_argument("--faces-from", type=Path, default=None,
                         help="faces.json of an earlier prepare: reuse its detections instead of running MTCNN "
                              "(a new framing of the same photos costs seconds, not minutes)")
@@ -70,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     summary = prepare(args.simpsons, args.real, args.out, size=args.size, test_fraction=args.test_fraction,
                       test_max=args.test_max, test_max_real=args.test_max_real, limit=args.limit, seed=args.seed,
                       device=args.device, framing=Framing(args.framing_scale, args.eye_line),
-                      faces_from=args.faces_from)
+                      faces_from=args.faces_from, max_outside=args.max_outside)
     counts = summary["counts"]
     print(f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
           f"testB {counts['testB']}; skipped {summary['real']['no_face']} real photos without a face, "
@@ -94,7 +102,8 @@ def split_count(n: int, fraction: float, maximum: int) -> int:
 
 def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, test_fraction: float = 0.1,
             test_max: int = 25, test_max_real: int | None = None, limit: int | None = None, seed: int = 0,
-            device: str = "cpu", framing: Framing = Framing(), faces_from: Path | None = None) -> dict:
+            device: str = "cpu", framing: Framing = Framing(), faces_from: Path | None = None,
+            max_outside: float = 1.0) -> dict:
     from model.face import Face, align_crop, detect_faces
 
     # Detections keyed by source path: a later prepare with another framing reuses them (MTCNN is the slow part).
@@ -115,7 +124,10 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
                                                      "landmarks": [list(p) for p in face.landmarks]}
         if face is None:
             raise NoFaceFound()
-        return align_crop(image, face, size, framing=framing).image
+        crop = align_crop(image, face, size, framing=framing)
+        if crop.outside > max_outside:
+            raise CropOutsidePhoto()
+        return crop.image
 
     rng = random.Random(seed)
     for split in SPLITS:
@@ -148,6 +160,8 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
             except SimpsonizeError as exc:
                 if isinstance(exc, NoFaceFound):
                     report.no_face += 1
+                elif isinstance(exc, CropOutsidePhoto):
+                    report.outside += 1
                 else:
                     report.unreadable += 1
                 continue
@@ -178,6 +192,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         "real": _report_dict(reports["B"]),
         "crop": "model.face.align_crop",
         "framing": framing.to_dict(),
+        "max_outside": max_outside,
     }
     (out / "faces.json").write_text(json.dumps(faces_seen))
     (out / "dataset.json").write_text(json.dumps(summary, indent=2))
@@ -210,4 +225,4 @@ def write_preview(out: Path, counts: dict[str, int], rng: random.Random, per_row
 
 def _report_dict(report: DomainReport) -> dict:
     return {"found": report.found, "duplicates": report.duplicates, "unreadable": report.unreadable,
-            "no_face": report.no_face, "kept": len(report.kept)}
+            "no_face": report.no_face, "outside": report.outside, "kept": len(report.kept)}

@@ -512,9 +512,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transpose: the reference layout; resize_conv: avoids checkerboard artefacts")
     parser.add_argument("--ndf", type=int, default=defaults.ndf)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs at the initial learning rate")
-    parser.add_argument("--epochs-decay", type=int, default=defaults.epochs_decay,
-                        help="epochs of linear decay to 0 after --epochs")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs at the initial learning rate (default {defaults.epochs}; with --resume: "
+                             "lengthen or shorten the run's schedule, e.g. to add a decay after an ablation arm won)")
+    parser.add_argument("--epochs-decay", type=int, default=None,
+                        help=f"epochs of linear decay to 0 after --epochs (default {defaults.epochs_decay})")
     parser.add_argument("--steps-per-epoch", type=int, default=0,
                         help="define an epoch as this many steps (default: one pass over the larger domain)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
@@ -542,8 +544,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data=str(args.data), out=str(args.out), size=args.size, ngf=args.ngf, n_blocks=args.n_blocks,
-        upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size, epochs=args.epochs,
-        epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_d=args.lr_d,
+        upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size,
+        epochs=TrainConfig.epochs if args.epochs is None else args.epochs,
+        epochs_decay=TrainConfig.epochs_decay if args.epochs_decay is None else args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_d=args.lr_d,
         lambda_identity=args.lambda_identity, seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm,
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
@@ -607,6 +610,9 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         config = TrainConfig.from_dict(state["config"])
         for name in RUNTIME_OPTIONS:
             setattr(config, name, getattr(args, name))
+        for name in ("epochs", "epochs_decay"):  # a new schedule length, only when asked for
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
     else:
         if args.data is None:
             print("error: --data is required for a new run.")

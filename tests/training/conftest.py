@@ -21,4 +21,5 @@ def tiny_dataset(tmp_path_factory):
 
 
 TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1",
-              "--epochs-decay", "1", "--steps-per-epoch", "2", "--device", "cpu", "--num-workers", "0"]
+              "--epochs-decay", "1", "--steps-per-epoch", "2", "--device", "cpu", "--num-workers", "0",
+              "--precision", "fp32"]

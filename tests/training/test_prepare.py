@@ -33,7 +33,7 @@ def test_prepare_crops_real_faces_skips_faceless_and_duplicates(tmp_path, astron
                  "--size", "64", "--test-fraction", "0.25", "--test-max", "2"])
     assert code == 0
     summary = json.loads((out / "dataset.json").read_text())
-    assert summary["real"] == {"found": 6, "duplicates": 1, "unreadable": 0, "no_face": 1, "kept": 4}
+    assert summary["real"] == {"found": 6, "duplicates": 1, "unreadable": 0, "no_face": 1, "outside": 0, "kept": 4}
     assert summary["counts"] == {"trainA": 10, "testA": 2, "trainB": 3, "testB": 1}
     crops = sorted((out / "trainB").iterdir()) + sorted((out / "testB").iterdir())
     for path in crops:

@@ -55,10 +55,20 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
 
 def test_max_minutes_stops_cleanly_with_a_checkpoint(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:-8],
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:8],
                  "--epochs", "1000", "--epochs-decay", "0", "--steps-per-epoch", "2", "--device", "cpu",
                  "--num-workers", "0", "--max-minutes", "0"]) == 0
-    assert "stopped by --max-minutes" in capsys.readouterr().out
+    assert "stopped by its time budget" in capsys.readouterr().out
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
+
+
+def test_max_cpu_minutes_stops_on_process_cpu_time(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:8],
+                 "--epochs", "1000", "--epochs-decay", "0", "--steps-per-epoch", "2", "--device", "cpu",
+                 "--num-workers", "0", "--max-cpu-minutes", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped by its time budget" in out and "CPU min" in out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
 
 
@@ -83,3 +93,42 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     sessions = json.loads((run / "sessions.json").read_text())
     assert sessions[-1]["world_size"] == 2
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_resume_can_add_a_decay_to_the_schedule(tiny_dataset, tmp_path, capsys):
+    """An ablation arm trained at a constant rate can become the long run: resume with a decay appended."""
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--max-steps", "2") == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs-decay", "3", "--max-steps", "2",
+                 "--device", "cpu", "--num-workers", "0"]) == 0
+    assert "at step 4/8" in capsys.readouterr().out  # (1 + 3 epochs) x 2 steps
+    assert json.loads((run / "config.json").read_text())["epochs_decay"] == 3
+
+
+def test_precision_auto_picks_bf16_only_with_hardware_or_a_faster_probe(monkeypatch):
+    from training import train as train_module
+    from training.train import TrainConfig, choose_precision
+
+    config = TrainConfig(data="", out="")
+    cpu = torch.device("cpu")
+    assert choose_precision(TrainConfig(data="", out="", precision="fp32"), cpu)[0] is False
+    assert choose_precision(TrainConfig(data="", out="", precision="bf16"), cpu)[0] is True
+    monkeypatch.setattr(train_module, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert choose_precision(config, cpu) == (True, "auto: CPU has AMX (amx_bf16)")
+    monkeypatch.setattr(train_module, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(train_module, "probe_step_seconds", lambda c, d: (1.84, 75.0))  # the AVX2 EPYC's trap
+    use_bf16, reason = choose_precision(config, cpu)
+    assert use_bf16 is False and "probe" in reason
+    monkeypatch.setattr(train_module, "probe_step_seconds", lambda c, d: (1.0, 0.5))
+    assert choose_precision(config, cpu)[0] is True
+
+
+def test_probe_times_both_precisions_without_touching_the_run_rng():
+    from training.train import TrainConfig, probe_step_seconds
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fp32, bf16 = probe_step_seconds(TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4), torch.device("cpu"))
+    assert fp32 > 0 and bf16 > 0
+    assert torch.equal(torch.rand(3), expected)

@@ -1,0 +1,47 @@
+"""The prepared H200 command, run for a few steps on the CPU with tiny data and a tiny generator."""
+
+import json
+
+from model.weights import load_generator
+from training.gpu_run import main
+
+TINY = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--batch-size", "2", "--device", "cpu",
+        "--num-workers", "0", "--max-steps", "3", "--minutes", "5"]
+
+
+def test_pack_train_merge_round_trip(tiny_dataset, tmp_path):
+    pack = tmp_path / "pack"
+    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "32", "--max-mib", "1"]) == 0
+    info = json.loads((pack / "dataset.json").read_text())
+    assert info["counts"] == {"trainA": 6, "trainB": 6, "testA": 3, "testB": 3}
+    assert sum(p.stat().st_size for p in pack.rglob("*.jpg")) <= 2**20
+
+    out = tmp_path / "OUT"
+    assert main(["train", "--pack", str(pack), "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["config"]["batch_size"] == 2
+    returned = [p for p in out.rglob("*") if p.is_file()]
+    # what the device tool brings back: at most 8 files, each under 16 MiB, no sub-folders
+    assert len(returned) <= 8 and all(p.parent == out and p.stat().st_size < 16 * 2**20 for p in returned)
+    assert {"samples.png", "losses.csv", "G_B.0.safetensors", "G_A.0.safetensors"} <= {p.name for p in returned}
+
+    run = tmp_path / "run"
+    assert main(["merge", str(out), "--out", str(run)]) == 0
+    g_b, meta = load_generator(run / "snapshots" / "step_0000003" / "G_B.safetensors")
+    assert meta["input_size"] == 32 and meta["direction"] == "BtoA" and g_b.config.ngf == 4
+
+
+def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):
+    import training.gpu_run as gpu_run
+    from model.networks import GeneratorConfig, ResnetGenerator
+
+    monkeypatch.setattr(gpu_run, "MAX_RETURN_BYTES", 20_000)  # a tiny limit forces several shards
+    generator = ResnetGenerator(GeneratorConfig(ngf=8, n_blocks=2))
+
+    class Config:
+        size = 32
+
+    paths = gpu_run.save_shards(generator, tmp_path, "G_B", Config, None, 7)
+    assert len(paths) > 1
+    biggest_tensor = max(v.numel() * 2 for v in generator.state_dict().values())
+    assert all(p.stat().st_size <= max(20_000, biggest_tensor) + 4096 for p in paths)
