@@ -18,6 +18,8 @@ NOT_FOUND = ("No such job: it never existed, has expired, was deleted, or was lo
              "Please upload the photo again.")
 _errors = {code: {"model": ErrorResponse, "description": text} for code, text in {
     404: "Unknown, expired or deleted job.",
+    # app.main answers every validation error with one sentence, not FastAPI's list: document that shape.
+    422: "A parameter is not valid (e.g. download is not a boolean).",
 }.items()}
 
 UPLOAD_BODY = {
