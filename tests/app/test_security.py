@@ -318,6 +318,16 @@ def test_parallel_uploads_from_one_client_cannot_pass_the_cap_together(app_for):
     assert codes == [202, 202, 429, 429, 429, 429]
 
 
+def test_per_client_keys_expire_and_hold_no_address(app_for, redis_client):
+    application = app_for(rate_limit="5/minute", forwarded_allow_ips="testclient", max_queue=50)
+    with TestClient(application) as client:
+        assert upload(client, headers={"X-Forwarded-For": "198.51.100.77"}).status_code == 202
+    names = [n.decode() for n in redis_client.scan_iter("simpsonize:*") if b":ratelimit" in n or b":client:" in n]
+    assert any(":ratelimit" in n for n in names) and any(":client:" in n for n in names)
+    assert all(redis_client.ttl(n) > 0 for n in names), names
+    assert not any("198.51.100.77" in n for n in names)  # only a hash of the address is stored
+
+
 def test_rate_limit_off_turns_both_limits_off(app_for):
     application = app_for(rate_limit="off", max_queued_per_client=1, max_queue=50)
     with TestClient(application) as client:
