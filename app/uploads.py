@@ -206,7 +206,8 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
             from None
     except UnidentifiedImageError:
         raise not_an_image from None
-    except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, RuntimeError) as exc:
+        # RuntimeError: Pillow's AVIF and pillow-heif's HEIF decoders report damaged data that way (found by fuzzing).
         raise UploadError(415, "The image could not be decoded: the file looks damaged or truncated.") from exc
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=95, subsampling=0)
