@@ -31,6 +31,9 @@ ARMS: dict[str, list[str]] = {
                "--diff-augment", "color,translation,cutout"],
     "small_da_b4": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
                     "--diff-augment", "color,translation,cutout", "--batch-size", "4"],
+    # the framing arm: small_da on a dataset prepared with a looser crop (pass it with --data-for small_da_wide=DIR)
+    "small_da_wide": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
+                      "--diff-augment", "color,translation,cutout"],
     "baseline_da": ["--size", "128", "--ngf", "32", "--n-blocks", "6", "--ndf", "64",
                     "--diff-augment", "color,translation,cutout"],
 }
@@ -51,26 +54,28 @@ def launch(name: str, data: Path, out: Path, cpu_minutes: float, core: int | Non
     return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def measure(names: list[str], out: Path, data: Path) -> list[dict]:
+def measure(names: list[str], out: Path, data_for) -> list[dict]:
     import torch
 
     from training.evaluate import c2st_of_generator, load_pool, load_run_generators
     from training.visuals import save_grid
 
-    pool = load_pool(data)
+    pools: dict = {}
     rows, grid = [], {}
     for name in names:
+        pool = pools.setdefault(data_for(name), load_pool(data_for(name)))
         run = out / name
         g_a, g_b, info = load_run_generators(run)
         config = info["config"]
         row, fake = c2st_of_generator(g_b, pool, int(config["size"]), g_a)
         log = (run / "losses.csv").read_text().splitlines()[1:]
         wall = sum(float(line.split(",")[-1]) for line in log)
-        rows.append({"arm": name, "steps": info["step"], "seconds_per_step": round(wall / max(1, len(log)), 3),
+        rows.append({"arm": name, "pool": str(data_for(name)), "steps": info["step"], "seconds_per_step": round(wall / max(1, len(log)), 3),
                      "images_per_second": round(len(log) * int(config["batch_size"]) / max(wall, 1e-9), 2), **row})
         grid[f"{name} ({info['step']} steps)"] = torch.nn.functional.interpolate(fake[:12], size=(96, 96),
                                                                                   mode="bilinear", antialias=True)
-    grid = {"test faces": torch.nn.functional.interpolate(pool.photos(96)[:12], size=(96, 96)), **grid}
+    first = load_pool(data_for(names[0]))
+    grid = {"test faces": torch.nn.functional.interpolate(first.photos(96)[:12], size=(96, 96)), **grid}
     save_grid(out / "ablation_grid.png", grid, thumb=96)
     return rows
 
@@ -84,20 +89,27 @@ def main(argv: list[str] | None = None) -> int:
                         choices=sorted(ARMS))
     parser.add_argument("--parallel", type=int, default=2, help="arms at once, each pinned to a core (1: in turn)")
     parser.add_argument("--measure-only", action="store_true", help="only measure arms that already ran")
+    parser.add_argument("--data-for", action="append", default=[], metavar="ARM=DIR",
+                        help="another dataset for one arm (the framing arm); it is also measured on that one's pool")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train flags for every arm")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(item.split("=", 1) for item in args.data_for)
+
+    def data_for(name: str) -> Path:
+        return Path(overrides[name]) if name in overrides else args.data
+
     if not args.measure_only:
         pending = [a for a in args.arms if not (args.out / a / "checkpoint.pt").exists()]
         while pending:
             batch, pending = pending[:args.parallel], pending[args.parallel:]
             started = time.time()
-            procs = [launch(name, args.data, args.out, args.cpu_minutes, i if args.parallel > 1 else None, args.extra)
+            procs = [launch(name, data_for(name), args.out, args.cpu_minutes, i if args.parallel > 1 else None, args.extra)
                      for i, name in enumerate(batch)]
             codes = [p.wait() for p in procs]
             print(f"ablation: {', '.join(batch)} finished with {codes} in {(time.time() - started) / 60:.1f} min",
                   flush=True)
-    rows = measure(args.arms, args.out, args.data)
+    rows = measure(args.arms, args.out, data_for)
     header = ("| arm | steps | s/step | images/s | C2ST (mean ± sd, 3 seeds) | cycle L1 |\n"
               "| --- | --- | --- | --- | --- | --- |")
     lines = [header] + [f"| {r['arm']} | {r['steps']} | {r['seconds_per_step']} | {r['images_per_second']} | "

@@ -23,3 +23,11 @@ def tiny_dataset(tmp_path_factory):
 TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1",
               "--epochs-decay", "1", "--steps-per-epoch", "2", "--device", "cpu", "--num-workers", "0",
               "--precision", "fp32"]
+
+
+@pytest.fixture(autouse=True)
+def quick_c2st(monkeypatch):
+    """The C2ST's own tests check its figures; elsewhere a few classifier steps are enough to test the plumbing."""
+    import training.c2st
+
+    monkeypatch.setattr(training.c2st, "STEPS", 20)

@@ -40,17 +40,40 @@ def test_one_direction_only(trained_run):
     assert "BtoA" in metrics and "AtoB" not in metrics
 
 
-def test_all_snapshots_ranks_and_names_the_best(trained_run):
+def test_all_snapshots_ranks_by_c2st_with_a_gallery_of_the_same_faces(trained_run, capsys):
     assert main(["test", "--run", str(trained_run), "--all-snapshots"]) == 0
     best = json.loads((trained_run / "test" / "best_snapshot.json").read_text())
     assert best["snapshot"] in ("step_0000002", "step_0000004")
+    assert 0 <= best["c2st"] <= 1 and len(best["c2st_per_seed"]) == 3 and best["cycle_l1"] > 0
+    out = capsys.readouterr().out
+    assert "C2ST" in out and "untranslated photos" in out  # the sanity rows are in the same report
+    index = (trained_run / "test" / "index.html").read_text()
+    assert "snapshots_gallery.png" in index and "Sanity rows" in index
+    from PIL import Image
+    grid = Image.open(trained_run / "test" / "snapshots_gallery.png")
+    assert grid.height == 3 * 32  # the test faces, then one row per snapshot
 
 
-def test_pick_best_prefers_lower_cycle_loss_among_near_top_scores():
-    rows = [{"snapshot": "a", "domain_score": 0.96, "cycle_l1": 0.20},
-            {"snapshot": "b", "domain_score": 0.93, "cycle_l1": 0.10},
-            {"snapshot": "c", "domain_score": 0.60, "cycle_l1": 0.01}]
-    assert pick_best(rows)["snapshot"] == "b"
+def test_pick_best_takes_lowest_c2st_then_cycle_loss_and_keeps_the_person_recoverable():
+    rows = [{"snapshot": "a", "c2st": 0.80, "cycle_l1": 0.05},
+            {"snapshot": "b", "c2st": 0.71, "cycle_l1": 0.07},
+            {"snapshot": "c", "c2st": 0.70, "cycle_l1": 0.075},
+            {"snapshot": "d", "c2st": 0.60, "cycle_l1": 0.20}]  # looks more like the show, but lost the person
+    assert pick_best(rows)["snapshot"] == "b"  # c and b tie within 0.02; b keeps more of the person
+    assert pick_best(rows, margin=0.0)["snapshot"] == "c"
+    assert pick_best([rows[3]])["snapshot"] == "d"  # nothing recoverable: still names one
+
+
+def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset, tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(weights)]) == 0
+    capsys.readouterr()
+    assert main(["test", "--weights", str(weights), "--weights", str(weights), "--data", str(tiny_dataset)]) == 0
+    report = json.loads((tiny_dataset / "c2st_weights.json").read_text())
+    first, second = report["weights"]
+    assert first["c2st_per_seed"] == second["c2st_per_seed"]  # same pool, same seeds: the same measure
+    assert "C2ST" in capsys.readouterr().out
+    assert main(["test", "--weights", str(tmp_path / "missing.safetensors"), "--data", str(tiny_dataset)]) == 2
 
 
 def test_export_then_predict_uses_it(trained_run, tmp_path, astronaut):

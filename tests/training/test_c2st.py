@@ -1,0 +1,58 @@
+"""The C2ST must be able to fail: same-distribution sets score ~0.5, clearly different sets ~1.0."""
+
+import pytest
+import torch
+
+from training.c2st import c2st, sanity_sets, two_sample_accuracy, yellow_tint, zoom
+
+
+def blobs(n, colour, seed, size=32):
+    """Noisy images around one colour; a disc in the middle if ``colour`` says so."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor(colour).view(1, 3, 1, 1).float()
+    return (base + 0.3 * torch.randn(n, 3, size, size, generator=g)).clamp(-1, 1)
+
+
+def test_same_distribution_is_near_chance_and_different_is_near_one():
+    same = c2st(blobs(40, (0.5, 0.3, -0.8), 0), blobs(40, (0.5, 0.3, -0.8), 1), seeds=(0, 1), steps=40)
+    different = c2st(blobs(40, (0.5, 0.3, -0.8), 0), blobs(40, (-0.2, -0.2, -0.2), 1), seeds=(0, 1), steps=40)
+    assert same.mean < 0.7
+    assert different.mean > 0.95
+    assert len(different.accuracies) == 2 and different.n == 40
+
+
+def test_result_reports_mean_and_spread():
+    result = c2st(blobs(20, (0, 0, 0), 0), blobs(20, (0.9, 0.9, 0.9), 1), seeds=(0, 1, 2), steps=20)
+    row = result.to_dict()
+    assert row["c2st"] == pytest.approx(sum(row["c2st_per_seed"]) / 3, abs=1e-3)
+    assert row["c2st_std"] >= 0 and row["n_per_set"] == 20
+
+
+def test_too_few_images_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least 2"):
+        two_sample_accuracy(blobs(1, (0, 0, 0), 0), blobs(5, (0, 0, 0), 1), seed=0)
+
+
+def test_zoom_keeps_the_centre_and_size():
+    images = torch.zeros(1, 3, 40, 40)
+    images[..., 15:25, 15:25] = 1.0  # a centred square of 1/4 the side
+    zoomed = zoom(images, 0.5)
+    assert zoomed.shape == images.shape
+    assert zoomed[..., 12:28, 12:28].mean() > 0.9  # the square now fills half the side
+    assert zoomed[..., :5, :5].abs().max() < 1e-6
+
+
+def test_yellow_tint_turns_photos_yellow_but_keeps_their_shading():
+    grey = torch.linspace(-1, 1, 16).view(1, 1, 1, 16).expand(1, 3, 16, 16).clone()
+    tinted = yellow_tint(grey, strength=1.0)
+    bright = tinted[0, :, 0, -1]
+    assert bright[0] > bright[2] + 1.0 and bright[1] > bright[2] + 1.0  # red and green high, blue low
+    assert tinted[0, 0, 0, -1] > tinted[0, 0, 0, 0]  # brighter photo pixels stay brighter
+
+
+def test_sanity_rows_cover_the_four_checks():
+    others, photos = blobs(4, (0.8, 0.6, -0.8), 0, 64), blobs(4, (0.2, 0.0, -0.1), 1, 64)
+    rows = sanity_sets(others, photos)
+    assert len(rows) == 4
+    assert any("zoomed" in name for name in rows) and any("yellow" in name for name in rows)
+    assert all(images.shape == (4, 3, 64, 64) for images in rows.values())
