@@ -69,11 +69,12 @@ class ModelWorker(SimpleWorker):
                 log.exception("Heartbeat failed.")
 
     def _reap(self) -> None:
-        """Once per interval across all workers (a Redis lock), fail the jobs of workers that went silent."""
-        lock = f"{self.key_prefix}:reaper-lock"
-        if not self.connection.set(lock, self.name, nx=True, ex=max(1, int(self.heartbeat_interval))):
-            return
+        """Once per interval per queue across its workers (a Redis lock per queue: workers of other queues on the
+        same Redis must not starve this one's), fail the jobs of workers that went silent."""
         for queue in self.queues:
+            lock = f"{self.key_prefix}:reaper-lock:{queue.name}"
+            if not self.connection.set(lock, self.name, nx=True, ex=max(1, int(self.heartbeat_interval))):
+                continue
             for job_id in liveness.reap(queue, self.key_prefix, 4 * self.heartbeat_interval):
                 self.log.warning("Worker %s: failed job %s, whose worker stopped.", self.name, job_id)
 
