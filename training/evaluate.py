@@ -34,7 +34,7 @@ from torch import nn
 
 from model.networks import ResnetGenerator
 from model.weights import load_generator
-from training.c2st import C2ST_SIZE, SANITY_EXPECTED, SEEDS, c2st, resize, sanity_sets
+from training.c2st import SANITY_EXPECTED, SEEDS, c2st, sanity_sets
 from training.data import load_fixed
 from training.prepare import list_images
 from training.visuals import save_grid
@@ -50,15 +50,34 @@ MAX_CYCLE_L1 = 0.08  # the person must stay recoverable: the first shipped model
 # ------------------------------------------------------------------------------------------- C2ST pool
 @dataclass
 class QualityPool:
-    """What every model is measured against, loaded once: the same faces, in the same order, every time."""
+    """What every model is measured against: the same faces, in the same order, every time.
 
-    reference: torch.Tensor  # Simpsons faces (trainA, seeded draw), at C2ST size
-    others: torch.Tensor  # other Simpsons faces, full size (for the sanity rows)
+    Every set goes through the same resampling: loaded at the model's size (as training and serving feed it), then
+    the C2ST's own downscale. A first version loaded the Simpsons reference straight at 64 px and everything else
+    at full size: Simpsons against other Simpsons then scored 0.66, because the classifier saw the resampling.
+    """
+
+    reference_files: list[Path]  # Simpsons faces (trainA, seeded draw)
+    other_files: list[Path]  # as many other Simpsons faces (for the sanity rows)
     photo_files: list[Path]  # the real test pool (testB)
     data: Path
 
+    def __post_init__(self) -> None:
+        self._cache: dict = {}
+
+    def _load(self, name: str, files: list[Path], size: int) -> torch.Tensor:
+        if (name, size) not in self._cache:
+            self._cache[(name, size)] = load_fixed(files, size)
+        return self._cache[(name, size)]
+
     def photos(self, size: int) -> torch.Tensor:
-        return load_fixed(self.photo_files, size)
+        return self._load("photos", self.photo_files, size)
+
+    def reference(self, size: int) -> torch.Tensor:
+        return self._load("reference", self.reference_files, size)
+
+    def others(self, size: int) -> torch.Tensor:
+        return self._load("others", self.other_files, size)
 
 
 def load_pool(data: Path, n: int = POOL_SIZE, seed: int = 0) -> QualityPool:
@@ -68,9 +87,8 @@ def load_pool(data: Path, n: int = POOL_SIZE, seed: int = 0) -> QualityPool:
     simpsons = list_images(data / "trainA")
     order = torch.randperm(len(simpsons), generator=torch.Generator().manual_seed(seed)).tolist()
     n_ref = min(len(photo_files), len(simpsons) // 2)
-    reference = load_fixed([simpsons[i] for i in order[:n_ref]], C2ST_SIZE)
-    others = load_fixed([simpsons[i] for i in order[n_ref:2 * n_ref]], 256)
-    return QualityPool(reference, others, photo_files, data)
+    return QualityPool([simpsons[i] for i in order[:n_ref]], [simpsons[i] for i in order[n_ref:2 * n_ref]],
+                       photo_files, data)
 
 
 @torch.no_grad()
@@ -83,30 +101,32 @@ def c2st_of_generator(g_b: ResnetGenerator, pool: QualityPool, size: int, g_a: R
     """C2ST of G_B's translations of the test pool (and B->A cycle L1 when G_A is given); returns the translations."""
     photos = pool.photos(size)
     fake = translate(g_b, photos)
-    row = c2st(pool.reference, fake, seeds=seeds).to_dict()
+    row = c2st(pool.reference(size), fake, seeds=seeds).to_dict()
     if g_a is not None:
         rec = translate(g_a, fake)
         row["cycle_l1"] = round(float((rec - photos).abs().mean() / 2), 4)
     return row, fake
 
 
-def sanity_rows(pool: QualityPool, seeds=SEEDS) -> list[dict]:
+def sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[dict]:
     """The rows that show the measure works; each says whether it came out inside its expected band."""
     rows = []
-    for name, images in sanity_sets(pool.others, pool.photos(256)).items():
-        result = c2st(pool.reference, images, seeds=seeds)
+    for name, images in sanity_sets(pool.others(size), pool.photos(size)).items():
+        result = c2st(pool.reference(size), images, seeds=seeds)
         low, high = SANITY_EXPECTED[name]
         rows.append({"row": name, **result.to_dict(), "expected": f"{low:.2f}-{high:.2f}",
                      "as_expected": low <= result.mean <= high})
     return rows
 
 
-def cached_sanity_rows(pool: QualityPool, seeds=SEEDS) -> list[dict]:
-    """Sanity rows depend only on the dataset: computed once and kept beside it."""
-    path = pool.data / f"c2st_sanity_n{len(pool.photo_files)}_s{len(seeds)}.json"
+def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[dict]:
+    """Sanity rows depend only on the dataset and size: computed once and kept beside the dataset."""
+    import training.c2st
+
+    path = pool.data / f"c2st_sanity_v2_n{len(pool.photo_files)}_px{size}_s{len(seeds)}_k{training.c2st.STEPS}.json"
     if path.exists():
         return json.loads(path.read_text())
-    rows = sanity_rows(pool, seeds)
+    rows = sanity_rows(pool, size, seeds)
     path.write_text(json.dumps(rows, indent=2))
     return rows
 
@@ -352,7 +372,9 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True) -> dict:
         g_b, meta = load_generator(path)
         row, _ = c2st_of_generator(g_b, pool, int(meta.get("input_size", 256)))
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
-    return {"data": str(data), "weights": rows, "sanity": cached_sanity_rows(pool) if sanity else []}
+    sizes = sorted({int(load_generator(p)[1].get("input_size", 256)) for p in files})
+    return {"data": str(data), "weights": rows,
+            "sanity": [dict(r, size=size) for size in sizes for r in cached_sanity_rows(pool, size)] if sanity else []}
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -407,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         pool = load_pool(data)
         rows, gallery = rank_snapshots(run_dir, data, size, pool)
-        sanity = [] if args.no_sanity else cached_sanity_rows(pool)
+        sanity = [] if args.no_sanity else cached_sanity_rows(pool, size)
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
         write_snapshot_gallery(out, pool, size, gallery, rows, sanity)
@@ -435,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
     pool = load_pool(data) if "BtoA" in directions else None
     metrics = evaluate(g_a, g_b, data, size, directions, out=out, c2st_pool=pool)
     if pool is not None and not args.no_sanity:
-        metrics["sanity"] = cached_sanity_rows(pool)
+        metrics["sanity"] = cached_sanity_rows(pool, size)
         _write_index(out, metrics, [(d, [f"{d}/{p.stem}.png" for p in list_images(out / d)]) for d in directions])
     metrics["step"] = info["step"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
