@@ -84,3 +84,15 @@ def test_transparent_background_becomes_white():
 def test_unreadable_bytes_raise_a_sentence():
     with pytest.raises(UnreadableImage, match="not a readable image"):
         open_image(b"this is not an image")
+
+
+def test_looser_framing_shows_more_of_the_head_and_reports_crop_outside_the_photo(astronaut):
+    from model.face import Framing
+
+    tight = crop_face(astronaut, size=128)
+    loose = crop_face(astronaut, size=128, framing=Framing(scale=3.0, eye_line=0.42))
+    assert loose.side == pytest.approx(tight.side * 3.0 / 2.3, rel=1e-6)
+    assert tight.outside == 0.0 and loose.outside == 0.0  # the astronaut photo has room around her face
+    edge = astronaut.crop((100, 60, 400, 400))  # the photo now ends just above her forehead
+    tight_edge = crop_face(edge, size=128)
+    assert crop_face(edge, size=128, framing=Framing(scale=3.0, eye_line=0.42)).outside > 0.03 > tight_edge.outside

@@ -49,3 +49,20 @@ def test_missing_weights_is_a_clear_error(tmp_path):
 def test_warm_up_runs_detector_and_generator(tiny_weights):
     s = Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
     s.warm_up()  # a blank image has no face: warming up must not raise
+
+
+def test_serving_crops_with_the_framing_the_weights_were_trained_with(tmp_path, astronaut):
+    """Train and serve must crop alike: the framing travels in the weights' metadata."""
+    from model.face import Framing
+    from model.networks import GeneratorConfig, ResnetGenerator
+    from model.weights import save_generator
+
+    generator = ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1))
+    loose = tmp_path / "loose.safetensors"
+    save_generator(loose, generator, input_size=64, extra={"framing": {"scale": 3.0, "eye_line": 0.42}})
+    plain = tmp_path / "plain.safetensors"
+    save_generator(plain, generator, input_size=64)
+    with_framing = Simpsonizer(weights=loose, device="cpu", num_threads=1)
+    without = Simpsonizer(weights=plain, device="cpu", num_threads=1)
+    assert with_framing.framing == Framing(3.0, 0.42) and without.framing == Framing()
+    assert with_framing(astronaut).crop.side == pytest.approx(without(astronaut).crop.side * 3.0 / 2.3, rel=1e-6)
