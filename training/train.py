@@ -608,6 +608,7 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
             return 2
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         config = TrainConfig.from_dict(state["config"])
+        config.out = str(out)  # the folder may have been copied or moved: write where we were told to
         for name in RUNTIME_OPTIONS:
             setattr(config, name, getattr(args, name))
         for name in ("epochs", "epochs_decay"):  # a new schedule length, only when asked for

@@ -132,3 +132,16 @@ def test_probe_times_both_precisions_without_touching_the_run_rng():
     fp32, bf16 = probe_step_seconds(TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4), torch.device("cpu"))
     assert fp32 > 0 and bf16 > 0
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_resume_writes_into_the_folder_it_was_given_not_the_one_it_was_copied_from(tiny_dataset, tmp_path):
+    """An ablation arm copied into a long-run folder and resumed there must not overwrite the arm."""
+    import shutil
+
+    arm, long_run = tmp_path / "arm", tmp_path / "long"
+    assert train(tiny_dataset, arm, "--max-steps", "2") == 0
+    shutil.copytree(arm, long_run)
+    before = (arm / "checkpoint.pt").read_bytes()
+    assert main(["train", "--out", str(long_run), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
+    assert (arm / "checkpoint.pt").read_bytes() == before
+    assert torch.load(long_run / "checkpoint.pt", weights_only=False)["step"] == 4
