@@ -61,6 +61,7 @@ class QualityPool:
     other_files: list[Path]  # as many other Simpsons faces (for the sanity rows)
     photo_files: list[Path]  # the real test pool (testB)
     data: Path
+    framing: dict | None = None  # how the dataset cropped them
 
     def __post_init__(self) -> None:
         self._cache: dict = {}
@@ -72,6 +73,19 @@ class QualityPool:
 
     def photos(self, size: int) -> torch.Tensor:
         return self._load("photos", self.photo_files, size)
+
+    def photos_framed(self, framing: dict | None, size: int) -> torch.Tensor:
+        """The same test photos, cropped from their sources at another framing (a model trained on another
+        framing is measured on the crop it was trained for, of the very same photos)."""
+        from model.face import Framing
+
+        wanted = Framing.from_dict(framing)
+        if wanted == Framing.from_dict(self.framing):
+            return self.photos(size)
+        key = ("framed", wanted, size)
+        if key not in self._cache:
+            self._cache[key] = recrop(self.data, self.photo_files, wanted, size)
+        return self._cache[key]
 
     def reference(self, size: int) -> torch.Tensor:
         return self._load("reference", self.reference_files, size)
@@ -87,8 +101,28 @@ def load_pool(data: Path, n: int = POOL_SIZE, seed: int = 0) -> QualityPool:
     simpsons = list_images(data / "trainA")
     order = torch.randperm(len(simpsons), generator=torch.Generator().manual_seed(seed)).tolist()
     n_ref = min(len(photo_files), len(simpsons) // 2)
+    info = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").exists() else {}
     return QualityPool([simpsons[i] for i in order[:n_ref]], [simpsons[i] for i in order[n_ref:2 * n_ref]],
-                       photo_files, data)
+                       photo_files, data, info.get("framing"))
+
+
+def recrop(data: Path, files: list[Path], framing, size: int) -> torch.Tensor:
+    """Crop the source photos of ``files`` (testB images) again at ``framing``, from `prepare`'s detections."""
+    from model.face import Face, align_crop
+    from model.imaging import open_image, to_tensor
+
+    info = json.loads((data / "dataset.json").read_text())
+    faces = json.loads((data / "faces.json").read_text())
+    sources = info.get("test_sources", {}).get("testB")
+    if not sources:  # datasets prepared before test_sources was recorded: match by file stem
+        by_stem = {Path(k).stem: k for k, v in faces.items() if v}
+        sources = [by_stem[f.stem.split("_", 1)[1]] for f in files]
+    images = []
+    for source in sources[:len(files)]:
+        found = faces[str(source)]
+        face = Face(tuple(found["box"]), found["confidence"], tuple(tuple(p) for p in found["landmarks"]))
+        images.append(align_crop(open_image(Path(source)), face, size, framing=framing).image)
+    return to_tensor(images)
 
 
 @torch.no_grad()
@@ -97,9 +131,9 @@ def translate(generator: ResnetGenerator, images: torch.Tensor, batch: int = 32)
 
 
 def c2st_of_generator(g_b: ResnetGenerator, pool: QualityPool, size: int, g_a: ResnetGenerator | None = None,
-                      seeds=SEEDS) -> tuple[dict, torch.Tensor]:
+                      seeds=SEEDS, framing: dict | None = None) -> tuple[dict, torch.Tensor]:
     """C2ST of G_B's translations of the test pool (and B->A cycle L1 when G_A is given); returns the translations."""
-    photos = pool.photos(size)
+    photos = pool.photos(size) if framing is None else pool.photos_framed(framing, size)
     fake = translate(g_b, photos)
     row = c2st(pool.reference(size), fake, seeds=seeds).to_dict()
     if g_a is not None:
@@ -370,7 +404,9 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True) -> dict:
     rows = []
     for path in files:
         g_b, meta = load_generator(path)
-        row, _ = c2st_of_generator(g_b, pool, int(meta.get("input_size", 256)))
+        # each model gets the test photos cropped as it was trained (weights without framing: the default one)
+        row, _ = c2st_of_generator(g_b, pool, int(meta.get("input_size", 256)),
+                                   framing=meta.get("framing") or {})
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
     sizes = sorted({int(load_generator(p)[1].get("input_size", 256)) for p in files})
     return {"data": str(data), "weights": rows,

@@ -141,6 +141,8 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         return paths[:limit] if limit else paths
 
     reports = {}
+    origin: dict[Path, Path] = {}
+    test_sources: dict[str, list[str]] = {}  # test split -> source photos, so `test` can re-crop them at another framing
     for domain, folders, is_real in (("A", [simpsons], False), ("B", real, True)):
         paths = sources(folders)
         report = DomainReport(found=len(paths))
@@ -167,6 +169,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
                 continue
             target = staging / f"{written:06d}_{path.stem}.png"
             image.save(target)
+            origin[target] = path.resolve()
             report.kept.append(target)
             written += 1
         # The split is drawn after filtering so that test sizes follow the rule on usable images. The test images
@@ -174,6 +177,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         cap = test_max_real if (is_real and test_max_real is not None) else test_max
         n_test = split_count(len(report.kept), test_fraction, cap)
         first_test = len(report.kept) - n_test
+        test_sources[f"test{domain}"] = [str(origin[staged]) for staged in report.kept[first_test:]]
         for i, staged in enumerate(report.kept):
             split = f"test{domain}" if i >= first_test else f"train{domain}"
             staged.rename(out / split / staged.name)
@@ -193,6 +197,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         "crop": "model.face.align_crop",
         "framing": framing.to_dict(),
         "max_outside": max_outside,
+        "test_sources": test_sources,
     }
     (out / "faces.json").write_text(json.dumps(faces_seen))
     (out / "dataset.json").write_text(json.dumps(summary, indent=2))

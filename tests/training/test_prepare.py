@@ -49,3 +49,26 @@ def test_prepare_refuses_a_missing_folder(tmp_path, capsys):
     assert main(["prepare", "--simpsons", str(tmp_path / "nope"), "--real", str(tmp_path), "--out",
                  str(tmp_path / "o")]) == 2
     assert "is not a folder" in capsys.readouterr().out
+
+
+def test_test_photos_can_be_cropped_again_at_another_framing(tmp_path, astronaut):
+    """Models trained on different framings are measured on the same photos, each cropped as it was trained."""
+    from model.face import Framing
+    from training.evaluate import load_pool
+
+    simpsons, real = tmp_path / "simpsons", tmp_path / "real"
+    simpsons.mkdir()
+    real.mkdir()
+    for i in range(4):
+        Image.new("RGB", (64, 64), (255, 217, 15 + 20 * i)).save(simpsons / f"{i}.png")
+        astronaut.rotate(3 * i, resample=Image.BICUBIC).save(real / f"face{i}.jpg", quality=92)
+    out = tmp_path / "dataset"
+    assert main(["prepare", "--simpsons", str(simpsons), "--real", str(real), "--out", str(out), "--size", "64",
+                 "--test-fraction", "0.5", "--test-max", "2"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert len(info["test_sources"]["testB"]) == 2 and info["framing"] == Framing().to_dict()
+    pool = load_pool(out)
+    same = pool.photos_framed(Framing().to_dict(), 64)
+    assert same.shape == (2, 3, 64, 64) and (same - pool.photos(64)).abs().max() < 1e-6
+    loose = pool.photos_framed(Framing(3.0, 0.42).to_dict(), 64)
+    assert loose.shape == same.shape and (loose - same).abs().mean() > 0.05
