@@ -354,11 +354,13 @@ def _write_index(out: Path, metrics: dict, pages) -> None:
 
 
 # ---------------------------------------------------------------------------------------- snapshots
-def rank_snapshots(run: Path, data: Path, size: int, pool: QualityPool | None = None) -> tuple[list[dict], dict]:
-    """C2ST and cycle L1 of every snapshot, and the translations of the same gallery faces for each."""
+def rank_snapshots(run: Path, data: Path, size: int, pool: QualityPool | None = None,
+                   last: int | None = None) -> tuple[list[dict], dict]:
+    """C2ST and cycle L1 of every snapshot (or the ``last`` few), and the translations of the same gallery faces."""
     pool = pool or load_pool(data)
     rows, gallery = [], {}
-    for folder in sorted((run / "snapshots").glob("step_*")):
+    folders = sorted((run / "snapshots").glob("step_*"))
+    for folder in folders[-last:] if last else folders:
         g_a, _ = load_generator(folder / "G_A.safetensors")
         g_b, meta = load_generator(folder / "G_B.safetensors")
         row, fake = c2st_of_generator(g_b, pool, size, g_a)
@@ -421,6 +423,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", default=None, help="evaluate snapshots/STEP instead of the last checkpoint")
     parser.add_argument("--all-snapshots", action="store_true",
                         help="rank every snapshot by the C2ST (cycle L1 breaks ties), name the best")
+    parser.add_argument("--last", type=int, default=None, metavar="N",
+                        help="with --all-snapshots: rank only the newest N snapshots (each costs a C2ST)")
     parser.add_argument("--weights", type=Path, action="append", default=None, metavar="FILE",
                         help="measure served weights files instead of a run (repeat to compare; needs --data)")
     parser.add_argument("--no-sanity", action="store_true", help="skip the C2ST sanity rows")
@@ -464,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {run_dir / 'snapshots'} holds no snapshots (train with --snapshot-every).")
             return 2
         pool = load_pool(data)
-        rows, gallery = rank_snapshots(run_dir, data, size, pool)
+        rows, gallery = rank_snapshots(run_dir, data, size, pool, last=args.last)
         sanity = [] if args.no_sanity else cached_sanity_rows(pool, size)
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
