@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from app import keys, liveness
+from app.longpoll import notify_done
 from app.settings import Settings
 
 # Job data, meta and results are JSON, never pickles: whoever can write to Redis must not be able to run code in the
@@ -152,6 +153,7 @@ class JobStore:
         self.redis.set(keys.deleted_key(p, job_id), b"1", ex=self.settings.input_ttl)
         if job is not None and job.get_status(refresh=False) != JobStatus.STARTED:
             job.delete(remove_from_queue=True)
+        notify_done(self.redis, p, job_id)  # its long polls answer 404 now
         return True
 
     # -- reading -------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ For a job id ``ID`` and prefix ``P`` (settings.key_prefix):
 - ``P:input:ID``   the normalised upload (JPEG bytes); deleted by the worker when the job ends, TTL as a backstop.
 - ``P:result:ID``  hash ``image`` (PNG), ``face`` (PNG of the translated face crop), ``meta`` (JSON); TTL result_ttl.
 - ``P:deleted:ID`` tombstone written by DELETE so a job that is running does not store its result afterwards.
+- ``P:done:ID``    a one-element list pushed when the job ends (finished, failed or deleted); long polls block on it
+                   (``app.longpoll``). TTL ``DONE_TTL``.
 RQ keeps its own job hash (``rq:job:ID``) and result stream, with the TTLs the app passes when enqueueing.
 """
 
@@ -35,3 +37,10 @@ def result_key(prefix: str, job_id: str) -> str:
 
 def deleted_key(prefix: str, job_id: str) -> str:
     return f"{prefix}:deleted:{job_id}"
+
+
+DONE_TTL = 120  # seconds: only a long poll that read the state just before the job ended still needs the signal
+
+
+def done_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}:done:{job_id}"

@@ -5,6 +5,8 @@ No torch here, ever: the web process validates and queues, workers (worker/) run
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -18,13 +20,15 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app.guard import ClientLimits, UploadGate
 from app.http_security import CrossSiteGuard, SecurityHeaders, docs_csp
 from app.jobstore import JobStore, connect
+from app.longpoll import CompletionWaiter
 from app.routes import health, jobs, pages
 from app.settings import REPO_ROOT, Settings, get_settings
 
 DESCRIPTION = """Turn a selfie into a Simpsons character.
 
-Upload a photo to `POST /api/v1/jobs`, poll `GET /api/v1/jobs/{id}` until its status is `finished` (or `failed`,
-with a reason), then fetch `GET /api/v1/jobs/{id}/result` (PNG). Inputs are deleted when a job ends; results
+Upload a photo to `POST /api/v1/jobs`, ask `GET /api/v1/jobs/{id}?wait=30` until its status is `finished` (or
+`failed`, with a reason): with `wait`, the request returns as soon as the job ends, or with the current state after
+that many seconds. Then fetch `GET /api/v1/jobs/{id}/result` (PNG). Inputs are deleted when a job ends; results
 expire after a while, or at once with `DELETE /api/v1/jobs/{id}`."""
 
 
@@ -41,8 +45,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.redis_url:
         raise ValueError("REDIS_URL is not set: run `simpsonize serve`, which starts an embedded Redis, "
                          "or set REDIS_URL.")
-    app = FastAPI(title="Simpsonize", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None)
+    waiter = CompletionWaiter(settings.redis_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await waiter.aclose()
+
+    app = FastAPI(title="Simpsonize", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     app.state.settings = settings
+    app.state.waiter = waiter
     app.state.store = JobStore(settings, connect(settings.redis_url))
     app.state.client_limits = ClientLimits(settings, app.state.store.redis)
     app.state.upload_gate = UploadGate(settings)

@@ -1,4 +1,4 @@
-// Upload in place: pick, drop or shoot a photo -> POST /api/v1/jobs -> poll -> before/after + download.
+// Upload in place: pick, drop or shoot a photo -> POST /api/v1/jobs -> long poll -> before/after + download.
 // Without JavaScript the same form posts to /jobs and the job page refreshes itself.
 (function () {
   "use strict";
@@ -7,6 +7,7 @@
   const api = form.dataset.api;
   const maxBytes = Number(form.dataset.maxBytes);
   const pollMs = Number(form.dataset.pollMs) || 1000;
+  const longPollS = 25, queuedWaitS = 5;  // seconds a status request waits for the job's end (the server allows 30)
   const types = ["image/jpeg", "image/png", "image/webp", "image/heic", "image/heif", "image/avif"];
   const limitText = maxBytes >= 1048576 ? `${Math.round(maxBytes / 1048576)} MB` : `${Math.round(maxBytes / 1024)} KB`;
   const $ = (id) => document.getElementById(id);
@@ -79,18 +80,23 @@
     await poll(job);
   }
 
+  // Long poll: GET status_url?wait=S answers as soon as the job ends (or after S seconds with its state), so the
+  // result shows the moment it is ready. Polling once every pollMs is the fallback.
   async function poll(job) {
-    let failures = 0;
+    let failures = 0, longPoll = true, wait = 0;  // the first answer at once: it shows the place in line
     while (currentJob === job) {
+      const asked = Date.now(), waited = longPoll && wait > 0;
       let state;
       try {
-        const response = await fetch(job.status_url, { cache: "no-store" });
+        const response = await fetch(waited ? `${job.status_url}?wait=${wait}` : job.status_url, { cache: "no-store" });
+        if (currentJob !== job) return;  // the user moved on while this request waited
         if (response.status === 404) { showError(await detailOf(response)); return; }
         if (!response.ok) throw new Error(String(response.status));
         state = await response.json();
         failures = 0;
       } catch (e) {
         if (++failures >= 10) { showError("Lost contact with the server. Please try again."); return; }
+        if (waited && failures >= 2) longPoll = false;  // e.g. a proxy that cuts long requests: plain polling
         await sleep(pollMs);
         continue;
       }
@@ -106,7 +112,11 @@
         showResult(state);
         return;
       }
-      await sleep(pollMs);
+      // While queued, shorter waits keep the place in line current; the job's end comes at once either way.
+      wait = state.status === "queued" ? queuedWaitS : longPollS;
+      // Without a long poll (or a server that answered one early without the end), once every pollMs at most.
+      const elapsed = Date.now() - asked;
+      if ((waited || !longPoll) && elapsed < pollMs) await sleep(pollMs - elapsed);
     }
   }
 

@@ -23,6 +23,7 @@ from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 from app import liveness
 from app.cpu import limited_cpus
 from app.jobstore import SERIALIZER, connect, refresh_rq_ttls
+from app.longpoll import notify_done
 from app.settings import get_settings
 
 log = logging.getLogger("simpsonize.worker")
@@ -102,6 +103,22 @@ class ModelWorker(SimpleWorker):
             super().check_for_suspension(burst)
         except REDIS_DOWN as exc:
             log.warning("Could not check for suspension: %s", exc)
+
+    # RQ records a job's end after the job function returns; long polls are woken only once it is recorded, so that
+    # they read 'finished' or 'failed', never 'started'.
+    def handle_job_success(self, job, queue, *args, **kwargs):
+        super().handle_job_success(job, queue, *args, **kwargs)
+        self._notify_done(job)
+
+    def handle_job_failure(self, job, queue, *args, **kwargs):
+        super().handle_job_failure(job, queue, *args, **kwargs)
+        self._notify_done(job)
+
+    def _notify_done(self, job) -> None:
+        try:
+            notify_done(self.connection, self.key_prefix, job.id)
+        except RedisError as exc:  # the waiters get the state when their wait runs out
+            log.warning("Could not announce the end of job %s: %s", job.id, exc)
 
     def handle_exception(self, job, *exc_info):
         from model.errors import SimpsonizeError

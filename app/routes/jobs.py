@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import ServiceUnavailable, get_store, submit_upload
 from app.guard import TooManyRequests
 from app.jobstore import JobStore, job_view_dict
+from app.longpoll import MAX_WAIT, CompletionWaiter
 from app.schemas import ErrorResponse, JobCreated, JobState
 from app.uploads import FIELD, UploadError
 
 PREFIX = "/api/v1/jobs"
+log = logging.getLogger("simpsonize.web")
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
 
 NOT_FOUND = ("No such job: it never existed, has expired, was deleted, or was lost when the service restarted. "
@@ -19,7 +26,7 @@ NOT_FOUND = ("No such job: it never existed, has expired, was deleted, or was lo
 _errors = {code: {"model": ErrorResponse, "description": text} for code, text in {
     404: "Unknown, expired or deleted job.",
     # app.main answers every validation error with one sentence, not FastAPI's list: document that shape.
-    422: "A parameter is not valid (e.g. download is not a boolean).",
+    422: "A parameter is not valid (e.g. download is not a boolean, or wait is over 30 seconds).",
 }.items()}
 
 UPLOAD_BODY = {
@@ -65,9 +72,25 @@ async def create_job(request: Request):
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": url})
 
 
-@router.get("/{job_id}", response_model=JobState, responses=_errors, summary="A job's state and timings.")
-def get_job(job_id: str, store: JobStore = Depends(get_store)):
-    view = store.view(job_id)
+WAIT_DESCRIPTION = (
+    f"Long poll: wait up to this many seconds (0 to {MAX_WAIT:g}) for the job to end. The answer comes as soon as the "
+    "job is finished or failed (or deleted: 404), else with the current state once the time is up. Without it, the "
+    "answer is immediate. Waiting costs the server no thread; ask again with `wait` until the status is final.")
+
+
+@router.get("/{job_id}", response_model=JobState, responses=_errors,
+            summary="A job's state and timings; with ?wait=S, as soon as it ends (or after S seconds).")
+async def get_job(request: Request, job_id: str,
+                  wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT, description=WAIT_DESCRIPTION)] = None,
+                  store: JobStore = Depends(get_store)):
+    view = await run_in_threadpool(store.view, job_id)
+    if view is not None and wait and not view.done:
+        waiter: CompletionWaiter = request.app.state.waiter
+        try:
+            await waiter.wait(store.prefix, job_id, wait)
+        except RedisError as exc:  # answer with the state as it is (a Redis that is gone fails the read below too)
+            log.warning("Long poll on a job failed: %s", exc)
+        view = await run_in_threadpool(store.view, job_id)
     if view is None:
         return error(404, NOT_FOUND)
     return JSONResponse(job_view_dict(view, PREFIX), headers={"Cache-Control": "no-store"})

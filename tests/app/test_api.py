@@ -129,8 +129,10 @@ def test_delete_removes_a_finished_job_from_redis(client, astronaut_jpeg, redis_
     assert wait_for_job(client, job_id)["status"] == "finished"
     assert keys.result_key(service_settings.key_prefix, job_id) in _keys_of(redis_client, job_id)
     assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
-    # only the (data-free, expiring) tombstone is left
-    assert _keys_of(redis_client, job_id) == [keys.deleted_key(service_settings.key_prefix, job_id)]
+    # only the (data-free, expiring) tombstone and the signal that woke long polls are left
+    prefix = service_settings.key_prefix
+    assert _keys_of(redis_client, job_id) == sorted([keys.deleted_key(prefix, job_id), keys.done_key(prefix, job_id)])
+    assert redis_client.lrange(keys.done_key(prefix, job_id), 0, -1) == [b"1"]
     assert redis_client.ttl(keys.deleted_key(service_settings.key_prefix, job_id)) > 0
     assert client.get(f"/api/v1/jobs/{job_id}").status_code == 404
     assert client.get(f"/api/v1/jobs/{job_id}/result").status_code == 404
@@ -141,7 +143,8 @@ def test_delete_removes_a_queued_job(idle_client, astronaut_jpeg, redis_client, 
     job_id = submit(idle_client, astronaut_jpeg).json()["id"]
     assert keys.input_key(idle_settings.key_prefix, job_id) in _keys_of(redis_client, job_id)
     assert idle_client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
-    assert _keys_of(redis_client, job_id) == [keys.deleted_key(idle_settings.key_prefix, job_id)]
+    prefix = idle_settings.key_prefix
+    assert _keys_of(redis_client, job_id) == sorted([keys.deleted_key(prefix, job_id), keys.done_key(prefix, job_id)])
     assert job_id not in JobStore(idle_settings, redis_client).queue.get_job_ids()
 
 

@@ -97,3 +97,55 @@ def test_upload_without_javascript(browser, live_server, photo):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-nojs-result.png"), full_page=True)
     context.close()
+
+
+def _queued_once(job_requests: list[str], cut_long_polls: bool = False):
+    """A route handler that answers the page's first status request with 'queued' (the tiny test model would finish
+    before the page asks, and the page long-polls only for a job not yet ended), records every status request, cuts
+    the long polls if asked (as a proxy with a short timeout would), and passes everything else on."""
+    import json
+
+    def handle(route):
+        url = route.request.url
+        path = url.split("?")[0]
+        if route.request.method != "GET" or path.endswith(("/result", "/input")):
+            return route.continue_()
+        job_requests.append(url)
+        if len(job_requests) == 1:
+            job_id = path.rsplit("/", 1)[1]
+            return route.fulfill(status=200, content_type="application/json", body=json.dumps({
+                "id": job_id, "status": "queued", "status_url": f"/api/v1/jobs/{job_id}", "position": 1,
+                "queue_length": 1, "result_url": f"/api/v1/jobs/{job_id}/result",
+                "input_url": f"/api/v1/jobs/{job_id}/input"}))
+        if cut_long_polls and "wait=" in url:
+            return route.abort()
+        return route.fallback()
+
+    return handle
+
+
+def test_the_page_long_polls_for_the_result(browser, live_server, photo):
+    context = browser.new_context()
+    page = context.new_page()
+    job_requests: list[str] = []
+    page.route("**/api/v1/jobs/*", _queued_once(job_requests))
+    page.goto(live_server + "/")
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#result:not([hidden])", timeout=TIMEOUT_MS)
+    assert "?" not in job_requests[0]  # the first answer at once, for the place in line
+    assert all("?wait=5" in url for url in job_requests[1:]) and len(job_requests) >= 2, job_requests
+    context.close()
+
+
+def test_the_page_polls_once_a_second_when_long_polls_fail(browser, live_server, photo):
+    context = browser.new_context()
+    page = context.new_page()
+    job_requests: list[str] = []
+    page.route("**/api/v1/jobs/*", _queued_once(job_requests, cut_long_polls=True))
+    page.goto(live_server + "/")
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#result:not([hidden])", timeout=TIMEOUT_MS)
+    waited = [url for url in job_requests if "wait=" in url]
+    assert len(waited) == 2, job_requests  # two failures, then plain polling
+    assert "wait=" not in job_requests[-1]
+    context.close()
