@@ -400,16 +400,23 @@ def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dic
     return path
 
 
-def measure_weights(files: list[Path], data: Path, sanity: bool = True) -> dict:
-    """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly)."""
+def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None) -> dict:
+    """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly); with
+    ``grid``, a picture of the first test photos as each model sees and translates them."""
     pool = load_pool(data)
-    rows = []
-    for path in files:
+    rows, pictures = [], {}
+    for i, path in enumerate(files):
         g_b, meta = load_generator(path)
+        size, framing = int(meta.get("input_size", 256)), meta.get("framing") or {}
         # each model gets the test photos cropped as it was trained (weights without framing: the default one)
-        row, _ = c2st_of_generator(g_b, pool, int(meta.get("input_size", 256)),
-                                   framing=meta.get("framing") or {})
+        row, fake = c2st_of_generator(g_b, pool, size, framing=framing)
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
+        show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES // 2], size=(128, 128), mode="bilinear",
+                                                   antialias=True, align_corners=False)
+        pictures[f"{i + 1}: input"] = show(pool.photos_framed(framing, size))
+        pictures[f"{i + 1}: C2ST {row['c2st']:.2f}"] = show(fake)
+    if grid is not None:
+        save_grid(grid, pictures, thumb=128)
     sizes = sorted({int(load_generator(p)[1].get("input_size", 256)) for p in files})
     return {"data": str(data), "weights": rows,
             "sanity": [dict(r, size=size) for size in sizes for r in cached_sanity_rows(pool, size)] if sanity else []}
@@ -529,10 +536,11 @@ def run_weights(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: {', '.join(missing)} does not exist.")
         return 2
-    report = measure_weights(args.weights, args.data, sanity=not args.no_sanity)
+    out = args.data / "c2st_weights.json"
+    report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"))
     print(format_table(report["weights"], "weights"))
     _print_sanity(report["sanity"])
-    out = args.data / "c2st_weights.json"
     out.write_text(json.dumps(report, indent=2))
-    print(f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}")
+    print(f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}, "
+          f"picture {out.with_suffix('.png')}")
     return 0
