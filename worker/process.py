@@ -14,6 +14,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError as RedisTimeoutError
@@ -91,6 +92,18 @@ class ModelWorker(SimpleWorker):
                 refresh_rq_ttls(queue, self.bookkeeping_ttl)
             except RedisError:
                 log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ retries a lost connection inside its blocking pop only; its bookkeeping just before (worker state,
+        heartbeat) raises instead, and the work loop then quits. Wait for Redis here instead."""
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    return None  # the work loop ends
+                log.warning("Waiting for Redis: %s", exc)
+                time.sleep(1.0)
 
     def run_maintenance_tasks(self):
         try:
