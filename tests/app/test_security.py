@@ -541,21 +541,23 @@ def test_a_full_embedded_redis_refuses_uploads_and_evicts_nothing():
     from redis.exceptions import OutOfMemoryError
 
     from app.embedded import EmbeddedRedis
-    from app.jobstore import connect
 
     directory = tempfile.mkdtemp(prefix="szf-")  # short: unix socket path limit
     try:
-        with EmbeddedRedis(directory, maxmemory="3mb") as server:
+        with EmbeddedRedis(directory, maxmemory="64mb") as server:
             redis = connect(server.url)
-            stored = 0
+            assert redis.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+            assert redis.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+            for i in range(20):
+                redis.set(f"filler:{i}", b"x" * 100_000)
+            redis.config_set("maxmemory", 1024 * 1024)  # now well below what is used: Redis is full
             with pytest.raises(OutOfMemoryError):
-                for stored in range(1, 200):
-                    redis.set(f"filler:{stored}", b"x" * 100_000)
+                redis.set("one-more", b"x")
             with TestClient(create_app(make_settings(server.url, max_queue=50))) as client:
                 response = upload(client)
             assert response.status_code == 503 and int(response.headers["retry-after"]) >= 60
             assert "storage is full" in response.json()["detail"]
-            assert sum(1 for _ in redis.scan_iter("filler:*")) == stored - 1  # nothing was evicted
+            assert sum(1 for _ in redis.scan_iter("filler:*")) == 20  # noeviction: nothing was dropped
             redis.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
