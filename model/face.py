@@ -24,7 +24,16 @@ from model.imaging import ImageSource, open_image
 CROP_SCALE = 2.3  # crop side / mean(eye distance, eye-to-mouth distance)
 EYE_LINE = 0.33  # height of the eye line in the crop, as a fraction of its side
 MIN_CONFIDENCE = 0.90
+# Detection costs what it needs. The full search runs MTCNN on a copy up to DETECT_MAX_SIDE px, for faces down to
+# MTCNN_MIN_FACE px: an image pyramid from 12/20 of that copy down to 12 px. Selfies have big faces, which only the
+# pyramid's coarse levels find, so a quick search first runs just those levels, the ones for faces of at least
+# FAST_MIN_FACE of the shorter side, from a copy FAST_SIDE px long: the same levels as in the full search, so it finds
+# the same faces at the same places (the landmarks decide the crop). Only when it finds none (group photos, small or
+# distant faces) does the full search run. Either way the crop is cut from the full-resolution image.
 DETECT_MAX_SIDE = 1024  # MTCNN's cost grows with pixels; faces stay detectable at this size
+MTCNN_MIN_FACE = 20  # pixels of the full search's copy (facenet-pytorch's default)
+FAST_SIDE = 640
+FAST_MIN_FACE = 0.10
 
 _detectors: dict[str, object] = {}
 _detectors_lock = threading.Lock()
@@ -92,18 +101,65 @@ def get_detector(device: str = "cpu"):
 
 
 def detect_faces(image: Image.Image, device: str = "cpu") -> list[Face]:
-    """All faces MTCNN finds with confidence >= ``MIN_CONFIDENCE``, largest first."""
-    scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
-    small = image if scale == 1.0 else image.resize(
-        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
-    boxes, probs, points = get_detector(device).detect(small, landmarks=True)
-    if boxes is None:
+    """All faces MTCNN finds with confidence >= ``MIN_CONFIDENCE``, largest first, in ``image``'s coordinates.
+
+    The quick search for big faces first; the full search only when it finds none (see ``FAST_SIDE``).
+    """
+    full_side = min(max(image.size), DETECT_MAX_SIDE)
+    quick = _quick_search(image, full_side, device)
+    if quick is not None:
+        return quick
+    return _search(image, _downscaled(image, full_side), MTCNN_MIN_FACE, device)
+
+
+def _quick_search(image: Image.Image, full_side: int, device: str) -> list[Face] | None:
+    """The faces of at least ``FAST_MIN_FACE`` of the shorter side, or None when that finds none or would be no
+    quicker than the full search.
+
+    The full search's pyramid levels are (12 / MTCNN_MIN_FACE) x factor^k of its copy, k = 0, 1, ...; the level
+    k finds faces from MTCNN_MIN_FACE / factor^k px. The quick search skips the first ``skip`` levels: the ones for
+    faces under FAST_MIN_FACE of the shorter side, and the ones finer than its smaller copy holds.
+    """
+    factor = get_detector(device).factor
+    full_scale = full_side / max(image.size)
+    # A copy hardly smaller than the full search's would only add resampling jitter: then the levels are skipped alone.
+    small = _downscaled(image, FAST_SIDE if full_side > 1.5 * FAST_SIDE else full_side)
+    ratio = max(small.size) / full_side  # the small copy's size relative to the full search's
+    by_face = math.floor(math.log(FAST_MIN_FACE * min(image.size) * full_scale / MTCNN_MIN_FACE, 1 / factor))
+    by_detail = math.ceil(math.log(12 / MTCNN_MIN_FACE / ratio, 1 / factor) - 1e-9)
+    skip = max(by_face, by_detail, 0)
+    if skip == 0:
+        return None
+    faces = _search(image, small, MTCNN_MIN_FACE * ratio / factor**skip, device)
+    return faces or None
+
+
+def _downscaled(image: Image.Image, max_side: int) -> Image.Image:
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+
+
+def _search(image: Image.Image, small: Image.Image, min_face: float, device: str) -> list[Face]:
+    """MTCNN on ``small`` (a downscaled copy of ``image``) for faces of at least ``min_face`` of its pixels; the boxes
+    and landmarks mapped back to ``image``."""
+    from facenet_pytorch.models.utils.detect_face import detect_face
+    import torch
+
+    mtcnn = get_detector(device)
+    with torch.no_grad():
+        boxes, points = detect_face(small, min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds,
+                                    mtcnn.factor, mtcnn.device)
+    boxes, points = np.asarray(boxes[0]), np.asarray(points[0])
+    if len(boxes) == 0:
         return []
+    sx, sy = image.width / small.width, image.height / small.height
     faces = [
-        Face(box=tuple(float(v) / scale for v in box), confidence=float(prob),
-             landmarks=tuple((float(x) / scale, float(y) / scale) for x, y in pts))
-        for box, prob, pts in zip(boxes, probs, points)
-        if prob is not None and prob >= MIN_CONFIDENCE
+        Face(box=(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy), confidence=float(b[4]),
+             landmarks=tuple((float(x) * sx, float(y) * sy) for x, y in pts))
+        for b, pts in zip(boxes, points)
+        if b[4] >= MIN_CONFIDENCE
     ]
     return sorted(faces, key=lambda f: f.area, reverse=True)
 

@@ -96,3 +96,62 @@ def test_looser_framing_shows_more_of_the_head_and_reports_crop_outside_the_phot
     edge = astronaut.crop((100, 60, 400, 400))  # the photo now ends just above her forehead
     tight_edge = crop_face(edge, size=128)
     assert crop_face(edge, size=128, framing=Framing(scale=3.0, eye_line=0.42)).outside > 0.03 > tight_edge.outside
+
+
+# -- the quick search for big faces, and the full search behind it -----------------------------------------------------
+
+
+def _photos(astronaut: Image.Image) -> dict[str, Image.Image]:
+    upscaled = astronaut.resize((1600, 1600), Image.BICUBIC)
+    phone = Image.new("RGB", (4000, 3000), (90, 100, 110))  # a 12 MP photo, her face ~500 px
+    phone.paste(astronaut.resize((2800, 2800), Image.BICUBIC), (600, 100))
+    return {
+        "astronaut 512": astronaut,
+        "tilted": astronaut.rotate(20, resample=Image.BICUBIC, center=ASTRONAUT_FACE_CENTRE),
+        "1600x1200": upscaled.crop((0, 0, 1600, 1200)),
+        "4000x3000": phone,
+    }
+
+
+def _corners(crop) -> np.ndarray:
+    """The crop square's corners in the photo."""
+    theta, half = np.radians(crop.angle), crop.side / 2
+    offsets = np.array([(-half, -half), (half, -half), (half, half), (-half, half)])
+    rotation = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    return np.asarray(crop.center) + offsets @ rotation.T
+
+
+@pytest.mark.parametrize("name", ["astronaut 512", "tilted", "1600x1200", "4000x3000"])
+def test_the_quick_search_crops_as_the_full_search_does(astronaut, name):
+    import model.face as face
+
+    photo = _photos(astronaut)[name]
+    detector_side = min(max(photo.size), face.DETECT_MAX_SIDE)
+    quick = face._quick_search(photo, detector_side, "cpu")
+    assert quick is not None and len(quick) == 1  # the big face was found without the full search
+    full = face._search(photo, face._downscaled(photo, detector_side), face.MTCNN_MIN_FACE, "cpu")
+    assert len(full) == 1
+    quick_crop, full_crop = crop_face(photo, size=128), face.align_crop(photo, full[0], 128)
+    assert quick_crop.face == quick[0]
+    # the same crop square (its corners, rotation included) within 2 px of the image the detector sees (for the
+    # 4000 px photo: 2 px of its 1024 px copy)
+    px = max(photo.size) / detector_side
+    assert np.abs(_corners(quick_crop) - _corners(full_crop)).max() <= 2 * px
+    diff = np.abs(np.asarray(quick_crop.image, float) - np.asarray(full_crop.image, float)).mean()
+    assert diff < 10  # out of 255: the same face, framed the same (a 1 px shift moves edges by that much)
+
+
+def test_a_small_face_in_a_big_photo_is_found_by_the_full_search(astronaut):
+    """A face 3 % of the photo's side (a group photo, a face far off): too small for the quick search."""
+    import model.face as face
+
+    photo = Image.new("RGB", (3000, 3000), (120, 120, 120))
+    photo.paste(astronaut.resize((500, 500), Image.BICUBIC), (1800, 300))  # her face ~90 px
+    assert face._quick_search(photo, face.DETECT_MAX_SIDE, "cpu") is None
+    faces = detect_faces(photo)
+    assert len(faces) == 1
+    x0, y0, x1, y1 = faces[0].box
+    cx, cy = 1800 + ASTRONAUT_FACE_CENTRE[0] * 500 / 512, 300 + ASTRONAUT_FACE_CENTRE[1] * 500 / 512
+    assert x0 < cx < x1 and y0 < cy < y1
+    crop = crop_face(photo, size=64)
+    assert 60 < crop.side < 250 and crop.outside == 0.0
