@@ -1,10 +1,10 @@
-"""`simpsonize bench model|service|uploads ...`: the benchmarks, each printing its own figures."""
+"""`simpsonize bench model|service|uploads|encode ...`: the benchmarks, each printing its own figures."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import model_speed, service_latency, upload_memory
+from benchmarks import encode_formats, model_speed, service_latency, upload_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model_speed.add_arguments(sub.add_parser("model", help="detect and generate time per image"))
     service_latency.add_arguments(sub.add_parser("service", help="end-to-end latency of the embedded service"))
     upload_memory.add_arguments(sub.add_parser("uploads", help="web process peak memory under a burst of big PNGs"))
+    encode_formats.add_arguments(sub.add_parser("encode", help="encode time and bytes of a result: PNG levels, WebP, "
+                                                               "JPEG"))
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"model": model_speed, "service": service_latency, "uploads": upload_memory}[args.bench].run(args)
+    return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
+            "encode": encode_formats}[args.bench].run(args)

@@ -64,7 +64,8 @@ def to_images(batch: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
+    """Lossless PNG. ``compress_level`` 1 (fast) to 9 (small); 6 is Pillow's default."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
