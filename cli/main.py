@@ -18,8 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "Train the CycleGAN (resumable, --max-minutes, DDP under torchrun)."),
     "test": ("training.evaluate", "Translate the test splits, write a gallery and metrics."),
     "export": ("training.export", "Export the real->Simpsons generator as served weights."),
-    "bench": ("benchmarks.cli", "Measure model speed (`bench model`), service latency (`bench service`) or web "
-                                "memory under big uploads (`bench uploads`)."),
+    "bench": ("benchmarks.cli", "Measure model speed (`bench model`), service latency (`bench service`), web "
+                                "memory under big uploads (`bench uploads`) or result encoding (`bench encode`)."),
 }
 
 
