@@ -148,6 +148,8 @@ def _search(image: Image.Image, small: Image.Image, min_face: float, device: str
     import torch
 
     mtcnn = get_detector(device)
+    if min(small.size) * 12.0 / min_face < 12:  # MTCNN's pyramid would be empty (it raises a bare ValueError)
+        return []
     with torch.no_grad():
         boxes, points = detect_face(small, min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds,
                                     mtcnn.factor, mtcnn.device)
@@ -170,6 +172,10 @@ def crop_face(source: ImageSource, size: int = 256, device: str = "cpu", framing
     Raises ``NoFaceFound`` when there is none.
     """
     image = open_image(source)
+    if min(image.size) < MTCNN_MIN_FACE:
+        width, height = image.size
+        raise NoFaceFound(f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at least "
+                          f"{MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo.")
     faces = detect_faces(image, device=device)
     if not faces:
         raise NoFaceFound()

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from model.errors import NoFaceFound, UnreadableImage
-from model.face import crop_face, detect_faces
+from model.face import Framing, crop_face, detect_faces
 from model.imaging import open_image
 
 # Eileen Collins' face in skimage's astronaut (512x512), measured by hand: eyes at about (205,102) and (247,104).
@@ -155,3 +155,116 @@ def test_a_small_face_in_a_big_photo_is_found_by_the_full_search(astronaut):
     assert x0 < cx < x1 and y0 < cy < y1
     crop = crop_face(photo, size=64)
     assert 60 < crop.side < 250 and crop.outside == 0.0
+
+
+# -- phone-sized photos: the detector's copy and the shrink before the affine both run -------------------------------
+
+# Eileen Collins' eyes in the 512 px astronaut, measured by hand (see ASTRONAUT_FACE_CENTRE).
+ASTRONAUT_EYES = ((205.0, 102.0), (247.0, 104.0))
+PHONE = (4032, 3024)  # a 12 MP phone photo
+PHONE_SCALE = 3000 / 512
+PHONE_OFFSET = (700, 0)
+PHONE_TILT = 12.0  # degrees, counter-clockwise as PIL rotates
+
+
+def _phone_point(x: float, y: float) -> tuple[float, float]:
+    """Where a point of the 512 px astronaut lands in the phone photo (scaled, pasted, then tilted)."""
+    cx, cy = _phone_centre()
+    px, py = PHONE_OFFSET[0] + x * PHONE_SCALE - cx, PHONE_OFFSET[1] + y * PHONE_SCALE - cy
+    t = np.radians(PHONE_TILT)
+    return cx + px * np.cos(t) + py * np.sin(t), cy - px * np.sin(t) + py * np.cos(t)
+
+
+def _phone_centre() -> tuple[float, float]:
+    return (PHONE_OFFSET[0] + ASTRONAUT_FACE_CENTRE[0] * PHONE_SCALE,
+            PHONE_OFFSET[1] + ASTRONAUT_FACE_CENTRE[1] * PHONE_SCALE)
+
+
+@pytest.fixture(scope="module")
+def phone_photo(astronaut) -> Image.Image:
+    """Her face ~530 px wide in a tilted 4032x3024 photo: the detector sees a 1024 px copy, and the crop (side
+    > 2 x 256) is cut from a shrunk copy of the full-resolution photo."""
+    photo = Image.new("RGB", PHONE, (90, 100, 110))
+    photo.paste(astronaut.resize((3000, 3000), Image.BICUBIC), PHONE_OFFSET)
+    return photo.rotate(PHONE_TILT, resample=Image.BICUBIC, center=_phone_centre())
+
+
+def _reference_crop(photo: Image.Image, crop, framing, size: int, eye_line_shift: float = 0.0) -> Image.Image:
+    """The framing rule done independently, at full resolution: level the eyes about their midpoint, then take the
+    square of ``crop.side`` with the eye midpoint centred across and at ``eye_line`` of its height."""
+    left, right = np.asarray(crop.face.landmarks[0]), np.asarray(crop.face.landmarks[1])
+    mx, my = (left + right) / 2
+    levelled = photo.rotate(crop.angle, resample=Image.BICUBIC, center=(mx, my))
+    top = my - (framing.eye_line + eye_line_shift) * crop.side
+    return levelled.resize((size, size), Image.LANCZOS, box=(mx - crop.side / 2, top, mx + crop.side / 2,
+                                                             top + crop.side))
+
+
+@pytest.mark.parametrize("framing", [Framing(), Framing(scale=3.0, eye_line=0.42)], ids=["default", "loose"])
+def test_a_phone_photo_is_cropped_by_the_framing_rule(phone_photo, framing):
+    size = 256
+    crop = crop_face(phone_photo, size=size, framing=framing)
+    assert crop.side > 2 * size  # the shrink-before-affine path ran
+
+    # the eyes found are hers, where the hand measurement puts them
+    left, right = (np.asarray(p) for p in crop.face.landmarks[:2])
+    expected = [np.asarray(_phone_point(*eye)) for eye in ASTRONAUT_EYES]
+    eye_distance = np.linalg.norm(expected[1] - expected[0])
+    assert np.linalg.norm(left - expected[0]) < 0.06 * eye_distance
+    assert np.linalg.norm(right - expected[1]) < 0.06 * eye_distance
+    assert abs(crop.angle - (np.degrees(np.arctan2(*(expected[1] - expected[0])[::-1])))) < 2.0
+
+    # the side: framing.scale x mean(eye distance, eye-to-mouth distance)
+    mouth = (np.asarray(crop.face.landmarks[3]) + np.asarray(crop.face.landmarks[4])) / 2
+    rule = framing.scale * (np.linalg.norm(right - left) + np.linalg.norm(mouth - (left + right) / 2)) / 2
+    assert crop.side == pytest.approx(rule, rel=1e-6)
+
+    # the pixels: the eyes land level, centred, on the eye line (an 0.02 shift of the line costs ~15 grey levels)
+    pixels = np.asarray(crop.image, float)
+    assert np.abs(pixels - np.asarray(_reference_crop(phone_photo, crop, framing, size), float)).mean() < 3
+    shifted = _reference_crop(phone_photo, crop, framing, size, eye_line_shift=0.02)
+    assert np.abs(pixels - np.asarray(shifted, float)).mean() > 8
+
+    # the centre reported for placing results back is where the rule puts it
+    centre = np.asarray(crop.center)
+    mid = (left + right) / 2
+    theta = np.radians(crop.angle)
+    down = np.array([-np.sin(theta), np.cos(theta)])  # the crop's vertical axis in the photo
+    assert np.linalg.norm(centre - (mid + (0.5 - framing.eye_line) * crop.side * down)) < 1.0
+
+
+def test_the_largest_of_several_faces_is_the_one_cropped(astronaut):
+    """Two people in a phone photo, the bigger one to the right and lower: the bigger one is cropped, the other one
+    reported."""
+    head = astronaut.crop((120, 20, 330, 240))  # her head, 210x220
+    photo = Image.new("RGB", PHONE, (90, 100, 110))
+    small, big = (840, 880), (1365, 1430)
+    photo.paste(head.resize(small, Image.BICUBIC), (200, 300))
+    photo.paste(head.resize(big, Image.BICUBIC), (2200, 1200))
+
+    def centre(offset, patch):
+        return (offset[0] + (ASTRONAUT_FACE_CENTRE[0] - 120) * patch[0] / 210,
+                offset[1] + (ASTRONAUT_FACE_CENTRE[1] - 20) * patch[1] / 220)
+
+    def contains(face, point):
+        x0, y0, x1, y1 = face.box
+        return x0 < point[0] < x1 and y0 < point[1] < y1
+
+    crop = crop_face(photo, size=64)
+    assert contains(crop.face, centre((2200, 1200), big))
+    assert len(crop.other_faces) == 1 and contains(crop.other_faces[0], centre((200, 300), small))
+    assert crop.face.area > 2 * crop.other_faces[0].area
+    assert abs(crop.center[0] - centre((2200, 1200), big)[0]) < 0.1 * crop.side
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (19, 400), (2000, 30), (30, 2000)])
+def test_photos_too_small_or_thin_for_the_detector_raise_a_sentence(size):
+    """MTCNN raised a bare ValueError (an empty image pyramid) on these."""
+    image = Image.new("RGB", size, (120, 100, 90))
+    assert detect_faces(image) == []
+    with pytest.raises(NoFaceFound) as error:
+        crop_face(image, size=64)
+    message = str(error.value)
+    assert message.endswith(".") and "ValueError" not in message
+    if min(size) < 20:
+        assert f"{size[0]}x{size[1]} pixels" in message and "too small" in message

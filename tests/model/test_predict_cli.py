@@ -66,3 +66,17 @@ def test_corrupt_weights_exit_2_without_traceback(photos, tmp_path):
     bad.write_bytes(b"junk" * 100)
     done = predict(photos / "astronaut.jpg", "--output", tmp_path / "x.png", "--weights", bad)
     assert done.returncode == 2 and "bad.safetensors" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("size", [(3, 3), (2000, 30)], ids=["3x3", "2000x30"])
+def test_a_photo_too_small_for_the_detector_is_a_sentence_not_a_traceback(tiny_weights, tmp_path, size):
+    """MTCNN raised a bare ValueError (torch.cat of an empty pyramid) on photos a few pixels wide."""
+    photo = tmp_path / "tiny.png"
+    Image.new("RGB", size, (120, 100, 90)).save(photo)
+    done = predict(photo, "--output", tmp_path / "x.png", "--weights", tiny_weights, "--device", "cpu")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and "ValueError" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"failed: {photo}: ") and line.endswith(".")
+    assert ("too small" in line) == (min(size) < 20)
+    assert not (tmp_path / "x.png").exists()
