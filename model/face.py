@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from model.errors import NoFaceFound
+from model.errors import NoFaceFound, SimpsonizeError
 from model.imaging import ImageSource, open_image
 
 CROP_SCALE = 2.3  # crop side / mean(eye distance, eye-to-mouth distance)
@@ -120,6 +121,16 @@ def _quick_search(image: Image.Image, full_side: int, device: str) -> list[Face]
     k finds faces from MTCNN_MIN_FACE / factor^k px. The quick search skips the first ``skip`` levels: the ones for
     faces under FAST_MIN_FACE of the shorter side, and the ones finer than its smaller copy holds.
     """
+    small, min_face = _quick_plan(image, full_side, device)
+    if min_face is None:
+        return None
+    faces = _search(image, small, min_face, device)
+    return faces or None
+
+
+def _quick_plan(image: Image.Image, full_side: int, device: str) -> tuple[Image.Image, float | None]:
+    """The quick search's copy of ``image`` and the smallest face it looks for (in the copy's pixels); None instead
+    of that size when no level would be skipped. Photos of one size get the same size (``detect_faces_many``)."""
     factor = get_detector(device).factor
     full_scale = full_side / max(image.size)
     # A copy hardly smaller than the full search's would only add resampling jitter: then the levels are skipped alone.
@@ -129,9 +140,8 @@ def _quick_search(image: Image.Image, full_side: int, device: str) -> list[Face]
     by_detail = math.ceil(math.log(12 / MTCNN_MIN_FACE / ratio, 1 / factor) - 1e-9)
     skip = max(by_face, by_detail, 0)
     if skip == 0:
-        return None
-    faces = _search(image, small, MTCNN_MIN_FACE * ratio / factor**skip, device)
-    return faces or None
+        return small, None
+    return small, MTCNN_MIN_FACE * ratio / factor**skip
 
 
 def _downscaled(image: Image.Image, max_side: int) -> Image.Image:
@@ -153,7 +163,12 @@ def _search(image: Image.Image, small: Image.Image, min_face: float, device: str
     with torch.no_grad():
         boxes, points = detect_face(small, min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds,
                                     mtcnn.factor, mtcnn.device)
-    boxes, points = np.asarray(boxes[0]), np.asarray(points[0])
+    return _mapped(image, small, boxes[0], points[0])
+
+
+def _mapped(image: Image.Image, small: Image.Image, boxes, points) -> list[Face]:
+    """One image's MTCNN boxes and landmarks (found in ``small``) as confident faces in ``image``, largest first."""
+    boxes, points = np.asarray(boxes), np.asarray(points)
     if len(boxes) == 0:
         return []
     sx, sy = image.width / small.width, image.height / small.height
@@ -227,3 +242,88 @@ def _border_colour(image: Image.Image) -> tuple[int, int, int]:
     array = np.asarray(image)
     edges = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
     return tuple(int(v) for v in np.median(edges, axis=0))
+
+
+# -- several photos at once (the worker's batches) -------------------------------------------------------------------
+# MTCNN takes a batch only of images of one size (facenet-pytorch stacks them into one tensor), so photos are grouped
+# by size. A group runs the searches ``detect_faces`` runs, the quick one and then the full one for the photos it found
+# nothing in, with one MTCNN call per search for the whole group. A photo alone in its group takes the single-photo
+# path, ``crop_face``, unchanged.
+
+
+def detect_faces_many(images: list[Image.Image], device: str = "cpu") -> list[list[Face]]:
+    """``[detect_faces(image) for image in images]`` for images of one size, one MTCNN call per search."""
+    if len(images) == 1:
+        return [detect_faces(images[0], device=device)]
+    size = images[0].size
+    if any(image.size != size for image in images):
+        raise ValueError("detect_faces_many takes images of one size; crop_faces groups them.")
+    full_side = min(max(size), DETECT_MAX_SIDE)
+    found: list[list[Face]] = [[] for _ in images]
+    plans = [_quick_plan(image, full_side, device) for image in images]
+    min_face = plans[0][1]  # the same for every image of this size
+    if min_face is not None:
+        found = _search_many(images, [small for small, _ in plans], min_face, device)
+    rest = [i for i, faces in enumerate(found) if not faces]
+    if rest:
+        full = _search_many([images[i] for i in rest], [_downscaled(images[i], full_side) for i in rest],
+                            MTCNN_MIN_FACE, device)
+        for i, faces in zip(rest, full):
+            found[i] = faces
+    return found
+
+
+def _search_many(images: list[Image.Image], smalls: list[Image.Image], min_face: float, device: str) -> list[list[Face]]:
+    """``_search`` for several images whose copies ``smalls`` share one size: one MTCNN call."""
+    from facenet_pytorch.models.utils.detect_face import detect_face
+    import torch
+
+    if min(smalls[0].size) * 12.0 / min_face < 12:  # MTCNN's pyramid would be empty (it raises a bare ValueError)
+        return [[] for _ in images]
+    mtcnn = get_detector(device)
+    with torch.no_grad():
+        boxes, points = detect_face(list(smalls), min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds,
+                                    mtcnn.factor, mtcnn.device)
+    return [_mapped(image, small, b, p) for image, small, b, p in zip(images, smalls, boxes, points)]
+
+
+def crop_faces(sources: list[ImageSource], size: int = 256, device: str = "cpu", framing: Framing = Framing()
+               ) -> tuple[list[FaceCrop | SimpsonizeError], list[float]]:
+    """``crop_face`` for each photo, with MTCNN batched over the photos of one size.
+
+    Returns each photo's crop, or in its place the ``SimpsonizeError`` that ``crop_face`` would raise (unreadable, no
+    face), and the seconds spent on it (its share of its group's detection, plus its own decoding and alignment).
+    """
+    results: list[FaceCrop | SimpsonizeError | None] = [None] * len(sources)
+    seconds = [0.0] * len(sources)
+    groups: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}
+    for i, source in enumerate(sources):
+        started = time.perf_counter()
+        try:
+            image = open_image(source)
+        except SimpsonizeError as exc:
+            results[i] = exc
+        else:
+            groups.setdefault(image.size, []).append((i, image))
+        seconds[i] += time.perf_counter() - started
+    for members in groups.values():
+        if len(members) == 1 or min(members[0][1].size) < MTCNN_MIN_FACE:
+            for i, image in members:  # the single-photo path, error sentences included
+                started = time.perf_counter()
+                try:
+                    results[i] = crop_face(image, size=size, device=device, framing=framing)
+                except SimpsonizeError as exc:
+                    results[i] = exc
+                seconds[i] += time.perf_counter() - started
+            continue
+        started = time.perf_counter()
+        found = detect_faces_many([image for _, image in members], device=device)
+        share = (time.perf_counter() - started) / len(members)
+        for (i, image), faces in zip(members, found):
+            started = time.perf_counter()
+            if faces:
+                results[i] = align_crop(image, faces[0], size, other_faces=tuple(faces[1:]), framing=framing)
+            else:
+                results[i] = NoFaceFound()
+            seconds[i] += share + time.perf_counter() - started
+    return results, seconds  # type: ignore[return-value]

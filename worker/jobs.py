@@ -4,6 +4,10 @@
 the app enqueues (by name, ``worker.jobs.process_job``): it reads the normalised upload from Redis, runs
 ``simpsonize_bytes``, stores the result with its TTL and deletes the input whatever happens. A photo the model
 rejects (no face, unreadable) fails the job with the model's user-facing sentence in ``job.meta["error"]``.
+
+Batches: a worker that takes several jobs at once (``worker.process.ModelWorker``, ``SIMPSONIZE_WORKER_BATCH``) runs
+their photos through the model together with ``prepare_batch`` first; each job's ``process_job`` then takes its own
+outcome (its result, or the error to fail with) instead of running the model, and does the rest as for one photo.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ PNG_LEVEL = 1
 _model = None
 _model_loads = 0
 _model_lock = threading.Lock()
+_prepared: dict[str, "Prepared"] = {}  # job id -> its photo's outcome, from the batch the worker ran for it
 
 
 class InputGone(SimpsonizeError):
@@ -39,14 +44,17 @@ class InputGone(SimpsonizeError):
         super().__init__("The photo for this job is gone (it expired or was deleted). Please upload it again.")
 
 
-def load_model(weights: str | Path | None = None, device: str | None = None, num_threads: int | None = None):
-    """Load the Simpsonizer for this process (once; the worker calls this before taking jobs)."""
+def load_model(weights: str | Path | None = None, device: str | None = None, num_threads: int | None = None,
+               precision: str = "fp32", batch_size: int = 1):
+    """Load the Simpsonizer for this process (once; the worker calls this before taking jobs). ``precision``: fp32,
+    bf16 or auto (bf16 on CUDA), bf16 only where it passes the Simpsonizer's check; ``batch_size``: the largest batch
+    to warm up for."""
     global _model, _model_loads
     from model.pipeline import Simpsonizer
 
     with _model_lock:
-        _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads)
-        _model.warm_up()
+        _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads, precision=precision)
+        _model.warm_up(batch_size)
         _model_loads += 1
         return _model
 
@@ -55,7 +63,7 @@ def get_model():
     """This process's Simpsonizer; loaded from settings on first use if the worker did not load it already."""
     if _model is None:
         settings = get_settings()
-        return load_model(settings.weights, settings.device, settings.worker_threads)
+        return load_model(settings.weights, settings.device, settings.worker_threads, settings.worker_precision)
     return _model
 
 
@@ -74,12 +82,51 @@ class JobOutput:
 def simpsonize_bytes(data: bytes, simpsonizer=None) -> JobOutput:
     """One photo's bytes -> result PNG, face-crop PNG and metadata. Raises ``SimpsonizeError`` with a sentence."""
     model = simpsonizer if simpsonizer is not None else get_model()
-    result = model.simpsonize(data)
+    return encode_result(model.simpsonize(data))
+
+
+def encode_result(result) -> JobOutput:
+    """A ``SimpsonizeResult`` -> its two PNGs and metadata (with the encode time)."""
     started = time.perf_counter()
     image_png, face_png = png_bytes(result.image, PNG_LEVEL), png_bytes(result.face_crop, PNG_LEVEL)
     meta = result.to_dict()
     meta["timings"]["encode"] = round(time.perf_counter() - started, 4)
     return JobOutput(image_png=image_png, face_png=face_png, meta=meta)
+
+
+@dataclass
+class Prepared:
+    """One job's photo, run in a batch before its job function runs."""
+
+    outcome: Any  # its SimpsonizeResult, or the exception its job fails with
+    started: float  # time.perf_counter() when the batch started: the job's time counts from there
+    batch: int  # how many jobs the batch held
+
+
+def prepare_batch(jobs: list[tuple[str, str]], redis, started: float | None = None) -> None:
+    """Run the photos of ``jobs`` ((job id, key prefix) pairs) through the model together; each job's
+    ``process_job`` then finishes with its own outcome. A missing input (expired, deleted) or a photo the model
+    rejects is that job's failure only. Any other error raises, and nothing is prepared: the caller lets each job run
+    on its own then, so that only the photo that causes it fails."""
+    started = time.perf_counter() if started is None else started
+    inputs = redis.mget([keys.input_key(prefix, job_id) for job_id, prefix in jobs])
+    present = [(job_id, data) for (job_id, _), data in zip(jobs, inputs) if data is not None]
+    outcomes = get_model().simpsonize_many([data for _, data in present]) if present else []
+    by_id = dict(zip((job_id for job_id, _ in present), outcomes))
+    for job_id, _ in jobs:
+        _prepared[job_id] = Prepared(by_id[job_id] if job_id in by_id else InputGone(), started, len(jobs))
+
+
+def fail_batch(job_ids: list[str], error: BaseException, started: float) -> None:
+    """Every job of a batch fails with ``error`` (a copy each), e.g. when the batch ran past the job timeout."""
+    for job_id in job_ids:
+        _prepared[job_id] = Prepared(type(error)(*error.args), started, len(job_ids))
+
+
+def discard_prepared(job_ids) -> None:
+    """Forget what was prepared for jobs that will not run here after all."""
+    for job_id in job_ids:
+        _prepared.pop(job_id, None)
 
 
 def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]:
@@ -89,15 +136,23 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
         raise RuntimeError("process_job must run inside an RQ worker.")
     redis = job.connection
     input_key = keys.input_key(key_prefix, job_id)
-    started = time.perf_counter()
+    prepared = _prepared.pop(job_id, None)
+    started = time.perf_counter() if prepared is None else prepared.started
     try:
-        data = redis.get(input_key)
-        if data is None:
-            raise InputGone()
-        output = simpsonize_bytes(data)
+        if prepared is None:
+            data = redis.get(input_key)
+            if data is None:
+                raise InputGone()
+            output = simpsonize_bytes(data)
+        elif isinstance(prepared.outcome, BaseException):
+            raise prepared.outcome
+        else:
+            output = encode_result(prepared.outcome)
         model = get_model()
         meta = {**output.meta,
-                "worker": {"pid": os.getpid(), "model_loads": model_loads(), "device": str(model.device)}}
+                "worker": {"pid": os.getpid(), "model_loads": model_loads(), "device": str(model.device)},
+                "batch": {"size": 1 if prepared is None else prepared.batch,
+                          "precision": getattr(model, "precision", "fp32")}}
         meta["timings"]["job"] = round(time.perf_counter() - started, 4)
         if redis.exists(keys.deleted_key(key_prefix, job_id)):
             return {"deleted": True}

@@ -3,6 +3,16 @@
 RQ's default ``Worker`` forks a fresh work horse per job, which would reload the model (or at best re-fault its
 pages) for every photo. ``ModelWorker`` is a ``SimpleWorker``: jobs run in this process, the model is loaded before
 the first job and reused. Job timeouts still work (SIGALRM in the main thread).
+
+Batches (``SIMPSONIZE_WORKER_BATCH``, default ``auto``: 16 on CUDA, 1 on a CPU). With a batch size above 1, each job
+RQ's work loop dequeues takes up to that many more with it: whatever else is queued, waiting at most
+``SIMPSONIZE_WORKER_BATCH_WAIT_MS`` for more to arrive. All of them are marked started at once (so the registries,
+``/readyz`` and the reaper see them as this worker's), their photos go through MTCNN and the generator together
+(``worker.jobs.prepare_batch``), and then RQ performs and records each job on its own, exactly as for one job: its own
+result or failure sentence, timeout, end-of-job signal for long polls, tombstone check. Why in the worker and not in
+the job function: only the worker can take jobs off the queue and register them as started the way RQ does; a job
+function that pulled other jobs' ids would leave them queued in RQ's eyes, or would have to reimplement RQ's
+bookkeeping, while here RQ's own dequeue, start, perform, success and failure steps run unchanged for every job.
 """
 
 from __future__ import annotations
@@ -15,13 +25,16 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
+from rq.timeouts import JobTimeoutException
+from rq.worker import WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from app import liveness
+from app import keys, liveness
 from app.cpu import limited_cpus
 from app.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from app.longpoll import notify_done
@@ -29,6 +42,22 @@ from app.settings import get_settings
 
 log = logging.getLogger("simpsonize.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+AUTO_BATCH_CUDA = 16  # SIMPSONIZE_WORKER_BATCH=auto on CUDA; a CPU gets 1 (batching does not make it faster)
+MAX_BATCH = 64
+
+
+def batch_size_for(setting: str | int | None, device_type: str) -> int:
+    """``SIMPSONIZE_WORKER_BATCH`` ("auto" or a number from 1 to MAX_BATCH) for a model on ``device_type``."""
+    value = str(setting if setting is not None else "auto").strip().lower()
+    if value in ("", "auto"):
+        return AUTO_BATCH_CUDA if device_type == "cuda" else 1
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_BATCH:
+        raise ValueError(f"the worker batch must be 'auto' or a number from 1 to {MAX_BATCH}, not {setting!r}")
+    return size
 
 
 class ModelWorker(SimpleWorker):
@@ -43,8 +72,18 @@ class ModelWorker(SimpleWorker):
     # RQ doubles its reconnect wait up to 60 s; a restarted Redis must see this worker again within seconds.
     max_connection_wait_time = 2.0
 
+    batch_size = 1  # jobs taken at once; 1 is RQ's own one-job path, unchanged
+    batch_wait = 0.005  # seconds to wait for more queued jobs to fill a batch
+
     def __init__(self, *args, serializer=SERIALIZER, **kwargs):
         super().__init__(*args, serializer=serializer, **kwargs)  # JSON: a job from Redis never unpickles code
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches' sizes (tests, logs)
+        self._prestarted: dict[str, object] = {}  # job id -> started_at, for the jobs of the running batch
+        self._jobs_left: int | None = None  # what is left of work(max_jobs=...), counted in jobs, not batches
+
+    def work(self, *args, **kwargs):
+        self._jobs_left = kwargs.get("max_jobs")
+        return super().work(*args, **kwargs)
 
     def bootstrap(self, *args, **kwargs):
         super().bootstrap(*args, **kwargs)
@@ -84,7 +123,10 @@ class ModelWorker(SimpleWorker):
     # ride out a Redis restart instead: the next dequeue waits for Redis to come back.
     def execute_job(self, job, queue):
         try:
-            super().execute_job(job, queue)
+            if self.batch_size > 1:
+                self._execute_batch(job, queue)
+            else:
+                super().execute_job(job, queue)
         except REDIS_DOWN as exc:
             log.warning("Lost Redis while finishing job %s (%s); its state is gone with that Redis.", job.id, exc)
         finally:
@@ -92,6 +134,87 @@ class ModelWorker(SimpleWorker):
                 refresh_rq_ttls(queue, self.bookkeeping_ttl)
             except RedisError:
                 log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+
+    # -- batches ------------------------------------------------------------------------------------------------
+    def _execute_batch(self, job, queue) -> None:
+        """``job`` and up to ``batch_size - 1`` more from ``queue``: started together, their photos run as one batch,
+        then each performed and recorded by RQ on its own (``perform_job``), in the order they were queued."""
+        from worker import jobs as job_functions
+
+        room = self.batch_size if self._jobs_left is None else max(1, min(self.batch_size, self._jobs_left))
+        batch = [job, *self._dequeue_more(queue, room - 1)]
+        self.batch_sizes.append(len(batch))
+        executions = {}
+        try:
+            for member in batch:
+                executions[member.id] = self.prepare_execution(member)
+                self.prepare_job_execution(member, remove_from_intermediate_queue=len(self.queues) == 1)
+                self._prestarted[member.id] = member.started_at
+            photos = [m for m in batch if m.func_name == keys.JOB_FUNCTION and len(m.args) >= 2 and m.args[0] == m.id]
+            if len(photos) > 1:
+                self._run_batch(photos)
+            for member in batch:
+                self.perform_job(member, queue, executions[member.id])
+        finally:
+            job_functions.discard_prepared([member.id for member in batch])
+            for member in batch:
+                self._prestarted.pop(member.id, None)
+            self.set_state(WorkerStatus.IDLE)
+        if self._jobs_left is not None:
+            self._jobs_left -= len(batch)
+            if self._jobs_left <= 0:
+                self._stop_requested = True  # RQ's loop counts this batch as one job; it stops on its next turn
+
+    def _dequeue_more(self, queue, room: int) -> list:
+        """Up to ``room`` more jobs from ``queue`` through RQ's own non-blocking dequeue, waiting at most
+        ``batch_wait`` seconds for the queue to hold them."""
+        more: list = []
+        deadline = time.monotonic() + self.batch_wait
+        while len(more) < room and not self._stop_requested:
+            try:
+                result = self.queue_class.dequeue_any([queue], None, connection=self.connection,
+                                                      job_class=self.job_class, serializer=self.serializer,
+                                                      death_penalty_class=self.death_penalty_class)
+            except Exception as exc:  # Redis gone, an unreadable job: run what we have; RQ's loop meets it next
+                log.warning("Stopped filling a batch: %s", exc)
+                break
+            if result is None:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+                continue
+            self.log.info("Worker %s: %s: %s (batched)", self.name, queue.name, result[0].id)
+            more.append(result[0])
+        return more
+
+    def _run_batch(self, photos: list) -> None:
+        """Their photos through the model together, under the shortest of their timeouts. Each job then finishes with
+        its own outcome; a timeout fails them all (their time is up); any other error leaves each job to run its
+        photo alone, so that only the photo that causes it fails."""
+        from worker import jobs as job_functions
+
+        started = time.perf_counter()
+        ids = [job.id for job in photos]
+        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in photos)
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=ids[0]):
+                job_functions.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
+        except JobTimeoutException as exc:
+            job_functions.fail_batch(ids, exc, started)
+        except Exception:
+            log.warning("A batch of %d photos failed; running them one by one.", len(photos), exc_info=True)
+            job_functions.discard_prepared(ids)
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
+        if job.id in self._prestarted:  # started with its batch already; RQ's perform_job calls this again
+            return
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+    def _restore_start(self, job) -> None:
+        """perform_job stamps ``started_at`` again; a batched job started when its batch did."""
+        started_at = self._prestarted.get(job.id)
+        if started_at is not None:
+            job.started_at = started_at
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """RQ retries a lost connection inside its blocking pop only; its bookkeeping just before (worker state,
@@ -120,10 +243,12 @@ class ModelWorker(SimpleWorker):
     # RQ records a job's end after the job function returns; long polls are woken only once it is recorded, so that
     # they read 'finished' or 'failed', never 'started'.
     def handle_job_success(self, job, queue, *args, **kwargs):
+        self._restore_start(job)
         super().handle_job_success(job, queue, *args, **kwargs)
         self._notify_done(job)
 
     def handle_job_failure(self, job, queue, *args, **kwargs):
+        self._restore_start(job)
         super().handle_job_failure(job, queue, *args, **kwargs)
         self._notify_done(job)
 
@@ -188,6 +313,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
                                                     "cgroup CPU quota when one is set, else torch's default; give "
                                                     "cores / workers when several run on one machine).")
+    parser.add_argument("--batch", help="Jobs taken at once, their photos run as one batch: 'auto' (16 on CUDA, 1 on a "
+                                        "CPU) or 1 to 64 (default: $SIMPSONIZE_WORKER_BATCH or auto).")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        help="Generator precision: bf16 where its output stays within 40 dB PSNR of fp32, checked at "
+                             "start-up, else fp32; auto tries bf16 on CUDA only (default: "
+                             "$SIMPSONIZE_WORKER_PRECISION or auto).")
     parser.add_argument("--name", help="Worker name (default: HOSTNAME-PID-RANDOM, which --check recognises).")
     parser.add_argument("--check", action="store_true",
                         help="Health check (containers): exit 0 if a worker of this host has a recent heartbeat in "
@@ -216,13 +347,19 @@ def run(args: argparse.Namespace) -> int:
     from model.errors import SimpsonizeError
     from worker.jobs import load_model
 
+    from model.pipeline import pick_device
+
     try:
-        model = load_model(weights, device=args.device or settings.device,
-                           num_threads=args.threads or settings.worker_threads or limited_cpus())
-    except SimpsonizeError as exc:
+        device = args.device or settings.device
+        batch_size = batch_size_for(args.batch or settings.worker_batch, pick_device(device).type)
+        model = load_model(weights, device=device, num_threads=args.threads or settings.worker_threads or limited_cpus(),
+                           precision=args.precision or settings.worker_precision, batch_size=batch_size)
+    except (SimpsonizeError, ValueError) as exc:
         print(f"simpsonize worker: {exc}", file=sys.stderr)
         return 2
-    log.info("Loaded %s on %s (pid %d).", weights, model.device, os.getpid())
+    log.info("Loaded %s on %s (pid %d), %s, batches of up to %d.", weights, model.device, os.getpid(),
+             model.precision if model.bf16_psnr is None else f"{model.precision} (bf16 at {model.bf16_psnr:.1f} dB)",
+             batch_size)
 
     redis = connect(redis_url)
     try:
@@ -235,5 +372,7 @@ def run(args: argparse.Namespace) -> int:
     worker.bookkeeping_ttl = settings.bookkeeping_ttl
     worker.heartbeat_interval = settings.worker_heartbeat
     worker.key_prefix = settings.key_prefix
+    worker.batch_size = batch_size
+    worker.batch_wait = settings.worker_batch_wait_ms / 1000
     worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
     return 0
