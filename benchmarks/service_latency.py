@@ -1,13 +1,21 @@
-"""End-to-end latency of the embedded default: submit -> result available, through HTTP, Redis and the workers.
+"""`simpsonize bench service`: what a client waits for, next to what the worker spends, for each workers x threads.
 
-For each worker count it starts `simpsonize serve --workers N` (embedded Redis, N worker processes, uvicorn) on a
-free port, warms every worker up (the first photo of a process builds the face detector), then measures
-  * one photo alone (repeated, median reported), and
-  * a burst of photos sent at once (each photo's latency, and the wall time until the last result).
-Latency = from just before the POST until the result PNG has been downloaded; status is polled every 20 ms for
-single photos and every 200 ms in a burst (so a burst figure can be up to 0.2 s late).
+For each configuration (``--configs 1x2 2x1 ...``: worker processes x torch threads each) it starts
+`simpsonize serve` on a free port (embedded Redis, uvicorn, the workers), warms every worker up, then measures
 
-    python benchmarks/service_latency.py --weights weights/simpsonize.safetensors --workers 1 2 --burst 10
+* **one photo at a time** (``--singles`` of them): the client's latency, from just before the POST until the result
+  PNG is downloaded, waiting with the long poll (``?wait=30``) as a REST client would; next to the worker's own job
+  time and its detect / generate / encode split, taken from the job's status. Overhead = client latency / job time.
+* **a burst** (``--burst`` photos sent at once, each by its own client): wall time until the last result, photos per
+  second, and the *saturation*: the throughput against the compute bound, which is ``parallel / job time alone``,
+  ``parallel`` being how many jobs the cores can run at once (``min(workers, cores // threads)``). It also reports
+  the CPU seconds that each process of the service used during the burst (web, workers, Redis) and the client's own,
+  so that a shortfall can be traced to where the cores went.
+
+Every ratio comes from the same run. Figures are only meaningful on an otherwise idle machine: the header prints
+the CPU model and the load average. ``--json`` writes everything; ``--markdown`` the table for the README.
+
+    simpsonize bench service --configs 1x2 2x1 4x1 --burst 16 --singles 10 --json service.json
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import platform
 import signal
 import socket
 import statistics
@@ -24,13 +33,49 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SINGLE_POLL_S = 0.02  # status polling: fine for one photo...
-BURST_POLL_S = 0.2  # ...coarser for a burst, so ten pollers do not steal the workers' CPU on a small machine
+LONG_POLL_S = 30  # the API's maximum wait: a client asks again only when a long poll runs out
+STAGES = ("detect", "generate", "encode", "job")
+
+
+@dataclass(frozen=True)
+class Config:
+    workers: int
+    threads: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Config":
+        try:
+            workers, threads = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not WORKERSxTHREADS, e.g. 2x1") from None
+        if workers < 1 or threads < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: workers and threads must be at least 1")
+        return cls(workers, threads)
+
+    def __str__(self) -> str:
+        return f"{self.workers}x{self.threads}"
+
+
+def cpu_name() -> str:
+    """The CPU model, family/model numbers and the vector extensions that decide kernel speed (the CPU model
+    changes between machines of the same name, so every figure carries it)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    extensions = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})")
 
 
 def free_port() -> int:
@@ -48,33 +93,37 @@ def default_photo() -> bytes:
     return buffer.getvalue()
 
 
-def one_photo(base: str, photo: bytes, timeout: float, poll_s: float = SINGLE_POLL_S) -> float:
-    """Seconds from submit to result downloaded."""
-    with httpx.Client(base_url=base, timeout=60) as client:
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def one_photo(base: str, photo: bytes, timeout: float) -> dict:
+    """Submit one photo, long-poll its status, download the result: the client's latency and the worker's timings."""
+    with httpx.Client(base_url=base, timeout=LONG_POLL_S + 30) as client:
         started = time.perf_counter()
         response = client.post("/api/v1/jobs", files={"file": ("photo.jpg", photo, "image/jpeg")})
         response.raise_for_status()
         job = response.json()
         deadline = started + timeout
         while True:
-            state = client.get(job["status_url"]).json()
+            state = client.get(job["status_url"], params={"wait": LONG_POLL_S}).json()
             if state["status"] == "finished":
                 break
             if state["status"] == "failed":
                 raise RuntimeError(f"job failed: {state.get('error')}")
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"no result within {timeout:.0f} s")
-            time.sleep(poll_s)
-        result = client.get(job["result_url"])
-        result.raise_for_status()
-        return time.perf_counter() - started
+        client.get(job["result_url"]).raise_for_status()
+        latency = time.perf_counter() - started
+    return {"latency": latency, **{k: v for k, v in (state.get("timings") or {}).items() if k in STAGES}}
 
 
-def burst(base: str, photo: bytes, count: int, timeout: float) -> tuple[list[float], float]:
+def burst(base: str, photo: bytes, count: int, timeout: float) -> tuple[list[dict], float]:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=count) as pool:
-        latencies = list(pool.map(lambda _: one_photo(base, photo, timeout, BURST_POLL_S), range(count)))
-    return latencies, time.perf_counter() - started
+        results = list(pool.map(lambda _: one_photo(base, photo, timeout), range(count)))
+    return results, time.perf_counter() - started
 
 
 def wait_ready(base: str, process: subprocess.Popen, workers: int, timeout: float) -> None:
@@ -94,27 +143,63 @@ def wait_ready(base: str, process: subprocess.Popen, workers: int, timeout: floa
         time.sleep(0.2)
 
 
-def measure(workers: int, weights: Path, photo: bytes, singles: int, burst_size: int, timeout: float,
-            device: str | None, threads: int | None = None) -> dict:
+def service_cpu_seconds(root_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the service's processes, by role: the launcher process also serves the
+    web; its children are the workers and the embedded Redis."""
+    import psutil
+
+    def cpu(process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system
+
+    roles = {"web": 0.0, "workers": 0.0, "redis": 0.0, "other": 0.0}
+    root = psutil.Process(root_pid)
+    roles["web"] += cpu(root)
+    for child in root.children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+            role = "redis" if "redis" in command and "worker" not in command else (
+                "workers" if "worker" in command else "other")
+            roles[role] += cpu(child)
+        except psutil.NoSuchProcess:
+            continue
+    return roles
+
+
+def client_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def summarise_stages(results: list[dict]) -> dict[str, float]:
+    return {stage: round(statistics.median(r[stage] for r in results), 4)
+            for stage in STAGES if all(stage in r for r in results)}
+
+
+def measure(config: Config, weights: Path, photo: bytes, singles: int, burst_size: int, timeout: float,
+            device: str | None) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="szbench-") as data_dir:
-        command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", str(workers),
-                   "--weights", str(weights), "--data-dir", data_dir, "--log-level", "warning"]
+        command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--workers", str(config.workers),
+                   "--threads", str(config.threads), "--weights", str(weights), "--data-dir", data_dir,
+                   "--log-level", "warning"]
         if device:
             command += ["--device", device]
-        if threads:
-            command += ["--threads", str(threads)]
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        # Benchmarks need the per-client limits off (one client sends the whole burst) and the queue wide enough.
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"SIMPSONIZE_RATE_LIMIT": "off"}
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
-            wait_ready(base, process, workers, timeout)
+            wait_ready(base, process, config.workers, timeout)
             startup = time.perf_counter() - started
-            warmup, _ = burst(base, photo, 2 * workers, timeout)  # every worker builds its face detector
+            burst(base, photo, 2 * config.workers, timeout)  # every worker builds its detector and picks kernels
             single = [one_photo(base, photo, timeout) for _ in range(singles)]
-            latencies, wall = burst(base, photo, burst_size, timeout)
+            cpu_before, client_before = service_cpu_seconds(process.pid), client_cpu_seconds()
+            bursted, wall = burst(base, photo, burst_size, timeout)
+            cpu_after, client_after = service_cpu_seconds(process.pid), client_cpu_seconds()
         finally:
             process.send_signal(signal.SIGINT)
             try:
@@ -122,34 +207,72 @@ def measure(workers: int, weights: Path, photo: bytes, singles: int, burst_size:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-    ordered = sorted(latencies)
+
+    latencies = [r["latency"] for r in single]
+    stages = summarise_stages(single)
+    job_alone = stages.get("job")
+    parallel = min(config.workers, max(1, cores // config.threads))
+    bound = parallel / job_alone if job_alone else None
+    photos_per_s = burst_size / wall
+    cpu_used = {role: round(cpu_after[role] - cpu_before[role], 2) for role in cpu_before}
+    cpu_used["client"] = round(client_after - client_before, 2)
+    burst_latencies = [r["latency"] for r in bursted]
     return {
-        "workers": workers,
-        "threads": threads,
+        "config": str(config), "workers": config.workers, "threads": config.threads, "cores": cores,
         "startup_s": round(startup, 2),
-        "warmup_max_s": round(max(warmup), 3),
-        "single_s": [round(x, 3) for x in single],
-        "single_median_s": round(statistics.median(single), 3),
-        "burst": burst_size,
-        "burst_wall_s": round(wall, 3),
-        "burst_mean_s": round(statistics.mean(latencies), 3),
-        "burst_median_s": round(statistics.median(latencies), 3),
-        "burst_p90_s": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 3),
-        "burst_max_s": round(ordered[-1], 3),
-        "burst_photos_per_s": round(burst_size / wall, 3),
+        "single": {
+            "n": singles,
+            "p50_s": round(percentile(latencies, 0.5), 4),
+            "p95_s": round(percentile(latencies, 0.95), 4),
+            "worker_stages_s": stages,
+            "overhead_ratio": round(percentile(latencies, 0.5) / job_alone, 3) if job_alone else None,
+        },
+        "burst": {
+            "n": burst_size,
+            "wall_s": round(wall, 3),
+            "photos_per_s": round(photos_per_s, 3),
+            "bound_photos_per_s": round(bound, 3) if bound else None,
+            "saturation": round(photos_per_s / bound, 3) if bound else None,
+            "p50_s": round(percentile(burst_latencies, 0.5), 3),
+            "p95_s": round(percentile(burst_latencies, 0.95), 3),
+            "worker_stages_s": summarise_stages(bursted),
+            "cpu_s": cpu_used,
+            "cpu_share_of_wall": round(sum(cpu_used.values()) / (wall * cores), 3),
+        },
     }
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    lines = [f"{header['cpu']}, {header['cores']} cores, torch threads per worker as configured; photo: "
+             f"{header['photo']}; load average before: {header['load_before']}.", "",
+             "| workers × threads | 1 photo p50 / p95 | worker job (detect / generate / encode) | overhead | "
+             f"burst of {rows[0]['burst']['n']}: photos/s | bound | saturation | burst p50 / p95 | CPU s in burst "
+             "(web / workers / redis / client) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        single, bursted = row["single"], row["burst"]
+        stages, cpu = single["worker_stages_s"], bursted["cpu_s"]
+        split = " / ".join(f"{stages.get(s, float('nan')) * 1000:.0f}" for s in ("detect", "generate", "encode"))
+        lines.append(
+            f"| {row['config']} | {single['p50_s'] * 1000:.0f} / {single['p95_s'] * 1000:.0f} ms | "
+            f"{stages.get('job', float('nan')) * 1000:.0f} ms ({split}) | {single['overhead_ratio']:.2f}× | "
+            f"{bursted['photos_per_s']:.2f} | {bursted['bound_photos_per_s']:.2f} | {bursted['saturation']:.2f} | "
+            f"{bursted['p50_s']:.2f} / {bursted['p95_s']:.2f} s | "
+            f"{cpu['web']:.1f} / {cpu['workers']:.1f} / {cpu['redis']:.1f} / {cpu['client']:.1f} |")
+    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "weights" / "simpsonize.safetensors")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--burst", type=int, default=10, help="photos sent at once (default 10)")
-    parser.add_argument("--singles", type=int, default=3, help="one-photo repetitions (default 3)")
-    parser.add_argument("--photo", type=Path, help="photo to send (default: scikit-image's astronaut)")
+    parser.add_argument("--configs", type=Config.parse, nargs="+", default=None, metavar="WxT",
+                        help="worker processes x torch threads each (default: 1xC, and Cx1 for C cores)")
+    parser.add_argument("--burst", type=int, default=16, help="photos sent at once (default 16)")
+    parser.add_argument("--singles", type=int, default=10, help="photos sent one at a time (default 10)")
+    parser.add_argument("--photo", type=Path, help="photo to send (default: scikit-image's astronaut, 512x512)")
     parser.add_argument("--device", help="worker device (default: CUDA when present)")
-    parser.add_argument("--threads", type=int, help="torch threads per worker (default: serve's cores / workers)")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--markdown", type=Path, help="also write the table here")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,25 +283,34 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if not args.weights.is_file():
-        print(f"service_latency: the weights file {args.weights} does not exist; pass --weights.", file=sys.stderr)
+        print(f"bench service: the weights file {args.weights} does not exist; pass --weights.", file=sys.stderr)
+        return 2
+    if args.photo and not args.photo.is_file():
+        print(f"bench service: the photo {args.photo} does not exist.", file=sys.stderr)
         return 2
     photo = args.photo.read_bytes() if args.photo else default_photo()
-
-    print(f"weights {args.weights} | {len(os.sched_getaffinity(0))} CPU cores | load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    cores = len(os.sched_getaffinity(0))
+    configs = args.configs or [Config(1, cores), Config(cores, 1)]
+    header = {"cpu": cpu_name(), "cores": cores, "photo": str(args.photo or "astronaut 512x512 JPEG"),
+              "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()), "weights": str(args.weights)}
+    print(f"{header['cpu']} | {cores} CPU cores | load average {header['load_before']} | weights {args.weights}",
+          flush=True)
     rows = []
-    for workers in args.workers:
-        threads = args.threads or max(1, len(os.sched_getaffinity(0)) // workers)  # what serve would choose
-        row = measure(workers, args.weights, photo, args.singles, args.burst, args.timeout, args.device, threads)
+    for config in configs:
+        row = measure(config, args.weights, photo, args.singles, args.burst, args.timeout, args.device)
         rows.append(row)
-        print(f"{workers} worker(s) x {threads} thread(s): ready in {row['startup_s']:.1f} s | "
-              f"1 photo: median {row['single_median_s']:.3f} s "
-              f"(runs {', '.join(f'{x:.3f}' for x in row['single_s'])}) | {row['burst']} at once: all done in "
-              f"{row['burst_wall_s']:.2f} s, per photo mean {row['burst_mean_s']:.2f} / median "
-              f"{row['burst_median_s']:.2f} / p90 {row['burst_p90_s']:.2f} / max {row['burst_max_s']:.2f} s, "
-              f"{row['burst_photos_per_s']:.2f} photos/s", flush=True)
+        single, bursted = row["single"], row["burst"]
+        print(f"{config}: 1 photo p50 {single['p50_s']:.3f} s, p95 {single['p95_s']:.3f} s, worker "
+              f"{single['worker_stages_s']} (overhead {single['overhead_ratio']}x) | burst of {bursted['n']}: "
+              f"{bursted['photos_per_s']:.2f} photos/s of a bound {bursted['bound_photos_per_s']} "
+              f"(saturation {bursted['saturation']}), CPU s {bursted['cpu_s']}", flush=True)
+    table = markdown(rows, header)
+    print()
+    print(table)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
     return 0
 
 
