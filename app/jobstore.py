@@ -146,15 +146,18 @@ class JobStore:
             return False
         job = self._fetch(job_id)
         p = self.prefix
+        tombstone = keys.deleted_key(p, job_id)
+        deleted_before = bool(self.redis.exists(tombstone))
         existed = self.redis.delete(keys.input_key(p, job_id), keys.result_key(p, job_id)) > 0
         if job is None and not existed:
             return False
-        # Tombstone: a job that is running right now must not store its result afterwards.
-        self.redis.set(keys.deleted_key(p, job_id), b"1", ex=self.settings.input_ttl)
+        # Tombstone: a job that is running right now must not store its result afterwards, and once it ends, RQ's
+        # record of it (kept ``result_ttl``) must not bring it back: the tombstone outlives that record.
+        self.redis.set(tombstone, b"1", ex=self.settings.bookkeeping_ttl)
         if job is not None and job.get_status(refresh=False) != JobStatus.STARTED:
             job.delete(remove_from_queue=True)
         notify_done(self.redis, p, job_id)  # its long polls answer 404 now
-        return True
+        return not deleted_before  # deleted already (while it ran): 404, as GET says
 
     # -- reading -------------------------------------------------------------------------------------------------
     def _fetch(self, job_id: str) -> Job | None:

@@ -46,9 +46,22 @@ def test_missing_weights_is_a_clear_error(tmp_path):
         Simpsonizer(weights=tmp_path / "none.safetensors", device="cpu")
 
 
-def test_warm_up_runs_detector_and_generator(tiny_weights):
+def test_warm_up_runs_detector_and_generator(tiny_weights, monkeypatch):
     s = Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
-    s.warm_up()  # a blank image has no face: warming up must not raise
+    detected, batches = [], []
+    real_detect = pipeline.detect_faces
+    monkeypatch.setattr(pipeline, "detect_faces",
+                        lambda image, *a, **k: detected.append(image.size) or real_detect(image, *a, **k))
+    hook = s.generator.register_forward_hook(lambda module, inputs, output: batches.append(
+        (tuple(inputs[0].shape), tuple(output.shape))))
+    try:
+        s.warm_up()  # a blank image has no face: warming up must not raise
+    finally:
+        hook.remove()
+    size = s.input_size
+    assert detected == [(size, size)]  # MTCNN ran once, on an image of the generator's input size
+    assert batches and batches[0] == ((1, 3, size, size), (1, 3, size, size))  # the generator ran on one image
+    assert all(shape[1:] == (3, size, size) for shape, _ in batches)
 
 
 def test_serving_crops_with_the_framing_the_weights_were_trained_with(tmp_path, astronaut):
