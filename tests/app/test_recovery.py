@@ -18,8 +18,7 @@ from PIL import Image
 
 from app.liveness import WORKER_STOPPED
 from app.routes.jobs import NOT_FOUND
-from test_launcher import descendants, serve, wait_ready
-from service_support import free_port
+from service_support import descendants, serving
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +68,9 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float) -> dict:
 
 def test_a_worker_killed_mid_job_is_replaced_and_its_job_fails_with_a_sentence(tmp_path, tiny_weights, big_photo,
                                                                                astronaut_jpeg):
-    port = free_port()
-    process = serve("--port", str(port), "--workers", "1", "--weights", str(tiny_weights), "--threads", "1",
-                    "--data-dir", str(tmp_path / "data"))
-    try:
-        wait_ready(process, port, 1)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with serving(tmp_path / "data", tiny_weights, 1, "--threads", "1") as served:
+        process = served.process
+        with httpx.Client(base_url=served.base_url, timeout=30) as client:
             for _attempt in range(5):
                 (worker,) = children_running(process.pid, "cli.main worker")
                 victim = upload(client, big_photo)
@@ -110,24 +106,16 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_job_fails_with_a_sentence(t
         assert cmdline(replacement).split("--name ")[1].split()[0] not in ("", dead_name)  # a new RQ name
         print(f"\nworker SIGKILL: job failed after {job_ended_after:.1f} s, queued jobs done after "
               f"{ready_after:.1f} s")
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        err = served.stop(signal.SIGTERM)
     assert process.returncode == 0, err
     assert "killed by signal 9; starting a new one" in err
 
 
 def test_a_killed_embedded_redis_is_restarted_and_the_service_recovers(tmp_path, tiny_weights, astronaut_jpeg):
-    port = free_port()
     data_dir = tmp_path / "data"
-    process = serve("--port", str(port), "--workers", "1", "--weights", str(tiny_weights), "--threads", "1",
-                    "--data-dir", str(data_dir))
-    try:
-        wait_ready(process, port, 1)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+    with serving(data_dir, tiny_weights, 1, "--threads", "1") as served:
+        process = served.process
+        with httpx.Client(base_url=served.base_url, timeout=30) as client:
             in_flight = [upload(client, astronaut_jpeg) for _ in range(3)]
             (redis_pid,) = children_running(process.pid, "redis-server")
             os.kill(redis_pid, signal.SIGKILL)
@@ -151,12 +139,7 @@ def test_a_killed_embedded_redis_is_restarted_and_the_service_recovers(tmp_path,
             assert wait_done(client, new, 240)["status"] == "finished"
         assert process.poll() is None
         print(f"\nembedded Redis SIGKILL: ready again after {ready_after:.1f} s")
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        err = served.stop(signal.SIGTERM)
     assert process.returncode == 0, err
     assert "restarting it on" in err
 
@@ -170,14 +153,14 @@ def start_worker(settings, weights, name: str):
     import subprocess
     import sys
 
-    from app.embedded import die_with_parent
+    from app.child_guard import guarded
     from service_support import REPO_ROOT, child_env
 
     command = [sys.executable, "-m", "cli.main", "worker", "--redis-url", settings.redis_url, "--queue",
                settings.queue_name, "--weights", str(weights), "--threads", "1", "--name", name,
                "--log-level", "WARNING"]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)),
-                            preexec_fn=die_with_parent)
+    return subprocess.Popen(guarded(command), cwd=REPO_ROOT,
+                            env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
