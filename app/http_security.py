@@ -11,6 +11,11 @@ sniffed or leaked through Referer, and refusal of cross-site requests that chang
 ``CrossSiteGuard`` answers 403 to a POST/PUT/PATCH/DELETE that a browser says comes from another site
 (``Sec-Fetch-Site``), or whose ``Origin`` is not this host, unless the origin is in the CORS allow-list (REST API
 only). Requests without either header (curl, scripts) are not a browser acting for a user, and pass.
+
+``TrustedHosts`` answers 400 to a request whose ``Host`` is not an allowed name (``SIMPSONIZE_ALLOWED_HOSTS``), as
+Starlette's ``TrustedHostMiddleware`` does, but in JSON like every other error, with no ``www.`` redirect (no URL is
+built from the ``Host`` header), and with IPv6 literals matched without their brackets (``::1`` allows
+``[::1]:8000``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from ipaddress import IPv6Address
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -35,6 +41,7 @@ COMMON_HEADERS = [
 ]
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 CROSS_SITE = "This request came from another web site, so it was refused."
+BAD_HOST = "This server does not answer to that host name (the request's Host header)."
 
 
 def docs_csp(html: str) -> str:
@@ -109,4 +116,55 @@ class CrossSiteGuard:
             if is_cross_site(Headers(scope=scope), scope.get("scheme", "http"), allowed):
                 response = JSONResponse({"detail": CROSS_SITE}, status_code=403)
                 return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._~%!$&'()*+,;=-]+))(?::[0-9]+)?", re.IGNORECASE)
+
+
+def host_name(header: str | None) -> str | None:
+    """The host of a ``Host`` header in lower case, without its port and an IPv6 literal's brackets (``::1``);
+    ``None`` when the header is missing or malformed."""
+    match = _HOST.fullmatch(header or "")
+    if match is None:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            return str(IPv6Address(match["ipv6"]))
+        except ValueError:
+            return None
+    return match["name"].lower()
+
+
+class TrustedHosts:
+    """400 ``{"detail": BAD_HOST}`` unless the ``Host`` header names one of ``allowed_hosts`` (``*.example.org``
+    allows its subdomains; ``*`` allows any)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allow_any = "*" in allowed_hosts
+        self.exact, self.suffixes = set(), []
+        for pattern in allowed_hosts:
+            pattern = pattern.strip().lower()
+            if pattern.startswith("*."):
+                self.suffixes.append(pattern[1:])
+            elif pattern and pattern != "*":
+                try:  # an IPv6 address, bare ("::1") or bracketed, in the form host_name gives
+                    pattern = str(IPv6Address(pattern.strip("[]")))
+                except ValueError:
+                    pass
+                self.exact.add(pattern)
+
+    def allows(self, host: str | None) -> bool:
+        if self.allow_any:
+            return True
+        if host is None:
+            return False
+        return host in self.exact or any(host.endswith(suffix) for suffix in self.suffixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not self.allows(host_name(Headers(scope=scope).get("host"))):
+            if scope["type"] == "websocket":  # none are served; refuse the handshake the ASGI way
+                return await send({"type": "websocket.close", "code": 1008})
+            return await JSONResponse({"detail": BAD_HOST}, status_code=400)(scope, receive, send)
         await self.app(scope, receive, send)

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.guard import ClientLimits, UploadGate
-from app.http_security import CrossSiteGuard, SecurityHeaders, docs_csp
+from app.http_security import CrossSiteGuard, SecurityHeaders, TrustedHosts, docs_csp
 from app.jobstore import JobStore, connect
 from app.longpoll import CompletionWaiter
 from app.routes import health, jobs, pages
@@ -82,6 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if (hosts := settings.split(settings.allowed_hosts)) and "*" not in hosts:
         # Loopback names stay allowed: the container healthchecks ask http://127.0.0.1:8000/healthz.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*hosts, "localhost", "127.0.0.1", "::1"])
+        app.add_middleware(TrustedHosts, allowed_hosts=[*hosts, "localhost", "127.0.0.1", "::1"])
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.split(settings.forwarded_allow_ips))
     return app

@@ -460,6 +460,25 @@ def test_allowed_hosts_refuse_other_host_headers(app_for):
         assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200  # the healthcheck
 
 
+@pytest.mark.parametrize("host", ["evil.example", "photos.example.org.evil.example", "example.net", "",
+                                  "photos.example.org:x", "[::1", "[not:ipv6]:80", "a b"])
+def test_a_refused_host_gets_a_json_sentence_like_every_other_error(app_for, host):
+    from app.http_security import BAD_HOST
+
+    with TestClient(app_for(allowed_hosts="photos.example.org,*.example.net")) as client:
+        response = client.get("/healthz", headers={"Host": host})
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"detail": BAD_HOST}
+
+
+@pytest.mark.parametrize("host", ["photos.example.org", "PHOTOS.Example.org:8443", "a.example.net", "localhost:8000",
+                                  "127.0.0.1", "[::1]:8000", "[0:0::1]"])
+def test_allowed_hosts_match_any_port_case_subdomain_patterns_and_ipv6_literals(app_for, host):
+    with TestClient(app_for(allowed_hosts="photos.example.org,*.example.net")) as client:
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200
+
+
 @pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
                                      {"Origin": "https://evil.example"}, {"Origin": "null"}],
                          ids=["sec-fetch-cross-site", "sec-fetch-same-site", "origin", "null-origin"])
