@@ -1,5 +1,5 @@
-// Upload in place: pick, drop or shoot a photo -> POST /api/v1/jobs -> long poll -> before/after + download.
-// Without JavaScript the same form posts to /jobs and the job page refreshes itself.
+// Upload in place: pick, drop or shoot a photo -> shrink it here -> POST /api/v1/jobs -> long poll -> before/after +
+// download. Without JavaScript the same form posts the original to /jobs and the job page refreshes itself.
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
@@ -48,17 +48,73 @@
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-  async function upload(file) {
-    if (!file) { showError("Choose a photo first."); return; }
-    if (file.size > maxBytes) {
-      showError(`The photo is larger than ${limitText}; please upload a smaller one.`);
-      return;
+  // The service keeps at most data-max-side pixels on the longest side, so a bigger photo is shrunk here first: a
+  // 12 MP phone JPEG of 3-12 MB goes up as a few hundred KB, and a 48 MP one over the size limit goes up at all.
+  // createImageBitmap applies the EXIF orientation, so the JPEG made here is upright (and carries no EXIF: no
+  // location either). Whatever this browser cannot decode (HEIC in Chrome, say) goes up as it is, for the server
+  // to decode; so do photos already small enough, and any whose shrunk JPEG would come out no smaller.
+  // Read at each upload, not once: a benchmark removes the attribute to measure the page without shrinking.
+  const jpegQuality = 0.92;
+
+  function jpegName(name) {
+    const stem = (name || "").replace(/\.[^.]*$/, "");
+    return (stem || "photo") + ".jpg";
+  }
+
+  function encode(canvas) {
+    return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", jpegQuality));
+  }
+
+  async function shrink(file) {
+    const maxSide = Number(form.dataset.maxSide) || 0;
+    if (!maxSide || typeof createImageBitmap !== "function") return file;
+    let bitmap, small;
+    try {
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    } catch (e) {
+      return file;  // not decodable here: the server decodes it (or explains why not)
     }
-    if (file.type && file.type.startsWith("image/") && !types.includes(file.type)) {
+    try {
+      const scale = maxSide / Math.max(bitmap.width, bitmap.height);
+      if (!(scale < 1)) return file;  // small enough already: no needless re-encoding
+      const width = Math.max(1, Math.round(bitmap.width * scale));
+      const height = Math.max(1, Math.round(bitmap.height * scale));
+      try {  // the browser's high-quality resampling; drawImage below is the fallback
+        small = await createImageBitmap(bitmap, { resizeWidth: width, resizeHeight: height, resizeQuality: "high" });
+      } catch (e) { small = null; }
+      const canvas = document.createElement("canvas");
+      canvas.width = width;
+      canvas.height = height;
+      const context = canvas.getContext("2d");
+      context.fillStyle = "#fff";  // transparency onto white, as the server flattens it (JPEG has no alpha)
+      context.fillRect(0, 0, width, height);
+      context.imageSmoothingEnabled = true;
+      context.imageSmoothingQuality = "high";
+      context.drawImage(small || bitmap, 0, 0, width, height);
+      const blob = await encode(canvas);
+      canvas.width = canvas.height = 0;  // free its pixels now rather than at the next collection
+      if (!blob || blob.size >= file.size) return file;
+      return new File([blob], jpegName(file.name), { type: "image/jpeg", lastModified: file.lastModified });
+    } catch (e) {
+      return file;  // out of memory, say: the original, as without JavaScript
+    } finally {
+      bitmap.close();
+      if (small) small.close();
+    }
+  }
+
+  async function upload(picked) {
+    if (!picked) { showError("Choose a photo first."); return; }
+    if (picked.type && picked.type.startsWith("image/") && !types.includes(picked.type)) {
       showError("The file is not a JPEG, PNG, WebP, HEIC or AVIF image.");
       return;
     }
     setProgress("Uploading…");
+    const file = await shrink(picked);
+    if (file.size > maxBytes) {
+      showError(`The photo is larger than ${limitText}; please upload a smaller one.`);
+      return;
+    }
     const data = new FormData();
     data.append("file", file, file.name || "photo");
     let response;

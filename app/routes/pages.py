@@ -26,6 +26,7 @@ def _page(request: Request, template: str, status_code: int = 200, headers=None,
         max_mb=round(settings.max_upload_bytes / (1024 * 1024)),
         ttl_minutes=max(1, round(settings.result_ttl / 60)),
         poll_interval_ms=settings.poll_interval_ms,
+        max_side=settings.max_side,  # the page shrinks bigger photos to this before uploading (static/app.js)
     )
     return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code,
                                                         headers=headers)
