@@ -26,7 +26,7 @@ from rq.job_lifecycle import record_job_failure
 from rq.utils import utcparse
 from rq.worker_registration import get_keys as worker_keys
 
-from app import keys
+from app import keys, metrics
 from app.longpoll import notify_done
 
 log = logging.getLogger("simpsonize.liveness")
@@ -95,6 +95,7 @@ def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | 
             record_job_failure(job, f"Worker {name or '?'} stopped while running the job.", pipe)
             pipe.delete(keys.input_key(key_prefix, job_id))
             notify_done(pipe, key_prefix, job_id)  # long polls on the job answer now
+            metrics.record(pipe, key_prefix, queue.name, "failed", "worker_stopped")
             pipe.execute()
         reaped.append(job_id)
     return reaped

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from app import metrics
 from app.guard import ClientLimits, UploadGate
 from app.http_security import CrossSiteGuard, SecurityHeaders, TrustedHosts, docs_csp
 from app.jobstore import JobStore, connect
@@ -83,4 +84,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Loopback names stay allowed: the container healthchecks ask http://127.0.0.1:8000/healthz.
         app.add_middleware(TrustedHosts, allowed_hosts=[*hosts, "localhost", "127.0.0.1", "::1"])
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.split(settings.forwarded_allow_ips))
+    metrics.install(app, settings)  # GET /metrics, and the request counters around everything above
     return app

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     cors_origins: str = ""  # origins allowed to call the REST API from a browser; empty = same origin only
     limit_concurrency: int = Field(default=200, ge=1)  # open connections uvicorn serves before answering 503
     access_log: bool = False  # uvicorn's access log: client addresses and URLs with job ids (bearer tokens) in them
+    # Who may read GET /metrics (app.metrics): addresses or networks, "*" anyone, "off" no endpoint (404).
+    metrics_allow_ips: str = "127.0.0.1,::1"
 
     # Queue and lifetimes (seconds). Every key the service writes expires.
     max_queue: int = Field(default=100, ge=1)  # queued jobs beyond this -> 503

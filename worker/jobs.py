@@ -23,7 +23,7 @@ from typing import Any
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from app import keys
+from app import keys, metrics
 from app.jobstore import GENERIC_FAILURE
 from app.settings import get_settings
 from model.errors import SimpsonizeError
@@ -129,6 +129,7 @@ def discard_prepared(job_ids) -> None:
         _prepared.pop(job_id, None)
 
 
+@metrics.observed  # finished/failed/retried and the stage times, into Redis for GET /metrics
 def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]:
     """RQ entry point. Returns the (small) metadata, which the result hash also holds."""
     job = get_current_job()
