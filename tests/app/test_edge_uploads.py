@@ -72,3 +72,85 @@ def test_a_job_whose_input_is_gone_fails_with_a_sentence(redis_url, redis_client
             signal.signal(sig, handler)
     view = store.view(job_id)
     assert view.status == "failed" and "upload it again" in view.error and view.error != GENERIC_FAILURE
+
+
+# -- the app's own limits fire, and the bytes decide what a file is ---------------------------------------------------
+
+
+def test_the_apps_pixel_limit_fires_below_pillows_bomb_guard(idle_client, idle_settings):
+    """30 MP PNG and 52 MP JPEG: over the app's limits (24 MP for formats decoded at full size, 50 MP for JPEG) but
+    under Pillow's own guard, so only the app's check can refuse them; its sentence names the size."""
+    assert idle_settings.max_pixels_full_decode < 30_000_000 < idle_settings.max_pixels < 52_000_000
+    assert Image.MAX_IMAGE_PIXELS > 52_000_000  # Pillow would decode both without a word
+    png = encode(Image.new("1", (6000, 5000)), "PNG")
+    response = idle_client.post("/api/v1/jobs", files={"file": ("big.png", png, "image/png")})
+    assert response.status_code == 413, response.text
+    assert "(6000x5000)" in response.json()["detail"] and "24 megapixels for PNG" in response.json()["detail"]
+    jpeg = encode(Image.new("L", (8000, 6500)), "JPEG", quality=50)
+    response = idle_client.post("/api/v1/jobs", files={"file": ("big.jpg", jpeg, "image/jpeg")})
+    assert response.status_code == 413, response.text
+    assert "(8000x6500)" in response.json()["detail"] and "50 megapixels" in response.json()["detail"]
+    # the same 30 MP as a JPEG is within its limit: decoded reduced, and queued
+    jpeg = encode(Image.new("L", (6000, 5000), 128), "JPEG", quality=50)
+    response = idle_client.post("/api/v1/jobs", files={"file": ("ok.jpg", jpeg, "image/jpeg")})
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(("name", "content_type"), [("notes.txt", "text/plain"), ("a.gif", "image/gif"),
+                                                    ("photo.png", "image/png"), ("noname", "")])
+def test_a_jpeg_is_judged_by_its_bytes_not_its_name_or_type(idle_client, redis_client, idle_settings, astronaut,
+                                                           name, content_type):
+    data = encode(astronaut, "JPEG", quality=90)
+    response = idle_client.post("/api/v1/jobs", files={"file": (name, data, content_type)})
+    assert response.status_code == 202, response.text
+    from app import keys
+
+    stored = redis_client.get(keys.input_key(idle_settings.key_prefix, response.json()["id"]))
+    image = Image.open(io.BytesIO(stored))
+    assert image.format == "JPEG" and image.size == astronaut.size
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_other_formats_are_415_even_named_and_typed_as_jpeg(idle_client, astronaut, fmt):
+    data = encode(astronaut, fmt)
+    response = idle_client.post("/api/v1/jobs", files={"file": ("selfie.jpg", data, "image/jpeg")})
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"] == "The file is not a JPEG, PNG, WebP, HEIC or AVIF image."
+    assert idle_client.app.state.store.queue.count == 0
+
+
+def test_a_client_that_disconnects_mid_upload_gets_400_and_frees_its_slot(idle_settings, astronaut):
+    """Through the whole ASGI app: the body stops halfway with an http.disconnect."""
+    import asyncio
+
+    from app.main import create_app
+
+    application = create_app(idle_settings)
+    boundary = "disconnectboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + encode(astronaut, "JPEG") + f"\r\n--{boundary}--\r\n".encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/v1/jobs", "raw_path": b"/api/v1/jobs", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()),
+                         (b"content-type", f"multipart/form-data; boundary={boundary}".encode())],
+             "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
+    messages = iter([{"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive():
+        try:
+            return next(messages)
+        except StopIteration:  # asked again after the disconnect
+            await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(application(scope, receive, send), 60))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert b"interrupted" in payload
+    assert application.state.upload_gate.in_progress == 0
+    assert application.state.store.queue.count == 0

@@ -217,3 +217,18 @@ def test_a_file_field_after_other_fields_is_found():
     request, _ = streamed_request(body_with_fields([("note", b"y" * 100_000), ("file", b"photo")]), chunk=4096,
                                   content_length=True)
     assert asyncio.run(read_upload(request, limit=1_000_000)).data == b"photo"
+
+
+def test_a_client_disconnect_is_400_with_a_sentence():
+    body = multipart("file", b"x" * 5000)
+    messages = [{"type": "http.request", "body": body[:1000], "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    headers = [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())]
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""},
+                      receive)
+    with pytest.raises(UploadError) as error:
+        asyncio.run(read_upload(request, limit=100_000))
+    assert error.value.status_code == 400 and error.value.detail.endswith(".")
