@@ -1,6 +1,7 @@
 """End to end in real headless Chromium (Debian's `chromium`, driven by Playwright): upload the astronaut on `/`,
 wait for the Simpsonized image, check it loaded; once with JavaScript, once without. Screenshots go to
-test-artifacts/."""
+test-artifacts/. Then what the page sends: a big photo shrunk upright to the service's maximum side, and files it
+cannot or need not shrink byte for byte, as the server receives them."""
 
 from __future__ import annotations
 
