@@ -522,6 +522,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--lr-d", type=float, default=0.0, help="discriminator learning rate (default: --lr)")
     parser.add_argument("--lambda-identity", type=float, default=defaults.lambda_identity)
+    parser.add_argument("--pool-size", type=int, default=defaults.pool_size,
+                        help="fakes kept in each discriminator's history pool (0: none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 on CUDA; on CPU bf16 only with AMX or where a 3-step probe finds it faster")
@@ -547,7 +549,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size,
         epochs=TrainConfig.epochs if args.epochs is None else args.epochs,
         epochs_decay=TrainConfig.epochs_decay if args.epochs_decay is None else args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_d=args.lr_d,
-        lambda_identity=args.lambda_identity, seed=args.seed, precision=args.precision,
+        lambda_identity=args.lambda_identity, pool_size=args.pool_size, seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm,
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
         checkpoint_minutes=args.checkpoint_minutes,

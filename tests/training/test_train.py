@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -145,3 +146,80 @@ def test_resume_writes_into_the_folder_it_was_given_not_the_one_it_was_copied_fr
     assert main(["train", "--out", str(long_run), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
     assert (arm / "checkpoint.pt").read_bytes() == before
     assert torch.load(long_run / "checkpoint.pt", weights_only=False)["step"] == 4
+
+
+def _loss_rows(run: Path) -> list[dict[str, str]]:
+    with (run / "losses.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+
+def test_resume_is_exact_with_the_history_pools_full(tiny_dataset, tmp_path):
+    """With a pool of one fake, the pools are full after step 1 and every later step draws on their random state, which
+    the checkpoint must carry: the loss values after the resume are the straight run's, to the last digit."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train(tiny_dataset, straight, "--pool-size", "1") == 0
+    assert train(tiny_dataset, resumed, "--pool-size", "1", "--max-steps", "2") == 0
+    state = torch.load(resumed / "checkpoint.pt", weights_only=False)
+    assert state["config"]["pool_size"] == 1
+    assert len(state["pool_A"]["images"]) == len(state["pool_B"]["images"]) == 1  # full
+    assert main(["train", "--out", str(resumed), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
+
+    rows_straight, rows_resumed = _loss_rows(straight), _loss_rows(resumed)
+    assert [r["step"] for r in rows_resumed] == ["1", "2", "3", "4"]
+    assert rows_resumed == rows_straight  # every loss, lr and epoch value, not just the count of lines
+    assert float(rows_resumed[3]["D_A"]) > 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=False)
+    for pool in ("pool_A", "pool_B"):
+        assert torch.equal(a[pool]["images"][0], b[pool]["images"][0])
+        assert a[pool]["rng"] == b[pool]["rng"]
+    for net in ("G_A", "G_B", "D_A", "D_B"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
+
+
+def test_pool_size_is_a_flag_and_the_default_is_the_papers(tiny_dataset, tmp_path):
+    from cli.main import build_parser
+    import training.train as train_module
+
+    args = build_parser({"train": train_module}).parse_args(["train", "--out", "x", "--data", "y"])
+    assert train_module.config_from_args(args).pool_size == 50
+    assert train(tiny_dataset, tmp_path / "none", "--pool-size", "0", "--max-steps", "1") == 0
+    state = torch.load(tmp_path / "none" / "checkpoint.pt", weights_only=False)
+    assert state["config"]["pool_size"] == 0 and state["pool_A"]["images"] == []
+
+
+def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
+    """The GPU recipe's precision and memory format, run once on a tiny model."""
+    from torch import nn
+
+    from training.train import Trainer, TrainConfig
+
+    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
+                         epochs=1, epochs_decay=0, steps_per_epoch=2)
+    trainer = Trainer(config, device="cpu", num_workers=0, precision=(True, "asked for bf16"))
+    assert trainer.bf16 and trainer.channels_last
+    convs = [m.weight for m in [*trainer.G.modules(), *trainer.D.modules()] if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    with torch.no_grad(), trainer.autocast():
+        assert trainer.G.G_B(trainer.sample_B).dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in trainer.G.G_B.state_dict().items()}
+    losses = trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1])
+    assert set(losses) == {"D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B"}
+    assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
+    after = trainer.G.G_B.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # it learned something
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in after.values())  # fp32 master weights
+
+    # the whole loop through the CLI: samples, a snapshot that loads as served weights, the session's precision
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:-2], "--precision", "bf16",
+                 "--max-steps", "2", "--snapshot-every", "2"]) == 0
+    assert json.loads((run / "sessions.json").read_text())[-1]["precision"] == "bf16"
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["precision"]["bf16"] is True
+    from model.weights import load_generator
+
+    generator, _ = load_generator(run / "snapshots" / "step_0000002" / "G_B.safetensors")
+    with torch.no_grad():
+        out = generator(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
