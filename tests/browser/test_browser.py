@@ -168,18 +168,17 @@ class UploadRecorder:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/v1/jobs":
             return await self.app(scope, receive, send)
         chunks: list[bytes] = []
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode()
 
         async def recording_receive():
             message = await receive()
             if message["type"] == "http.request":
                 chunks.append(message.get("body", b""))
+                if not message.get("more_body"):  # recorded before the app can answer, so before the page sees it
+                    self.uploads.append(_file_part(b"".join(chunks), content_type))
             return message
 
-        try:
-            await self.app(scope, recording_receive, send)
-        finally:
-            content_type = dict(scope["headers"]).get(b"content-type", b"").decode()
-            self.uploads.append(_file_part(b"".join(chunks), content_type))
+        await self.app(scope, recording_receive, send)
 
 
 @pytest.fixture(scope="module")
