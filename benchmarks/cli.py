@@ -1,10 +1,10 @@
-"""`simpsonize bench model|service|uploads|encode ...`: the benchmarks, each printing its own figures."""
+"""`simpsonize bench model|service|uploads|encode|gpu ...`: the benchmarks, each printing its own figures."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import encode_formats, model_speed, service_latency, upload_memory
+from benchmarks import encode_formats, gpu_bench, model_speed, service_latency, upload_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     upload_memory.add_arguments(sub.add_parser("uploads", help="web process peak memory under a burst of big PNGs"))
     encode_formats.add_arguments(sub.add_parser("encode", help="encode time and bytes of a result: PNG levels, WebP, "
                                                                "JPEG"))
+    gpu_bench.add_arguments(sub.add_parser("gpu", help="one device call: generator and MTCNN throughput, a batching "
+                                                       "worker draining queued jobs (JSON + markdown to $OUT)"))
 
 
 def run(args: argparse.Namespace) -> int:
     return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
-            "encode": encode_formats}[args.bench].run(args)
+            "encode": encode_formats, "gpu": gpu_bench}[args.bench].run(args)

@@ -177,7 +177,7 @@ class Simpsonizer:
 
 def psnr(reference: torch.Tensor, other: torch.Tensor) -> float:
     """PSNR in dB of ``other`` against ``reference``, both in [-1, 1] (the generator's range): inf when equal."""
-    mse = float(((reference.float() - other.float()) / 2).pow(2).mean())
+    mse = float(((reference.detach().float() - other.detach().float()) / 2).pow(2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
