@@ -119,6 +119,24 @@ def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(fresh_model,
     assert max(v.started_at for v in batch) < min(v.ended_at for v in batch)  # all started before any ended
 
 
+def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(fresh_model, restore_signals, redis_url,
+                                                                       redis_client, tiny_weights, photos):
+    from rq.job import Job
+
+    settings = make_settings(redis_url, tiny_weights)
+    store = JobStore(settings, redis_client)
+    kept, deleted, expired = (store.submit(photos["astronaut"]) for _ in range(3))
+    redis_client.set(keys.deleted_key(settings.key_prefix, deleted), b"1", ex=60)  # as DELETE does while it runs
+    redis_client.delete(keys.input_key(settings.key_prefix, expired))  # its input expired while it was queued
+    worker = run_worker(store, batch_size=3)
+    assert list(worker.batch_sizes) == [3]
+    assert store.view(kept).status == "finished" and store.result_meta(kept)["batch"]["size"] == 3
+    assert Job.fetch(deleted, connection=redis_client).get_status() == "finished"  # it ran, and kept nothing
+    assert store.view(deleted) is None and not redis_client.exists(keys.result_key(settings.key_prefix, deleted))
+    view = store.view(expired)
+    assert view.status == "failed" and view.error.startswith("The photo for this job is gone")
+
+
 def test_a_batch_that_raises_runs_each_photo_alone(fresh_model, restore_signals, redis_url, redis_client,
                                                    tiny_weights, photos, monkeypatch):
     """A photo that crashes the model (not one it rejects with a sentence) fails only its own job."""
