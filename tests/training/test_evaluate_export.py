@@ -78,21 +78,46 @@ def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset
     assert main(["test", "--weights", str(tmp_path / "missing.safetensors"), "--data", str(tiny_dataset)]) == 2
 
 
-def test_export_then_predict_uses_it(trained_run, tmp_path, astronaut):
+def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astronaut):
+    import shutil
+
+    from PIL import Image
+
+    from model.pipeline import Simpsonizer
+
+    # the run's dataset, with the record `prepare` writes: its counts and framing must reach the weights
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    counts = {"trainA": 6, "trainB": 6, "testA": 3, "testB": 3}
+    framing = {"scale": 3.0, "eye_line": 0.42}
+    (data / "dataset.json").write_text(json.dumps({"counts": counts, "framing": framing,
+                                                   "real": {"no_face": 2}}))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": str(data)}))
+
     out = tmp_path / "weights" / "tiny.safetensors"
-    assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     meta = read_metadata(out)
     assert meta["direction"] == "BtoA" and meta["training"]["steps"] == 4
     assert "non-commercial" in meta["licence"]
     assert {"AtoB", "BtoA"} <= set(meta["metrics"])
-    assert meta["data"]["counts"] is None or isinstance(meta["data"]["counts"], dict)
-    state = torch.load(trained_run / "checkpoint.pt", weights_only=False)
+    assert meta["data"]["counts"] == counts and meta["data"]["skipped"] == {"real_without_face": 2}
+    assert meta["framing"] == framing
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
     generator, _ = load_generator(out)
     for key, value in state["G_B"].items():
         assert torch.allclose(generator.state_dict()[key], value, atol=1e-2)
+
     photo = tmp_path / "astronaut.jpg"
     astronaut.save(photo)
-    assert main(["predict", str(photo), "--output", str(tmp_path / "me.png"), "--weights", str(out)]) == 0
+    assert main(["predict", str(photo), "--output", str(tmp_path / "me.png"), "--weights", str(out),
+                 "--device", "cpu"]) == 0
+    written = Image.open(tmp_path / "me.png").convert("RGB")
+    served = Simpsonizer(weights=out, device="cpu")
+    assert served.framing.scale == 3.0  # the exported framing is the one the served model crops with
+    assert written.tobytes() == served(photo).image.tobytes()  # predict ran the exported generator
 
 
 def test_export_best_needs_a_ranking_first(trained_run, tmp_path, capsys):
@@ -145,3 +170,58 @@ def test_grayscale_classifier_cannot_see_colour():
     grey = torch.full((1, 3, 32, 32), luma)
     with torch.no_grad():
         assert torch.allclose(classifier(yellow), classifier(grey), atol=1e-5)
+
+
+def _stored_dtypes(path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {str(handle.get_slice(key).get_dtype()) for key in handle.keys()}
+
+
+@pytest.mark.parametrize(("measured", "stored"), [(39.99, "F32"), (40.0, "F16"), (55.0, "F16"), (12.0, "F32")])
+def test_export_stores_fp16_only_at_40_db_or_more(trained_run, tmp_path, monkeypatch, measured, stored):
+    """--precision auto: fp16 when the fp16 weights reproduce the fp32 outputs at PSNR >= 40 dB, else fp32."""
+    import training.export as export
+
+    seen = []
+
+    def fixed_psnr(generator, images):
+        seen.append(tuple(images.shape))
+        return measured
+
+    monkeypatch.setattr(export, "fp16_psnr", fixed_psnr)
+    out = tmp_path / "w.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(out)]) == 0
+    assert seen and seen[0][1:] == (3, 32, 32)  # measured on the run's test faces, at its size
+    meta = read_metadata(out)
+    assert meta["fp16_psnr_db"] == measured
+    assert meta["dtype"] == ("float16" if stored == "F16" else "float32")
+    assert _stored_dtypes(out) == {stored}
+    generator, _ = load_generator(out)
+    assert all(v.dtype == torch.float32 for v in generator.state_dict().values())  # served in fp32 either way
+
+
+@pytest.mark.parametrize(("precision", "stored"), [("fp16", "F16"), ("fp32", "F32")])
+def test_export_precision_flag_overrides_the_measure(trained_run, tmp_path, monkeypatch, precision, stored):
+    import training.export as export
+
+    monkeypatch.setattr(export, "fp16_psnr", lambda generator, images: 30.0 if precision == "fp16" else 60.0)
+    out = tmp_path / "w.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(out), "--precision", precision]) == 0
+    assert _stored_dtypes(out) == {stored}
+
+
+def test_fp16_psnr_measures_the_rounding_of_the_weights():
+    from model.networks import GeneratorConfig, ResnetGenerator
+    from training.export import fp16_psnr
+
+    torch.manual_seed(0)
+    generator = ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1)).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    measured = fp16_psnr(generator, images)
+    assert 40 < measured < float("inf")  # fp16 keeps ~3 decimal digits: close, not identical
+    with torch.no_grad():  # weights fp16 holds exactly: rounding changes nothing
+        for parameter in generator.parameters():
+            parameter.copy_(parameter.half().float())
+    assert fp16_psnr(generator, images) == float("inf")
