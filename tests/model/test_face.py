@@ -268,3 +268,26 @@ def test_photos_too_small_or_thin_for_the_detector_raise_a_sentence(size):
     assert message.endswith(".") and "ValueError" not in message
     if min(size) < 20:
         assert f"{size[0]}x{size[1]} pixels" in message and "too small" in message
+
+
+def test_a_big_photo_is_shrunk_only_where_the_crop_reads_it(phone_photo, monkeypatch):
+    """The crop of a 12 MP photo resamples the face's region, not the whole photo (which cost more than MTCNN);
+    counted in source pixels read by the resizes of the alignment, not timed."""
+    read = []
+    original = Image.Image.resize
+
+    def counting_resize(self, size, resample=None, box=None, reducing_gap=None):
+        x0, y0, x1, y1 = box if box is not None else (0, 0, *self.size)
+        read.append((x1 - x0) * (y1 - y0))
+        return original(self, size, resample, box, reducing_gap)
+
+    face = detect_faces(phone_photo)[0]
+    monkeypatch.setattr(Image.Image, "resize", counting_resize)
+    from model.face import align_crop
+
+    crop = align_crop(phone_photo, face, 256)
+    assert crop.side > 2 * 256  # the shrink path ran
+    photo_pixels = phone_photo.width * phone_photo.height
+    assert read and sum(read) < 0.25 * photo_pixels
+    # ...and reads all of the square the crop shows (its rotated corners lie inside what was resampled)
+    assert sum(read) >= crop.side ** 2
