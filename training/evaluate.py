@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model.errors import WeightsError
 from model.networks import ResnetGenerator
 from model.weights import load_generator
 from training.c2st import SANITY_EXPECTED, SEEDS, c2st, sanity_sets
@@ -496,7 +497,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         g_a, g_b, info = load_run_generators(run_dir, args.snapshot)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, WeightsError) as exc:  # no checkpoint; a --snapshot missing or damaged
         print(f"error: {exc}")
         return 2
     directions = DIRECTIONS if args.direction == "both" else (args.direction,)

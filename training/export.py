@@ -90,6 +90,9 @@ def export_reference(folder: Path, out: Path, input_size: int) -> int:
 def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = False, precision: str = "auto") -> int:
     from training.evaluate import evaluate, load_run_generators
 
+    if not (run / "config.json").is_file():
+        print(f"error: {run} is not a training run (no config.json).")
+        return 2
     config = json.loads((run / "config.json").read_text())
     if best:
         choice = run / "test" / "best_snapshot.json"

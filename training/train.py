@@ -626,6 +626,14 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         if args.size % 4:
             print("error: --size must be a multiple of 4.")
             return 2
+        if args.diff_augment:
+            from training.augment import parse_policy
+
+            try:
+                parse_policy(args.diff_augment)
+            except ValueError as exc:
+                print(f"error: --diff-augment: {exc}.")
+                return 2
         config = config_from_args(args)
     precision = None
     if state is not None and args.precision == "auto":
