@@ -291,3 +291,12 @@ def test_a_big_photo_is_shrunk_only_where_the_crop_reads_it(phone_photo, monkeyp
     assert read and sum(read) < 0.25 * photo_pixels
     # ...and reads all of the square the crop shows (its rotated corners lie inside what was resampled)
     assert sum(read) >= crop.side ** 2
+
+
+def test_an_upright_rgb_photo_is_used_as_it_is_not_copied(astronaut):
+    """No EXIF rotation and already RGB: nothing to do, so no 36 MB copy of a 12 MP photo (exif_transpose copies)."""
+    assert open_image(astronaut) is astronaut
+    wide = astronaut.crop((0, 0, 512, 300))
+    stored = Image.open(io.BytesIO(exif_rotated_jpeg(wide)))
+    assert stored.size == (300, 512)
+    assert open_image(stored).size == (512, 300)  # a rotation tag still turns it upright
