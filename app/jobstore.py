@@ -51,11 +51,12 @@ def connect(url: str) -> Redis:
 def refresh_rq_ttls(queue: Queue, ttl: int) -> None:
     """Give RQ's long-lived bookkeeping keys for ``queue`` a TTL of ``ttl`` seconds from now.
 
-    RQ never expires its queue list, queue set and job registries; they only hold ids. The app refreshes them on
-    every enqueue and the worker after every job (always to the same ``ttl``, longer than any job or result lives),
+    RQ never expires its queue list, intermediate list, queue set and job registries; they only hold ids. The app
+    refreshes them on every enqueue and the worker after every dequeue and every job (always to the same ``ttl``,
+    longer than any job or result lives),
     so they vanish ``ttl`` after the last activity, by which time every id in them has expired anyway.
     """
-    bookkeeping = [queue.key, Queue.redis_queues_keys, queue.started_job_registry.key,
+    bookkeeping = [queue.key, queue.intermediate_queue_key, Queue.redis_queues_keys, queue.started_job_registry.key,
                    queue.finished_job_registry.key, queue.failed_job_registry.key, queue.canceled_job_registry.key,
                    queue.deferred_job_registry.key, queue.scheduled_job_registry.key]
     with queue.connection.pipeline(transaction=False) as pipe:

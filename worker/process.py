@@ -221,12 +221,21 @@ class ModelWorker(SimpleWorker):
         heartbeat) raises instead, and the work loop then quits. Wait for Redis here instead."""
         while True:
             try:
-                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                dequeued = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             except REDIS_DOWN as exc:
                 if self._stop_requested:
                     return None  # the work loop ends
                 log.warning("Waiting for Redis: %s", exc)
                 time.sleep(1.0)
+                continue
+            # RQ moves each id it pops into an intermediate list, and leaves there the id of a job that expired in the
+            # queue (until its maintenance, every 10 minutes, if a worker is still running): give that list a TTL.
+            for queue in self.queues:
+                try:
+                    refresh_rq_ttls(queue, self.bookkeeping_ttl)
+                except RedisError:
+                    log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+            return dequeued
 
     def run_maintenance_tasks(self):
         try:

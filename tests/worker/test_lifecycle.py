@@ -155,5 +155,9 @@ def test_a_job_left_in_the_queue_past_its_ttl_is_gone_and_skipped(redis_url, red
         run_burst(store)  # finds only the expired id in the queue: skips it without running anything
         assert ran == []
         assert store.queue.count == 0
+        # RQ left the expired id in its intermediate list (until its 10-minute maintenance): that key has a TTL too
+        names = [k.decode() for k in redis_client.scan_iter(match=f"rq:*{settings.queue_name}*")]
+        assert f"rq:queue:{settings.queue_name}:intermediate" in names
+        assert [n for n in names if redis_client.ttl(n) < 0] == []
         assert not redis_client.exists(keys.result_key(prefix, job_id))
         assert client.get(f"/api/v1/jobs/{job_id}").status_code == 404
