@@ -85,3 +85,71 @@ def test_the_worker_health_check_exits_1_without_loading_a_model(redis_url, tmp_
     assert main(["worker", "--redis-url", redis_url, "--queue", f"nobody-{uuid.uuid4().hex[:8]}", "--check",
                  "--weights", str(tmp_path / "none.safetensors")]) == 1
     assert capsys.readouterr().out.startswith("unhealthy: no worker of host")
+
+
+def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(redis_url, redis_client, tiny_weights):
+    """A worker on another machine froze mid-photo: any live worker ends its job with the sentence once the frozen
+    one's heartbeat is 4 intervals old, from its heartbeat thread (busy or idle)."""
+    import threading
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from rq import Worker
+    from rq.executions import Execution
+    from rq.utils import utcformat
+
+    from app.jobstore import SERIALIZER
+    from app.liveness import WORKER_STOPPED
+    from worker.process import ModelWorker
+
+    settings = make_settings(redis_url, tiny_weights)
+    store = JobStore(settings, redis_client)
+    job_id = store.submit(b"a photo")
+    redis_client.lrem(store.queue.key, 0, job_id)  # taken from the queue ...
+    frozen = Worker([store.queue], connection=redis_client, name=f"frozen-{uuid.uuid4().hex[:6]}",
+                    serializer=SERIALIZER)
+    frozen.register_birth()
+    job = store.queue.fetch_job(job_id)
+    frozen.prepare_job_execution(job)  # ... and started, as RQ starts a job, by a worker that then froze
+    with redis_client.pipeline() as pipe:
+        Execution.create(job, ttl=600, pipeline=pipe, worker_name=frozen.name)
+        pipe.execute()
+    assert store.view(job_id).status == "started"
+
+    live = ModelWorker([store.queue], connection=redis_client, name=f"live-{uuid.uuid4().hex[:6]}")
+    live.key_prefix = settings.key_prefix
+    live.heartbeat_interval = 0.2
+    live.register_birth()
+    passes = []
+
+    def counted_reap():
+        ModelWorker._reap(live)
+        passes.append(1)
+
+    live._reap = counted_reap
+    # first its heartbeat does not age during the test: the job must be left alone
+    redis_client.hset(frozen.key, "last_heartbeat", utcformat(datetime.now(timezone.utc) + timedelta(hours=1)))
+    live._beating = threading.Event()
+    beat = threading.Thread(target=live._beat, daemon=True)
+    beat.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(passes) < 2:
+            assert time.monotonic() < deadline, "the heartbeat thread did not run"
+            time.sleep(0.05)
+        assert store.view(job_id).status == "started"
+        stale = datetime.now(timezone.utc) - timedelta(seconds=4 * live.heartbeat_interval + 1)
+        redis_client.hset(frozen.key, "last_heartbeat", utcformat(stale))
+        deadline = time.monotonic() + 30
+        while store.view(job_id).status == "started":
+            assert time.monotonic() < deadline, "the live worker did not reap the frozen worker's job"
+            time.sleep(0.1)
+    finally:
+        live._beating.set()
+        beat.join(10)
+        live.register_death()
+        frozen.register_death()
+    view = store.view(job_id)
+    assert view.status == "failed" and view.error == WORKER_STOPPED
+    assert not redis_client.exists(keys.input_key(settings.key_prefix, job_id))
+    assert store.live_workers() == 0
