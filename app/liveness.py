@@ -74,6 +74,7 @@ def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | 
     redis = queue.connection
     registry = queue.started_job_registry
     reaped = []
+    keep = 3600  # seconds the failed-job registry is kept at least, when these failures created it
     for entry in redis.zrange(registry.key, 0, -1):
         entry = entry.decode()
         job_id = registry.parse_job_id(entry)
@@ -98,6 +99,10 @@ def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | 
             metrics.record(pipe, key_prefix, queue.name, "failed", "worker_stopped")
             pipe.execute()
         reaped.append(job_id)
+        keep = max(keep, int(job.failure_ttl or 0))
+    failed = queue.failed_job_registry.key
+    if reaped and redis.ttl(failed) == -1:  # just created by these failures, and nothing may write there again
+        redis.expire(failed, keep)  # it outlives the failures it holds
     return reaped
 
 

@@ -153,3 +153,5 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
     assert view.status == "failed" and view.error == WORKER_STOPPED
     assert not redis_client.exists(keys.input_key(settings.key_prefix, job_id))
     assert store.live_workers() == 0
+    # the failed-job registry this created expires too (nothing else may write to this queue again)
+    assert 0 < redis_client.ttl(store.queue.failed_job_registry.key)
