@@ -1,10 +1,10 @@
-"""`simpsonize bench model|service|uploads|encode|gpu ...`: the benchmarks, each printing its own figures."""
+"""`simpsonize bench model|service|uploads|encode|gpu|browser ...`: the benchmarks, each printing its own figures."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import encode_formats, gpu_bench, model_speed, service_latency, upload_memory
+from benchmarks import browser_upload, encode_formats, gpu_bench, model_speed, service_latency, upload_memory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,8 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "JPEG"))
     gpu_bench.add_arguments(sub.add_parser("gpu", help="one device call: generator and MTCNN throughput, a batching "
                                                        "worker draining queued jobs (JSON + markdown to $OUT)"))
+    browser_upload.add_arguments(sub.add_parser("browser", help="bytes and time of a phone photo's upload from the page, "
+                                                                "shrunk in the browser or not, on a throttled link"))
 
 
 def run(args: argparse.Namespace) -> int:
     return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
-            "encode": encode_formats, "gpu": gpu_bench}[args.bench].run(args)
+            "encode": encode_formats, "gpu": gpu_bench,
+            "browser": browser_upload}[args.bench].run(args)

@@ -19,8 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("training.evaluate", "Translate the test splits, write a gallery and metrics."),
     "export": ("training.export", "Export the real->Simpsons generator as served weights."),
     "bench": ("benchmarks.cli", "Measure model speed (`bench model`), service latency (`bench service`), web "
-                                "memory under big uploads (`bench uploads`), result encoding (`bench encode`) or "
-                                "GPU throughput in one device call (`bench gpu`)."),
+                                "memory under big uploads (`bench uploads`), result encoding (`bench encode`), "
+                                "GPU throughput in one device call (`bench gpu`) or a phone photo's upload from the "
+                                "page (`bench browser`)."),
 }
 
 
