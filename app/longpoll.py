@@ -20,6 +20,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from app import keys
+from app.redis_atomic import atomically
 
 MAX_WAIT = 30.0  # seconds a status request may wait (``?wait=``)
 CLIENT_NAME = "simpsonize-long-poll"  # how the waiting connections show in Redis's CLIENT LIST
@@ -35,12 +36,7 @@ def notify_done(redis: Redis | Pipeline, prefix: str, job_id: str) -> None:
         pipe.rpush(key, b"1")
         pipe.expire(key, keys.DONE_TTL)
 
-    if isinstance(redis, Pipeline):
-        queue(redis)
-        return
-    with redis.pipeline() as pipe:
-        queue(pipe)
-        pipe.execute()
+    atomically(redis, queue)
 
 
 class CompletionWaiter:

@@ -45,6 +45,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.redis_atomic import atomically
+
 log = logging.getLogger("simpsonize.metrics")
 
 METRICS_TTL = 30 * 24 * 3600  # seconds; renewed by every job
@@ -93,12 +95,7 @@ def record(redis: Redis | Pipeline, prefix: str, queue_name: str, outcome: str, 
                 _observe(pipe, key, name, float(value))
         pipe.expire(key, METRICS_TTL)
 
-    if isinstance(redis, Pipeline):
-        queue(redis)
-        return
-    with redis.pipeline() as pipe:
-        queue(pipe)
-        pipe.execute()
+    atomically(redis, queue)
 
 
 def failure_reason(exc: BaseException) -> str:

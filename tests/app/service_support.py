@@ -9,6 +9,7 @@ Never fakeredis: the queue path runs against the real thing.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import shutil
@@ -290,13 +291,13 @@ def idle_client(idle_settings, redis_client):
         store.delete(job_id)
 
 
-@pytest.fixture(scope="session")
-def live_server(service_app):
-    """The app served by uvicorn on a free port, in a thread (for the browser)."""
+@contextlib.contextmanager
+def served_in_thread(asgi_app, **config):
+    """``asgi_app`` served by uvicorn on a free port, in a thread, while the block runs; yields its base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(service_app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -304,6 +305,15 @@ def live_server(service_app):
         if time.monotonic() > deadline:
             raise TimeoutError("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_server(service_app):
+    """The app served by uvicorn on a free port, in a thread (for the browser)."""
+    with served_in_thread(service_app) as base:
+        yield base

@@ -185,27 +185,11 @@ class UploadRecorder:
 def recording_server(live_server, service_app):
     """The same app (started by ``live_server``) served on another port through an ``UploadRecorder``: yields
     (base URL, the list of uploads received)."""
-    import threading
-    import time
-
-    import uvicorn
-
-    from service_support import free_port
+    from service_support import served_in_thread
 
     recorder = UploadRecorder(service_app)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(recorder, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise TimeoutError("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", recorder.uploads
-    server.should_exit = True
-    thread.join(10)
+    with served_in_thread(recorder, lifespan="off") as base:
+        yield base, recorder.uploads
 
 
 def _file_part(body: bytes, content_type: str) -> dict:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,14 +32,6 @@ def fresh_model(monkeypatch, tiny_weights):
     monkeypatch.setattr(jobs, "_model_loads", 0)
     monkeypatch.setattr(jobs, "_prepared", {})
     return jobs.load_model(tiny_weights, device="cpu", num_threads=1, precision="fp32")
-
-
-@pytest.fixture()
-def restore_signals():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def jpeg(image: Image.Image) -> bytes:

@@ -7,7 +7,6 @@ model call is replaced where a test must act while the job runs, and the API is 
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
@@ -20,14 +19,6 @@ from app.main import create_app
 from service_support import make_settings
 
 NOT_FOUND_START = "No such job"
-
-
-@pytest.fixture()
-def restore_signals():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 @pytest.fixture()

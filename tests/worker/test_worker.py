@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -38,14 +37,6 @@ def fresh_model_state(monkeypatch):
     monkeypatch.setattr(jobs, "_model", None)
     monkeypatch.setattr(jobs, "_model_loads", 0)
     return constructed
-
-
-@pytest.fixture()
-def restore_signals():
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def run_burst(store: JobStore, bookkeeping_ttl: int = 7200) -> None:
