@@ -33,8 +33,8 @@ MIN_CONFIDENCE = 0.90
 # distant faces) does the full search run. Either way the crop is cut from the full-resolution image.
 DETECT_MAX_SIDE = 1024  # MTCNN's cost grows with pixels; faces stay detectable at this size
 MTCNN_MIN_FACE = 20  # pixels of the full search's copy (facenet-pytorch's default)
-FAST_SIDE = 640
-FAST_MIN_FACE = 0.15
+FAST_SIDE = 640  # 480 was quicker, but its landmarks tilted the crop by over a degree against the full search's
+FAST_MIN_FACE = 0.15  # selfies' faces are 30-60 % of the shorter side; 0.15 halves the search against 0.10
 
 _detectors: dict[str, object] = {}
 _detectors_lock = threading.Lock()
