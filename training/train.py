@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
                             init_weights)
 from model.weights import save_generator
+from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
@@ -57,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto: bf16 on CUDA; on CPU bf16 only with AMX, or where a short probe finds it faster
     diff_augment: str = ""  # DiffAugment policy for every discriminator input, e.g. "color,translation,cutout"
+    cycle_noise: float = 0.0  # sigma of the noise added to a translation before its cycle reconstruction
+    init_from: str = ""  # a run folder or checkpoint whose four networks this run starts from (fine-tuning)
     spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
     sample_every: int = 0  # steps; 0: once per epoch
     snapshot_every: int = 0  # steps; 0: no snapshots
@@ -173,15 +176,17 @@ class ImagePool:
 class Generators(nn.Module):
     """Both generators in one forward pass, so DDP sees exactly one forward per backward."""
 
-    def __init__(self, config: GeneratorConfig) -> None:
+    def __init__(self, config: GeneratorConfig, cycle_noise: float = 0.0) -> None:
         super().__init__()
         self.G_A = init_weights(ResnetGenerator(config))
         self.G_B = init_weights(ResnetGenerator(config))
+        self.cycle_noise = cycle_noise  # see training.augment.cycle_noise
 
     def forward(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, torch.Tensor]:
         fake_B = self.G_A(real_A)
         fake_A = self.G_B(real_B)
-        out = {"fake_B": fake_B, "rec_A": self.G_B(fake_B), "fake_A": fake_A, "rec_B": self.G_A(fake_A)}
+        out = {"fake_B": fake_B, "rec_A": self.G_B(cycle_noise(fake_B, self.cycle_noise)),
+               "fake_A": fake_A, "rec_B": self.G_A(cycle_noise(fake_A, self.cycle_noise))}
         if identity:
             out["idt_A"] = self.G_A(real_B)  # G_A should leave a real face alone
             out["idt_B"] = self.G_B(real_A)
@@ -254,7 +259,7 @@ class Trainer:
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
 
-        self.G = Generators(config.generator_config()).to(self.device)
+        self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
         self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm)).to(self.device)
         if config.diff_augment:
             from training.augment import diff_augment, parse_policy
@@ -374,6 +379,38 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # Architecture fields that must match for another run's networks to load into this one.
+    NETWORK_FIELDS = ("ngf", "n_blocks", "upsampling", "ndf", "spectral_norm")
+
+    def load_networks(self, source: Path) -> int:
+        """Start from the four networks of another run (a run folder or its checkpoint.pt); return its step.
+
+        Fine-tuning a trained run with a changed objective costs a fraction of training from scratch, and gives
+        an ablation that compares changes from the same starting point.
+        """
+        path = Path(source)
+        path = path / "checkpoint.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        theirs = state.get("config") or {}
+        ours = asdict(self.config)
+        different = [f"{name} {theirs.get(name)!r} (this run {ours[name]!r})"
+                     for name in self.NETWORK_FIELDS if theirs.get(name, ours[name]) != ours[name]]
+        if different:
+            raise ValueError(f"{path} has a different architecture: {', '.join(different)}")
+        for name, module in (("G_A", self.G.G_A), ("G_B", self.G.G_B), ("D_A", self.D.D_A), ("D_B", self.D.D_B)):
+            module.load_state_dict(state[name])
+        # Adam's moments come along: fresh ones make the first steps jump by a full learning rate in every weight,
+        # which throws a trained CycleGAN off (its cycle loss tripled in two steps). Their learning rates follow
+        # this run's schedule, not the end of the other run's.
+        for optimizer, scheduler, name in ((self.opt_G, self.sched_G, "opt_G"), (self.opt_D, self.sched_D, "opt_D")):
+            optimizer.load_state_dict(state[name])
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+                group["lr"] = lr
+                group["initial_lr"] = scheduler.base_lrs[0]
+        return int(state["step"])
 
     def save_checkpoint(self) -> Path:
         path = self.out / "checkpoint.pt"
@@ -521,6 +558,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="define an epoch as this many steps (default: one pass over the larger domain)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--lr-d", type=float, default=0.0, help="discriminator learning rate (default: --lr)")
+    parser.add_argument("--lambda-cycle", type=float, default=defaults.lambda_cycle)
     parser.add_argument("--lambda-identity", type=float, default=defaults.lambda_identity)
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size,
                         help="fakes kept in each discriminator's history pool (0: none)")
@@ -530,6 +568,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diff-augment", default="", metavar="POLICY",
                         help="DiffAugment for every discriminator input, e.g. color,translation,cutout (default: off)")
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in the discriminators")
+    parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
+                        help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
+                             "back, so the cycle cannot be closed through hidden noise (default 0: off)")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="RUN",
+                        help="start a new run from the networks and Adam moments of another run's checkpoint (same "
+                             "architecture); the learning-rate schedule, pools and step count start fresh")
     parser.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: per epoch)")
     parser.add_argument("--snapshot-every", type=int, default=0,
                         help="steps between G_B snapshots kept for `simpsonize test --all-snapshots` (0: none)")
@@ -549,8 +593,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size,
         epochs=TrainConfig.epochs if args.epochs is None else args.epochs,
         epochs_decay=TrainConfig.epochs_decay if args.epochs_decay is None else args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_d=args.lr_d,
-        lambda_identity=args.lambda_identity, pool_size=args.pool_size, seed=args.seed, precision=args.precision,
-        diff_augment=args.diff_augment, spectral_norm=args.spectral_norm,
+        lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
+        seed=args.seed, precision=args.precision,
+        diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
+        init_from=str(args.init_from) if args.init_from else "",
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
         checkpoint_minutes=args.checkpoint_minutes,
     )
@@ -656,6 +702,14 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         record_session(out, trainer, state["step"] if state else 0)
     if state is not None:
         trainer.load_state_dict(state)
+    elif args.init_from is not None:
+        try:
+            start = trainer.load_networks(args.init_from)
+        except ValueError as exc:
+            print(f"error: --init-from: {exc}")
+            return 2
+        if info.is_main:
+            print(f"train: networks from {args.init_from} (its step {start}); the schedule starts fresh")
     if info.is_main:
         print(f"train: precision {'bf16' if trainer.bf16 else 'fp32'} ({trainer.precision_reason}) on "
               f"{_cpu_name() if trainer.device.type == 'cpu' else trainer.device}")

@@ -223,3 +223,52 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
     with torch.no_grad():
         out = generator(torch.zeros(1, 3, 32, 32))
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_init_from_starts_with_the_other_runs_networks_and_adam_moments_on_a_fresh_schedule(tiny_dataset, tmp_path):
+    """Fine-tuning: the four networks and Adam's moments come from the source run; lr, step and pools start anew."""
+    from training.train import TrainConfig, Trainer
+
+    source = tmp_path / "source"
+    assert train(tiny_dataset, source) == 0  # ends with lr decayed to 0
+    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "tuned"), size=32, ngf=4, n_blocks=1, ndf=4,
+                         epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", lr=5e-5)
+    trainer = Trainer(config, device="cpu", num_workers=0)
+    assert trainer.load_networks(source) == 4
+    state = torch.load(source / "checkpoint.pt", weights_only=False)
+    for name, module in (("G_A", trainer.G.G_A), ("G_B", trainer.G.G_B), ("D_A", trainer.D.D_A),
+                         ("D_B", trainer.D.D_B)):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, state[name][key]), f"{name}.{key} was not loaded"
+    moments = trainer.opt_G.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(moments, state["opt_G"]["state"][0]["exp_avg"])
+    assert trainer.step == 0 and len(trainer.pool_A.images) == 0
+    assert [g["lr"] for g in trainer.opt_G.param_groups + trainer.opt_D.param_groups] == [5e-5, 5e-5]
+    (tmp_path / "tuned").mkdir()
+    trainer.fit(max_steps=3)
+    # this run's own schedule at its step 3 of 4 (the source logged 1e-4 there, from 2e-4)
+    assert [g["lr"] for g in trainer.opt_G.param_groups] == [pytest.approx(2.5e-5)]
+
+
+def test_init_from_the_cli_and_its_errors(tiny_dataset, tmp_path, capsys):
+    source = tmp_path / "source"
+    assert train(tiny_dataset, source, "--max-steps", "1") == 0
+    assert train(tiny_dataset, tmp_path / "tuned", "--init-from", str(source), "--cycle-noise", "0.1",
+                 "--max-steps", "1") == 0
+    assert "networks from" in capsys.readouterr().out
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["init_from"] == str(source) and config["cycle_noise"] == 0.1
+    assert train(tiny_dataset, tmp_path / "wider", "--init-from", str(source), "--max-steps", "1",
+                 "--ngf", "8") == 2
+    message = capsys.readouterr().out
+    assert "different architecture" in message and "ngf 4 (this run 8)" in message
+    assert train(tiny_dataset, tmp_path / "none", "--init-from", str(tmp_path / "missing")) == 2
+    assert "does not exist" in capsys.readouterr().out
+
+
+def test_lambda_cycle_is_a_flag(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--lambda-cycle", "0", "--lambda-identity", "0", "--max-steps", "2") == 0
+    rows = _loss_rows(run)
+    assert all(float(r["cycle_A"]) == float(r["cycle_B"]) == 0.0 for r in rows)
+    assert json.loads((run / "config.json").read_text())["lambda_cycle"] == 0.0
