@@ -70,8 +70,9 @@ class Settings(BaseSettings):
     # A worker writes a heartbeat this often (seconds), busy or idle. It counts as alive (/readyz) while its last
     # heartbeat is at most 2x this old; the started job of a worker silent for 4x this long is failed (app.liveness).
     worker_heartbeat: int = Field(default=5, ge=1)
-    # Jobs a worker takes at once, their photos run through the model as one batch: "auto" (16 on CUDA, 1 on a CPU,
-    # where batching is no faster) or 1 to 64; it waits at most worker_batch_wait_ms for more to fill a batch.
+    # Jobs a worker takes at once, their photos run through the model as one batch: "auto" (16 on CUDA; on a CPU 2
+    # for a worker with several threads, else 1, as measured in README "Speed, measured") or 1 to 64; it waits at most
+    # worker_batch_wait_ms for more to fill a batch.
     worker_batch: str = "auto"
     worker_batch_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     # The generator's precision: "auto" (bf16 on CUDA, fp32 on a CPU), "bf16" or "fp32"; bf16 only where its output

@@ -68,6 +68,9 @@ def test_batch_setting():
     from worker.process import batch_size_for
 
     assert batch_size_for("auto", "cuda") == 16 and batch_size_for("auto", "cpu") == 1
+    # a CPU worker that owns several threads pairs photos up; one with a single thread does not
+    assert batch_size_for("auto", "cpu", threads=2) == 2 and batch_size_for("auto", "cpu", threads=8) == 2
+    assert batch_size_for("auto", "cuda", threads=1) == 16 and batch_size_for("4", "cpu", threads=2) == 4
     assert batch_size_for(None, "cpu") == 1 and batch_size_for("4", "cpu") == 4
     for bad in ("0", "65", "lots"):
         with pytest.raises(ValueError):
