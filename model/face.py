@@ -241,7 +241,8 @@ def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Fac
     border = _border_colour(image)
     x0, y0, x1, y1 = _sampled_region((a, b, c, d, e, f), size, width, height)
     scale_x, scale_y = image.width / width, image.height / height
-    # reducing_gap: a box reduction by a whole factor first, then Lanczos over the last >= 1.1x only.
+    # reducing_gap: a box reduction by a whole factor first, then bilinear over the last >= 1.1x only (the affine
+    # below resamples again, so a sharper filter here was not worth its 8 ms on a 12 MP photo).
     region = image.resize((x1 - x0, y1 - y0), Image.BILINEAR if shrink > 1.0 else Image.NEAREST,
                           box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
                           reducing_gap=1.1 if shrink > 1.0 else None)
