@@ -265,8 +265,8 @@ def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"{header['cpu']}, {header['cores']} cores, torch threads per worker as configured; photo: "
              f"{header['photo']}; load average before: {header['load_before']}.", "",
              "| workers × threads | 1 photo p50 / p95 | worker job (detect / generate / encode) | overhead | "
-             f"burst of {rows[0]['burst']['n']}: photos/s | bound | saturation (without the client's CPU) | burst p50 / p95 | "
-             "CPU s in burst (web / workers / redis / client) |",
+             f"burst of {rows[0]['burst']['n']}: photos/s | bound | saturation (without the client's CPU) | "
+             "burst p50 / p95 | CPU s in burst (web / workers / redis / client) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         single, bursted = row["single"], row["burst"]
@@ -275,7 +275,8 @@ def markdown(rows: list[dict], header: dict) -> str:
         lines.append(
             f"| {row['config']} | {single['p50_s'] * 1000:.0f} / {single['p95_s'] * 1000:.0f} ms | "
             f"{stages.get('job', float('nan')) * 1000:.0f} ms ({split}) | {single['overhead_ratio']:.2f}× | "
-            f"{bursted['photos_per_s']:.2f} | {bursted['bound_photos_per_s']:.2f} | {bursted['saturation']:.2f} ({bursted['saturation_without_client']:.2f}) | "
+            f"{bursted['photos_per_s']:.2f} | {bursted['bound_photos_per_s']:.2f} | "
+            f"{bursted['saturation']:.2f} ({bursted['saturation_without_client']:.2f}) | "
             f"{bursted['p50_s']:.2f} / {bursted['p95_s']:.2f} s | "
             f"{cpu['web']:.1f} / {cpu['workers']:.1f} / {cpu['redis']:.1f} / {cpu['client']:.1f} |")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ own, exactly as for one job: its own result or failure sentence, timeout, end-of
 check. Why in the worker and not in the job function: only the worker can take jobs off the queue and register them
 as started the way RQ does; a job function that pulled other jobs' ids would leave them queued in RQ's eyes, or would
 have to reimplement RQ's bookkeeping, while here RQ's own dequeue, start, perform, success and failure steps run
-unchanged for every job. """
+unchanged for every job.
+"""
 
 from __future__ import annotations
 
@@ -52,13 +53,17 @@ AUTO_BATCH_CPU_MULTITHREADED = 2
 MAX_BATCH = 64
 
 
-def batch_size_for(setting: str | int | None, device_type: str, threads: int = 1) -> int:
+def batch_size_for(setting: str | int | None, device_type: str, threads: int | None = 1) -> int:
     """``SIMPSONIZE_WORKER_BATCH`` ("auto" or a number from 1 to MAX_BATCH) for a model on ``device_type`` running
-    ``threads`` torch threads."""
+    ``threads`` torch threads (None: torch's default, as the worker then leaves it)."""
     value = str(setting if setting is not None else "auto").strip().lower()
     if value in ("", "auto"):
         if device_type == "cuda":
             return AUTO_BATCH_CUDA
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
         return AUTO_BATCH_CPU_MULTITHREADED if threads >= 2 else 1
     try:
         size = int(value)
@@ -331,8 +336,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
                                                     "cgroup CPU quota when one is set, else torch's default; give "
                                                     "cores / workers when several run on one machine).")
-    parser.add_argument("--batch", help="Jobs taken at once, their photos run as one batch: 'auto' (16 on CUDA; on a CPU "
-                                        "2 with several threads, else 1) or 1 to 64 (default: $SIMPSONIZE_WORKER_BATCH or auto).")
+    parser.add_argument("--batch", help="Jobs taken at once, their photos run as one batch: 'auto' (16 on CUDA; on a "
+                                        "CPU 2 with several threads, else 1) or 1 to 64 (default: "
+                                        "$SIMPSONIZE_WORKER_BATCH or auto).")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                         help="Generator precision: bf16 where its output stays within 40 dB PSNR of fp32, checked at "
                              "start-up, else fp32; auto tries bf16 on CUDA only (default: "

@@ -71,6 +71,10 @@ def test_batch_setting():
     # a CPU worker that owns several threads pairs photos up; one with a single thread does not
     assert batch_size_for("auto", "cpu", threads=2) == 2 and batch_size_for("auto", "cpu", threads=8) == 2
     assert batch_size_for("auto", "cuda", threads=1) == 16 and batch_size_for("4", "cpu", threads=2) == 4
+    # no thread count given and no CPU limit (a plain `simpsonize worker`): torch's default decides
+    import torch
+
+    assert batch_size_for("auto", "cpu", threads=None) == (2 if torch.get_num_threads() >= 2 else 1)
     assert batch_size_for(None, "cpu") == 1 and batch_size_for("4", "cpu") == 4
     for bad in ("0", "65", "lots"):
         with pytest.raises(ValueError):
