@@ -611,7 +611,13 @@ def run(args: argparse.Namespace) -> int:
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
     try:
-        return _run(args, info)
+        code = _run(args, info)
+        if dist.is_initialized():
+            # Rank 0 still writes the last checkpoint and its summary when the others are done; a rank that tears its
+            # gloo group down while a peer is still connected can abort in gloo's threads ("terminate called without
+            # an active exception", seen once in CI). All ranks leave together.
+            dist.barrier()
+        return code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
