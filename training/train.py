@@ -33,7 +33,8 @@ from model.weights import save_generator
 from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
 
-LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
+LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt")
+OBJECTIVES = ("cyclegan", "cut")
 
 
 @dataclass
@@ -61,6 +62,11 @@ class TrainConfig:
     cycle_noise: float = 0.0  # sigma of the noise added to a translation before its cycle reconstruction
     init_from: str = ""  # a run folder or checkpoint whose four networks this run starts from (fine-tuning)
     spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
+    # "cyclegan": the published objective. "cut": one-sided, G_B and D_B only, PatchNCE instead of the cycle
+    # (training/patchnce.py); lambda_identity > 0 then means CUT's identity PatchNCE on Simpsons faces.
+    objective: str = "cyclegan"
+    lambda_nce: float = 1.0
+    nce_patches: int = 256
     sample_every: int = 0  # steps; 0: once per epoch
     snapshot_every: int = 0  # steps; 0: no snapshots
     checkpoint_minutes: float = 10.0
@@ -202,9 +208,45 @@ class Discriminators(nn.Module):
         self.D_B = init(NLayerDiscriminator(config))
         self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
 
-    def forward(self, real_A, real_B, fake_A, fake_B) -> tuple[torch.Tensor, ...]:
+    def forward(self, real_A, real_B, fake_A, fake_B) -> tuple[torch.Tensor | None, ...]:
+        """D_A on real and fake B, D_B on real and fake A; D_A is skipped when ``real_B`` is None (one-sided)."""
         a = self.augment
+        if real_B is None:
+            return None, None, self.D_B(a(real_A)), self.D_B(a(fake_A))
         return self.D_A(a(real_B)), self.D_A(a(fake_B)), self.D_B(a(real_A)), self.D_B(a(fake_A))
+
+
+class OneSided(nn.Module):
+    """G_B and its PatchNCE heads in one forward pass (one DDP forward per backward), for ``objective="cut"``."""
+
+    def __init__(self, G_B: ResnetGenerator, patches: int) -> None:
+        super().__init__()
+        from training.patchnce import PatchHeads, feature_layers, layer_channels
+
+        self.G_B = G_B
+        self.layers = feature_layers(G_B)
+        self.heads = PatchHeads(layer_channels(G_B, self.layers))
+        self.patches = patches
+
+    def nce(self, source: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
+        """PatchNCE between a translation and the image it was translated from, averaged over the layers."""
+        from training.patchnce import encode, patch_nce_loss, sample_positions
+
+        with torch.no_grad():  # keys carry no gradient (CUT detaches them too), so skip their graph
+            keys = encode(self.G_B, source, self.layers)
+            positions = sample_positions(keys, self.patches)
+            keys = self.heads(keys, positions)
+        queries = self.heads(encode(self.G_B, translated, self.layers), positions)
+        return sum(patch_nce_loss(q, k) for q, k in zip(queries, keys)) / len(queries)
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, torch.Tensor]:
+        fake_A = self.G_B(real_B)
+        out = {"fake_A": fake_A, "nce": self.nce(real_B, fake_A)}
+        if identity:  # a Simpsons face must stay itself, patch by patch
+            idt_B = self.G_B(real_A)
+            out["idt_B"] = idt_B
+            out["nce_idt"] = self.nce(real_A, idt_B)
+        return out
 
 
 def lsgan(prediction: torch.Tensor, is_real: bool) -> torch.Tensor:
@@ -269,12 +311,23 @@ class Trainer:
         if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        if config.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {config.objective!r}: choose from {', '.join(OBJECTIVES)}")
+        self.one_sided = config.objective == "cut"
         betas = (config.beta1, 0.999)
+        # G_A, D_A stay in their optimisers when one-sided: they get no gradients, so Adam leaves them as they are,
+        # and a CycleGAN run's optimiser state still loads (--init-from).
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
         schedule = linear_decay(config.epochs, config.epochs_decay, self.steps_per_epoch)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, schedule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, schedule)
+        self.one_sided_G: OneSided | None = None
+        if self.one_sided:
+            self.one_sided_G = OneSided(self.G.G_B, config.nce_patches).to(self.device)
+            # The heads have their own optimiser, so opt_G keeps exactly a CycleGAN run's parameter groups.
+            self.opt_F = torch.optim.Adam(self.one_sided_G.heads.parameters(), lr=config.lr, betas=betas)
+            self.sched_F = torch.optim.lr_scheduler.LambdaLR(self.opt_F, schedule)
         self.pool_A = ImagePool(config.pool_size, seed=config.seed * 1000 + 2 * self.dist.rank)  # fakes of A->B
         self.pool_B = ImagePool(config.pool_size, seed=config.seed * 1000 + 2 * self.dist.rank + 1)
         self.step = 0
@@ -283,10 +336,15 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if cuda else None
-            self.G_train = DDP(self.G, device_ids=ids)
-            self.D_train = DDP(self.D, device_ids=ids)
+            if self.one_sided:
+                self.G_train = DDP(self.one_sided_G, device_ids=ids)
+                self.D_train = DDP(self.D, device_ids=ids, find_unused_parameters=True)  # D_A sits out
+            else:
+                self.G_train = DDP(self.G, device_ids=ids)
+                self.D_train = DDP(self.D, device_ids=ids)
         else:
-            self.G_train, self.D_train = self.G, self.D
+            self.G_train = self.one_sided_G if self.one_sided else self.G
+            self.D_train = self.D
 
         fixed = min(4, len(self.dataset.files_a), len(self.dataset.files_b))
         test_root = Path(config.data)
@@ -307,6 +365,8 @@ class Trainer:
             real_A = real_A.contiguous(memory_format=torch.channels_last)
             real_B = real_B.contiguous(memory_format=torch.channels_last)
         identity = c.lambda_identity > 0
+        if self.one_sided:
+            return self.one_sided_step(real_A, real_B, identity)
 
         # Generators: D is frozen so its gradients stay clean for its own step.
         self.D.requires_grad_(False)
@@ -346,7 +406,44 @@ class Trainer:
         self.sched_D.step()
         self.step += 1
         values = (loss_D_A, loss_G_A, loss_cycle_A, loss_idt_A, loss_D_B, loss_G_B, loss_cycle_B, loss_idt_B)
-        return {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
+        losses = {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
+        return {**losses, "nce": 0.0, "nce_idt": 0.0}
+
+    def one_sided_step(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, float]:
+        """CUT: G_B against D_B, with PatchNCE keeping the person; G_A and D_A sit out."""
+        c = self.config
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        self.opt_F.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = self.G_train(real_A, real_B, identity)
+            loss_G_B = lsgan(self.D.D_B(self.D.augment(out["fake_A"])), True)
+        loss_nce = out["nce"].float()
+        loss_nce_idt = out["nce_idt"].float() if identity else torch.zeros((), device=self.device)
+        # CUT averages the two NCE terms when the identity term is on.
+        nce_total = c.lambda_nce * ((loss_nce + loss_nce_idt) * 0.5 if identity else loss_nce)
+        (loss_G_B + nce_total).backward()
+        self.opt_G.step()
+        self.opt_F.step()
+
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        fake_A = self.pool_B.query(out["fake_A"].detach().float())
+        if self.channels_last:
+            fake_A = fake_A.contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            _, _, real_a, fake_a = self.D_train(real_A, None, fake_A, None)
+            loss_D_B = 0.5 * (lsgan(real_a, True) + lsgan(fake_a, False))
+        loss_D_B.backward()
+        self.opt_D.step()
+
+        for scheduler in (self.sched_G, self.sched_D, self.sched_F):
+            scheduler.step()
+        self.step += 1
+        losses = dict.fromkeys(LOSS_NAMES, 0.0)
+        losses.update(D_B=float(loss_D_B.detach()), G_B=float(loss_G_B.detach()), nce=float(loss_nce.detach()),
+                      nce_idt=float(loss_nce_idt.detach()))
+        return losses
 
     # ------------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -359,6 +456,8 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
             "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
+            **({"heads": self.one_sided_G.heads.state_dict(), "opt_F": self.opt_F.state_dict(),
+                "sched_F": self.sched_F.state_dict()} if self.one_sided else {}),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -373,6 +472,10 @@ class Trainer:
         self.sched_D.load_state_dict(state["sched_D"])
         self.pool_A.load_state_dict(state["pool_A"], self.device)
         self.pool_B.load_state_dict(state["pool_B"], self.device)
+        if self.one_sided:
+            self.one_sided_G.heads.load_state_dict(state["heads"])
+            self.opt_F.load_state_dict(state["opt_F"])
+            self.sched_F.load_state_dict(state["sched_F"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -460,6 +563,9 @@ class Trainer:
             batch_sampler=StepBatches(self.step, end_step, c.batch_size, self.dist.world_size, self.dist.rank),
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            # The loader draws a seed for its workers when it starts; from its own generator, so that starting it
+            # again on --resume does not move torch's global RNG (DiffAugment and PatchNCE draw from that one).
+            generator=torch.Generator().manual_seed(c.seed * 1_000_003 + self.step),
         )
         log = LossLog(self.out / "losses.csv", resume_step=self.step) if self.dist.is_main else None
         progress = None
@@ -568,6 +674,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diff-augment", default="", metavar="POLICY",
                         help="DiffAugment for every discriminator input, e.g. color,translation,cutout (default: off)")
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in the discriminators")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+                        help="cyclegan: the published objective; cut: one-sided (G_B and D_B only) with PatchNCE "
+                             "instead of the cycle (Park et al., 2020); --lambda-identity > 0 adds CUT's identity NCE")
+    parser.add_argument("--lambda-nce", type=float, default=defaults.lambda_nce, help="PatchNCE weight (--objective cut)")
     parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
                         help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
                              "back, so the cycle cannot be closed through hidden noise (default 0: off)")
@@ -597,6 +707,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
+        objective=args.objective, lambda_nce=args.lambda_nce,
         init_from=str(args.init_from) if args.init_from else "",
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
         checkpoint_minutes=args.checkpoint_minutes,
