@@ -513,6 +513,12 @@ class Trainer:
             for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
                 group["lr"] = lr
                 group["initial_lr"] = scheduler.base_lrs[0]
+        if self.one_sided and "heads" in state:  # a one-sided run continued: its PatchNCE heads too
+            self.one_sided_G.heads.load_state_dict(state["heads"])
+            self.opt_F.load_state_dict(state["opt_F"])
+            for group, lr in zip(self.opt_F.param_groups, self.sched_F.get_last_lr()):
+                group["lr"] = lr
+                group["initial_lr"] = self.sched_F.base_lrs[0]
         return int(state["step"])
 
     def save_checkpoint(self) -> Path:

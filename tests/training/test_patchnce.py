@@ -93,3 +93,35 @@ def test_cut_without_identity_skips_the_identity_nce(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     assert train(tiny_dataset, run, "--objective", "cut", "--lambda-identity", "0", "--max-steps", "2") == 0
     assert all(float(r["nce_idt"]) == 0 and float(r["nce"]) > 0 for r in _rows(run))
+
+
+def test_cut_continues_from_a_cut_run_with_its_heads(tiny_dataset, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train(tiny_dataset, first, "--objective", "cut", "--max-steps", "2") == 0
+    assert train(tiny_dataset, second, "--objective", "cut", "--init-from", str(first), "--max-steps", "0") == 0
+    a = torch.load(first / "checkpoint.pt", weights_only=False)
+    b = torch.load(second / "checkpoint.pt", weights_only=False)
+    assert b["step"] == 0
+    for key in a["heads"]:
+        assert torch.equal(a["heads"][key], b["heads"][key]), f"heads.{key} was not carried over"
+
+
+def test_cut_under_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--objective", "cut",
+         "--max-steps", "2"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "sessions.json").read_text())[-1]["world_size"] == 2
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and all(float(r["nce"]) > 0 for r in _rows(run))
