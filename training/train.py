@@ -33,7 +33,7 @@ from model.weights import save_generator
 from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
 
-LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt")
+LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv")
 OBJECTIVES = ("cyclegan", "cut")
 
 
@@ -60,6 +60,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on CUDA; on CPU bf16 only with AMX, or where a short probe finds it faster
     diff_augment: str = ""  # DiffAugment policy for every discriminator input, e.g. "color,translation,cutout"
     cycle_noise: float = 0.0  # sigma of the noise added to a translation before its cycle reconstruction
+    lambda_tv: float = 0.0  # total-variation prior on the served translations (training/regularizers.py)
     init_from: str = ""  # a run folder or checkpoint whose four networks this run starts from (fine-tuning)
     spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
     # "cyclegan": the published objective. "cut": one-sided, G_B and D_B only, PatchNCE instead of the cycle
@@ -383,7 +384,8 @@ class Trainer:
             loss_idt_B = l1(out["idt_B"].float(), real_A) * c.lambda_cycle * c.lambda_identity
         else:
             loss_idt_A = loss_idt_B = torch.zeros((), device=self.device)
-        loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
+        loss_tv = self.flatness(out["fake_A"])
+        loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B + loss_tv
         loss_G.backward()
         self.opt_G.step()
 
@@ -407,7 +409,15 @@ class Trainer:
         self.step += 1
         values = (loss_D_A, loss_G_A, loss_cycle_A, loss_idt_A, loss_D_B, loss_G_B, loss_cycle_B, loss_idt_B)
         losses = {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
-        return {**losses, "nce": 0.0, "nce_idt": 0.0}
+        return {**losses, "nce": 0.0, "nce_idt": 0.0, "tv": float(loss_tv.detach())}
+
+    def flatness(self, fake_A: torch.Tensor) -> torch.Tensor:
+        """The weighted total-variation prior on the Simpsons-side translations (0 when switched off)."""
+        if not self.config.lambda_tv:
+            return torch.zeros((), device=self.device)
+        from training.regularizers import total_variation
+
+        return self.config.lambda_tv * total_variation(fake_A.float())
 
     def one_sided_step(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, float]:
         """CUT: G_B against D_B, with PatchNCE keeping the person; G_A and D_A sit out."""
@@ -422,7 +432,8 @@ class Trainer:
         loss_nce_idt = out["nce_idt"].float() if identity else torch.zeros((), device=self.device)
         # CUT averages the two NCE terms when the identity term is on.
         nce_total = c.lambda_nce * ((loss_nce + loss_nce_idt) * 0.5 if identity else loss_nce)
-        (loss_G_B + nce_total).backward()
+        loss_tv = self.flatness(out["fake_A"])
+        (loss_G_B + nce_total + loss_tv).backward()
         self.opt_G.step()
         self.opt_F.step()
 
@@ -442,7 +453,7 @@ class Trainer:
         self.step += 1
         losses = dict.fromkeys(LOSS_NAMES, 0.0)
         losses.update(D_B=float(loss_D_B.detach()), G_B=float(loss_G_B.detach()), nce=float(loss_nce.detach()),
-                      nce_idt=float(loss_nce_idt.detach()))
+                      nce_idt=float(loss_nce_idt.detach()), tv=float(loss_tv.detach()))
         return losses
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -684,6 +695,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cyclegan: the published objective; cut: one-sided (G_B and D_B only) with PatchNCE "
                              "instead of the cycle (Park et al., 2020); --lambda-identity > 0 adds CUT's identity NCE")
     parser.add_argument("--lambda-nce", type=float, default=defaults.lambda_nce, help="PatchNCE weight (--objective cut)")
+    parser.add_argument("--lambda-tv", type=float, default=defaults.lambda_tv, metavar="WEIGHT",
+                        help="total-variation prior on the real->Simpsons translations: flat colour fields with sharp "
+                             "outlines, as the show draws them (default 0: off)")
     parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
                         help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
                              "back, so the cycle cannot be closed through hidden noise (default 0: off)")
@@ -713,7 +727,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
-        objective=args.objective, lambda_nce=args.lambda_nce,
+        objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         init_from=str(args.init_from) if args.init_from else "",
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
         checkpoint_minutes=args.checkpoint_minutes,

