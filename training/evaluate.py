@@ -38,6 +38,7 @@ from model.weights import load_generator
 from training.c2st import SANITY_EXPECTED, SEEDS, c2st, sanity_sets
 from training.data import load_fixed
 from training.prepare import list_images
+from training.regularizers import flat_share
 from training.visuals import save_grid
 
 CLASSIFIER_SIZE = 64
@@ -137,6 +138,7 @@ def c2st_of_generator(g_b: ResnetGenerator, pool: QualityPool, size: int, g_a: R
     photos = pool.photos(size) if framing is None else pool.photos_framed(framing, size)
     fake = translate(g_b, photos)
     row = c2st(pool.reference(size), fake, seeds=seeds).to_dict()
+    row["flat"] = round(flat_share(fake), 3)  # the show's crops: about 0.7 (report's flat_reference)
     if g_a is not None:
         rec = translate(g_a, fake)
         row["cycle_l1"] = round(float((rec - photos).abs().mean() / 2), 4)
@@ -167,12 +169,13 @@ def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[
 
 
 def format_table(rows: list[dict], first: str) -> str:
-    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 |", "| --- | --- | --- | --- |"]
+    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels |",
+             "| --- | --- | --- | --- | --- |"]
     for row in rows:
-        cycle = row.get("cycle_l1")
+        cycle, flat = row.get("cycle_l1"), row.get("flat")
         lines.append(f"| {row[first]} | {row['c2st']:.3f} ± {row['c2st_std']:.3f} | "
                      f"{', '.join(f'{a:.2f}' for a in row['c2st_per_seed'])} | "
-                     f"{'' if cycle is None else f'{cycle:.4f}'} |")
+                     f"{'' if cycle is None else f'{cycle:.4f}'} | {'' if flat is None else f'{float(flat):.2f}'} |")
     return "\n".join(lines)
 
 
@@ -420,6 +423,7 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
         save_grid(grid, pictures, thumb=128)
     sizes = sorted({int(load_generator(p)[1].get("input_size", 256)) for p in files})
     return {"data": str(data), "weights": rows,
+            "flat_reference": {size: round(flat_share(pool.reference(size)), 3) for size in sizes},
             "sanity": [dict(r, size=size) for size in sizes for r in cached_sanity_rows(pool, size)] if sanity else []}
 
 
@@ -540,6 +544,8 @@ def run_weights(args: argparse.Namespace) -> int:
     out = args.data / "c2st_weights.json"
     report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"))
     print(format_table(report["weights"], "weights"))
+    print("flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
+          + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items()))
     _print_sanity(report["sanity"])
     out.write_text(json.dumps(report, indent=2))
     print(f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}, "

@@ -19,3 +19,13 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
     horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
     return (vertical + horizontal) / 2
+
+
+def flat_share(images: torch.Tensor, step: float = 0.04) -> float:
+    """Share of horizontally and vertically neighbouring pixel pairs whose largest channel difference is below
+    ``step`` (in [-1, 1]): how much of an image is flat colour. The diagnostic that ``total_variation`` acts on; the
+    Simpsons crops score about 0.7 at 128 px."""
+    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().amax(dim=1)
+    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().amax(dim=1)
+    flat = (vertical < step).float().sum() + (horizontal < step).float().sum()
+    return float(flat / (vertical.numel() + horizontal.numel()))

@@ -48,3 +48,14 @@ def test_lambda_tv_adds_the_weighted_prior_to_the_generator_loss(tiny_dataset, t
     trainer = Trainer(config, device="cpu", num_workers=0)
     image = torch.rand(1, 3, 32, 32)
     assert torch.isclose(trainer.flatness(image), 3.0 * total_variation(image))
+
+
+def test_flat_share_counts_the_flat_neighbours():
+    from training.regularizers import flat_share
+
+    flat = torch.zeros(2, 3, 8, 8)
+    assert flat_share(flat) == 1.0
+    stripes = flat.clone()
+    stripes[..., :, ::2] = 1.0  # every horizontal pair differs, every vertical pair is flat
+    assert flat_share(stripes) == 0.5
+    assert flat_share(flat + torch.rand_like(flat)) < 0.2
