@@ -35,7 +35,7 @@ from torch import nn
 from model.errors import WeightsError
 from model.networks import ResnetGenerator
 from model.weights import load_generator
-from training.c2st import SANITY_EXPECTED, SEEDS, c2st, sanity_sets
+from training.c2st import SANITY_EXPECTED, SEEDS, c2st, c2st_placement_blind, sanity_sets
 from training.data import load_fixed
 from training.prepare import list_images
 from training.regularizers import flat_share
@@ -169,13 +169,14 @@ def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[
 
 
 def format_table(rows: list[dict], first: str) -> str:
-    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels | C2ST placement-blind |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        cycle, flat = row.get("cycle_l1"), row.get("flat")
+        cycle, flat, blind = row.get("cycle_l1"), row.get("flat"), row.get("c2st_placement_blind")
         lines.append(f"| {row[first]} | {row['c2st']:.3f} ± {row['c2st_std']:.3f} | "
                      f"{', '.join(f'{a:.2f}' for a in row['c2st_per_seed'])} | "
-                     f"{'' if cycle is None else f'{cycle:.4f}'} | {'' if flat is None else f'{float(flat):.2f}'} |")
+                     f"{'' if cycle is None else f'{cycle:.4f}'} | {'' if flat is None else f'{float(flat):.2f}'} | "
+                     f"{'' if blind is None else f'{float(blind):.3f}'} |")
     return "\n".join(lines)
 
 
@@ -414,6 +415,7 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
         size, framing = int(meta.get("input_size", 256)), meta.get("framing") or {}
         # each model gets the test photos cropped as it was trained (weights without framing: the default one)
         row, fake = c2st_of_generator(g_b, pool, size, framing=framing)
+        row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake).mean, 3)
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
         show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES // 2], size=(128, 128), mode="bilinear",
                                                    antialias=True, align_corners=False)
@@ -546,6 +548,8 @@ def run_weights(args: argparse.Namespace) -> int:
     print(format_table(report["weights"], "weights"))
     print("flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
           + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items()))
+    print("C2ST placement-blind: both sets moved and scaled at random first (how much of the C2ST is the aligned "
+          "crop's fixed eye positions rather than the drawing); the ship rule uses the plain C2ST.")
     _print_sanity(report["sanity"])
     out.write_text(json.dumps(report, indent=2))
     print(f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}, "

@@ -56,3 +56,16 @@ def test_sanity_rows_cover_the_four_checks():
     assert len(rows) == 4
     assert any("zoomed" in name for name in rows) and any("yellow" in name for name in rows)
     assert all(images.shape == (4, 3, 64, 64) for images in rows.values())
+
+
+def test_jitter_placement_moves_each_image_its_own_way_and_repeats_per_seed():
+    from training.c2st import jitter_placement
+
+    images = torch.zeros(4, 3, 32, 32)
+    images[:, :, 14:18, 14:18] = 1.0  # a dot at the same place in every image
+    assert torch.allclose(jitter_placement(images, 0, shift=0.0, scale=0.0), images, atol=1e-5)
+    moved = jitter_placement(images, 0)
+    assert torch.equal(moved, jitter_placement(images, 0)) and not torch.equal(moved, jitter_placement(images, 1))
+    centres = [(m[0] > 0.5).nonzero().float().mean(0) for m in moved]
+    assert len({tuple(c.round().tolist()) for c in centres}) > 1  # no longer all in one place
+    assert all(((c - 15.5).abs() <= 0.08 * 32 + 1).all() for c in centres)  # within the shift asked for

@@ -73,6 +73,7 @@ def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset
     first, second = report["weights"]
     assert first["c2st_per_seed"] == second["c2st_per_seed"]  # same pool, same seeds: the same measure
     assert 0 <= first["flat"] == second["flat"] <= 1 and 0 <= list(report["flat_reference"].values())[0] <= 1
+    assert 0 <= first["c2st_placement_blind"] <= 1
     from PIL import Image
     assert Image.open(tiny_dataset / "c2st_weights.png").height == 4 * 128  # input and result row per model
     assert "C2ST" in capsys.readouterr().out
