@@ -74,13 +74,13 @@ class PatchHeads(nn.Module):
         return out
 
 
-def sample_positions(features: list[torch.Tensor], patches: int, generator: torch.Generator | None = None
-                     ) -> list[torch.Tensor]:
-    """The same random places are used for the output and the input, so positives line up."""
+def sample_positions(features: list[torch.Tensor], patches: int) -> list[torch.Tensor]:
+    """The same random places are used for the output and the input, so positives line up. Drawn from torch's global
+    CPU generator, which the trainer checkpoints, so resumed runs stay exact."""
     positions = []
     for feature in features:
         count = feature.shape[2] * feature.shape[3]
-        order = torch.randperm(count, generator=generator, device="cpu")[: min(patches, count)]
+        order = torch.randperm(count, device="cpu")[: min(patches, count)]
         positions.append(order.to(feature.device))
     return positions
 

@@ -14,18 +14,21 @@ from __future__ import annotations
 import torch
 
 
+def neighbour_differences(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute differences between vertically and between horizontally neighbouring pixels of (N, C, H, W) images."""
+    return ((images[..., 1:, :] - images[..., :-1, :]).abs(), (images[..., :, 1:] - images[..., :, :-1]).abs())
+
+
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between vertically and horizontally neighbouring pixels of (N, C, H, W) images."""
-    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-    return (vertical + horizontal) / 2
+    vertical, horizontal = neighbour_differences(images)
+    return (vertical.mean() + horizontal.mean()) / 2
 
 
 def flat_share(images: torch.Tensor, step: float = 0.04) -> float:
     """Share of horizontally and vertically neighbouring pixel pairs whose largest channel difference is below
     ``step`` (in [-1, 1]): how much of an image is flat colour. The diagnostic that ``total_variation`` acts on; the
     Simpsons crops score about 0.7 at 128 px."""
-    vertical = (images[..., 1:, :] - images[..., :-1, :]).abs().amax(dim=1)
-    horizontal = (images[..., :, 1:] - images[..., :, :-1]).abs().amax(dim=1)
+    vertical, horizontal = (d.amax(dim=1) for d in neighbour_differences(images))
     flat = (vertical < step).float().sum() + (horizontal < step).float().sum()
     return float(flat / (vertical.numel() + horizontal.numel()))

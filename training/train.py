@@ -32,6 +32,9 @@ from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscrimi
 from model.weights import save_generator
 from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
+from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
+                               sample_positions)
+from training.regularizers import total_variation
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv")
 OBJECTIVES = ("cyclegan", "cut")
@@ -222,8 +225,6 @@ class OneSided(nn.Module):
 
     def __init__(self, G_B: ResnetGenerator, patches: int) -> None:
         super().__init__()
-        from training.patchnce import PatchHeads, feature_layers, layer_channels
-
         self.G_B = G_B
         self.layers = feature_layers(G_B)
         self.heads = PatchHeads(layer_channels(G_B, self.layers))
@@ -231,8 +232,6 @@ class OneSided(nn.Module):
 
     def nce(self, source: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
         """PatchNCE between a translation and the image it was translated from, averaged over the layers."""
-        from training.patchnce import encode, patch_nce_loss, sample_positions
-
         with torch.no_grad():  # keys carry no gradient (CUT detaches them too), so skip their graph
             keys = encode(self.G_B, source, self.layers)
             positions = sample_positions(keys, self.patches)
@@ -415,8 +414,6 @@ class Trainer:
         """The weighted total-variation prior on the Simpsons-side translations (0 when switched off)."""
         if not self.config.lambda_tv:
             return torch.zeros((), device=self.device)
-        from training.regularizers import total_variation
-
         return self.config.lambda_tv * total_variation(fake_A.float())
 
     def one_sided_step(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, float]:
