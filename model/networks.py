@@ -181,6 +181,11 @@ class NLayerDiscriminator(nn.Module):
         return self.model(x)
 
 
+def halve(images: torch.Tensor) -> torch.Tensor:
+    """One level down the image pyramid that a multi-scale discriminator looks at (pix2pixHD's 3x3 average)."""
+    return nn.functional.avg_pool2d(images, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+
+
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     """The CycleGAN paper's init: conv weights ~ N(0, 0.02), biases 0."""
 

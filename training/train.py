@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
+from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator, halve,
                             init_weights)
 from model.weights import save_generator
 from training.augment import cycle_noise
@@ -36,8 +36,11 @@ from training.patchnce import (PatchHeads, encode, feature_layers, layer_channel
                                sample_positions)
 from training.regularizers import total_variation
 
-LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv")
+LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
+              "D_B_coarse", "G_B_coarse")
 OBJECTIVES = ("cyclegan", "cut")
+# The PatchGAN's three stride-2 and two 4x4 stride-1 convolutions leave no output below this input side.
+MIN_DISCRIMINATOR_SIDE = 24
 
 
 @dataclass
@@ -66,6 +69,10 @@ class TrainConfig:
     lambda_tv: float = 0.0  # total-variation prior on the served translations (training/regularizers.py)
     init_from: str = ""  # a run folder or checkpoint whose four networks this run starts from (fine-tuning)
     spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
+    # How many scales the Simpsons-side discriminator judges (pix2pixHD; Wang et al., 2018). 1: D_B's 70 px patches
+    # only. Each further scale is its own PatchGAN on the image halved once more, so at 128 px the third one sees
+    # the whole face at once: the colour layout (face shape, eyes, background) that a 70 px patch cannot see.
+    d_scales: int = 1
     # "cyclegan": the published objective. "cut": one-sided, G_B and D_B only, PatchNCE instead of the cycle
     # (training/patchnce.py); lambda_identity > 0 then means CUT's identity PatchNCE on Simpsons faces.
     objective: str = "cyclegan"
@@ -117,7 +124,8 @@ def probe_step_seconds(config: "TrainConfig", device: torch.device, steps: int =
     networks of the run's size; torch's RNG is restored afterwards so the run itself is unchanged."""
     with torch.random.fork_rng(devices=[]):
         G = Generators(config.generator_config()).to(device)
-        D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm)).to(device)
+        D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
+                           d_scales=config.d_scales).to(device)
         x = torch.rand(config.batch_size, 3, config.size, config.size, device=device) * 2 - 1
         results = []
         for bf16 in (False, True):
@@ -133,7 +141,9 @@ def probe_step_seconds(config: "TrainConfig", device: torch.device, steps: int =
                 with context:
                     out = net_g(inp, inp, config.lambda_identity > 0)
                     loss = sum(o.float().mean() for o in out.values())
-                    loss = loss + sum(p.float().mean() for p in net_d(inp, inp, out["fake_A"], out["fake_B"]))
+                    d_a_real, d_a_fake, *simpsons = net_d(inp, inp, out["fake_A"], out["fake_B"])
+                    predictions = [d_a_real, d_a_fake, *simpsons[0], *simpsons[1]]
+                    loss = loss + sum(p.float().mean() for p in predictions)
                 loss.backward()
                 if i:
                     times.append(time.perf_counter() - started)
@@ -204,20 +214,43 @@ class Generators(nn.Module):
 
 
 class Discriminators(nn.Module):
-    def __init__(self, config: DiscriminatorConfig) -> None:
+    def __init__(self, config: DiscriminatorConfig, d_scales: int = 1) -> None:
         super().__init__()
+        if d_scales < 1:
+            raise ValueError(f"d_scales must be at least 1, not {d_scales}")
         # A spectrally normalised discriminator initialises itself before its weights are parametrised.
         init = (lambda net: net) if config.spectral_norm else init_weights
         self.D_A = init(NLayerDiscriminator(config))
         self.D_B = init(NLayerDiscriminator(config))
+        # Separate from D_B (not one multi-scale module), so a single-scale run's D_B and optimiser still load.
+        self.D_B_coarse = nn.ModuleList(init(NLayerDiscriminator(config)) for _ in range(d_scales - 1))
         self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
 
-    def forward(self, real_A, real_B, fake_A, fake_B) -> tuple[torch.Tensor | None, ...]:
-        """D_A on real and fake B, D_B on real and fake A; D_A is skipped when ``real_B`` is None (one-sided)."""
-        a = self.augment
+    def judge_simpsons(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """D_B's logits on (augmented) images, then each coarser discriminator's on the image halved once more.
+
+        The augmentation is drawn once, before the pyramid, so every scale judges the same picture."""
+        images = self.augment(images)
+        logits = [self.D_B(images)]
+        for net in self.D_B_coarse:
+            images = halve(images)
+            logits.append(net(images))
+        return logits
+
+    def forward(self, real_A, real_B, fake_A, fake_B) -> tuple:
+        """D_A on real and fake B, the Simpsons-side scales on real and fake A (lists of logits, finest first);
+        D_A is skipped when ``real_B`` is None (one-sided)."""
+        simpsons = self.judge_simpsons(real_A), self.judge_simpsons(fake_A)
         if real_B is None:
-            return None, None, self.D_B(a(real_A)), self.D_B(a(fake_A))
-        return self.D_A(a(real_B)), self.D_A(a(fake_B)), self.D_B(a(real_A)), self.D_B(a(fake_A))
+            return (None, None, *simpsons)
+        a = self.augment
+        return (self.D_A(a(real_B)), self.D_A(a(fake_B)), *simpsons)
+
+
+def lsgan_scales(predictions: list[torch.Tensor], is_real: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares loss at the finest scale, and summed over the coarser ones (pix2pixHD sums the scales)."""
+    coarse = sum((lsgan(p, is_real) for p in predictions[1:]), torch.zeros((), device=predictions[0].device))
+    return lsgan(predictions[0], is_real), coarse
 
 
 class OneSided(nn.Module):
@@ -301,8 +334,13 @@ class Trainer:
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
 
+        coarsest = config.size >> (config.d_scales - 1)
+        if coarsest < MIN_DISCRIMINATOR_SIDE:
+            raise ValueError(f"--d-scales {config.d_scales} at {config.size} px would give the coarsest discriminator "
+                             f"{coarsest} px; a 70x70 PatchGAN needs at least {MIN_DISCRIMINATOR_SIDE}.")
         self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
-        self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm)).to(self.device)
+        self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
+                                d_scales=config.d_scales).to(self.device)
         if config.diff_augment:
             from training.augment import diff_augment, parse_policy
 
@@ -318,10 +356,17 @@ class Trainer:
         # G_A, D_A stay in their optimisers when one-sided: they get no gradients, so Adam leaves them as they are,
         # and a CycleGAN run's optimiser state still loads (--init-from).
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d or config.lr, betas=betas)
+        lr_d = config.lr_d or config.lr
+        self.opt_D = torch.optim.Adam([*self.D.D_A.parameters(), *self.D.D_B.parameters()], lr=lr_d, betas=betas)
         schedule = linear_decay(config.epochs, config.epochs_decay, self.steps_per_epoch)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, schedule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, schedule)
+        # The coarse discriminators have their own optimiser, so opt_D keeps a single-scale run's parameter groups
+        # (--init-from a single-scale run then starts them fresh).
+        self.multi_scale = config.d_scales > 1
+        if self.multi_scale:
+            self.opt_D_coarse = torch.optim.Adam(self.D.D_B_coarse.parameters(), lr=lr_d, betas=betas)
+            self.sched_D_coarse = torch.optim.lr_scheduler.LambdaLR(self.opt_D_coarse, schedule)
         self.one_sided_G: OneSided | None = None
         if self.one_sided:
             self.one_sided_G = OneSided(self.G.G_B, config.nce_patches).to(self.device)
@@ -374,7 +419,7 @@ class Trainer:
         with self.autocast():
             out = self.G_train(real_A, real_B, identity)
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
-            loss_G_B = lsgan(self.D.D_B(self.D.augment(out["fake_A"])), True)
+            loss_G_B, loss_G_B_coarse = lsgan_scales(self.D.judge_simpsons(out["fake_A"]), True)
         l1 = nn.functional.l1_loss
         loss_cycle_A = l1(out["rec_A"].float(), real_A) * c.lambda_cycle
         loss_cycle_B = l1(out["rec_B"].float(), real_B) * c.lambda_cycle
@@ -384,13 +429,14 @@ class Trainer:
         else:
             loss_idt_A = loss_idt_B = torch.zeros((), device=self.device)
         loss_tv = self.flatness(out["fake_A"])
-        loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B + loss_tv
+        loss_G = (loss_G_A + loss_G_B + loss_G_B_coarse + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
+                  + loss_tv)
         loss_G.backward()
         self.opt_G.step()
 
         # Discriminators, on real images and on fakes drawn from the history pools.
         self.D.requires_grad_(True)
-        self.opt_D.zero_grad(set_to_none=True)
+        self.zero_discriminator_grads()
         fake_B = self.pool_A.query(out["fake_B"].detach().float())
         fake_A = self.pool_B.query(out["fake_A"].detach().float())
         if self.channels_last:
@@ -399,16 +445,36 @@ class Trainer:
         with self.autocast():
             real_b, fake_b, real_a, fake_a = self.D_train(real_A, real_B, fake_A, fake_B)
             loss_D_A = 0.5 * (lsgan(real_b, True) + lsgan(fake_b, False))
-            loss_D_B = 0.5 * (lsgan(real_a, True) + lsgan(fake_a, False))
-        (loss_D_A + loss_D_B).backward()
-        self.opt_D.step()
+            loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
+        (loss_D_A + loss_D_B + loss_D_B_coarse).backward()
+        self.step_discriminators()
 
         self.sched_G.step()
-        self.sched_D.step()
         self.step += 1
         values = (loss_D_A, loss_G_A, loss_cycle_A, loss_idt_A, loss_D_B, loss_G_B, loss_cycle_B, loss_idt_B)
         losses = {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
-        return {**losses, "nce": 0.0, "nce_idt": 0.0, "tv": float(loss_tv.detach())}
+        return {**losses, "nce": 0.0, "nce_idt": 0.0, "tv": float(loss_tv.detach()),
+                "D_B_coarse": float(loss_D_B_coarse.detach()), "G_B_coarse": float(loss_G_B_coarse.detach())}
+
+    @staticmethod
+    def simpsons_discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]):
+        """D_B's least-squares loss at its own scale, and summed over the coarser scales."""
+        real_fine, real_coarse = lsgan_scales(real, True)
+        fake_fine, fake_coarse = lsgan_scales(fake, False)
+        return 0.5 * (real_fine + fake_fine), 0.5 * (real_coarse + fake_coarse)
+
+    def zero_discriminator_grads(self) -> None:
+        self.opt_D.zero_grad(set_to_none=True)
+        if self.multi_scale:
+            self.opt_D_coarse.zero_grad(set_to_none=True)
+
+    def step_discriminators(self) -> None:
+        """The discriminators' optimiser steps, and their learning-rate schedules."""
+        self.opt_D.step()
+        self.sched_D.step()
+        if self.multi_scale:
+            self.opt_D_coarse.step()
+            self.sched_D_coarse.step()
 
     def flatness(self, fake_A: torch.Tensor) -> torch.Tensor:
         """The weighted total-variation prior on the Simpsons-side translations (0 when switched off)."""
@@ -424,33 +490,34 @@ class Trainer:
         self.opt_F.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.G_train(real_A, real_B, identity)
-            loss_G_B = lsgan(self.D.D_B(self.D.augment(out["fake_A"])), True)
+            loss_G_B, loss_G_B_coarse = lsgan_scales(self.D.judge_simpsons(out["fake_A"]), True)
         loss_nce = out["nce"].float()
         loss_nce_idt = out["nce_idt"].float() if identity else torch.zeros((), device=self.device)
         # CUT averages the two NCE terms when the identity term is on.
         nce_total = c.lambda_nce * ((loss_nce + loss_nce_idt) * 0.5 if identity else loss_nce)
         loss_tv = self.flatness(out["fake_A"])
-        (loss_G_B + nce_total + loss_tv).backward()
+        (loss_G_B + loss_G_B_coarse + nce_total + loss_tv).backward()
         self.opt_G.step()
         self.opt_F.step()
 
         self.D.requires_grad_(True)
-        self.opt_D.zero_grad(set_to_none=True)
+        self.zero_discriminator_grads()
         fake_A = self.pool_B.query(out["fake_A"].detach().float())
         if self.channels_last:
             fake_A = fake_A.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             _, _, real_a, fake_a = self.D_train(real_A, None, fake_A, None)
-            loss_D_B = 0.5 * (lsgan(real_a, True) + lsgan(fake_a, False))
-        loss_D_B.backward()
-        self.opt_D.step()
+            loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
+        (loss_D_B + loss_D_B_coarse).backward()
+        self.step_discriminators()
 
-        for scheduler in (self.sched_G, self.sched_D, self.sched_F):
+        for scheduler in (self.sched_G, self.sched_F):
             scheduler.step()
         self.step += 1
         losses = dict.fromkeys(LOSS_NAMES, 0.0)
         losses.update(D_B=float(loss_D_B.detach()), G_B=float(loss_G_B.detach()), nce=float(loss_nce.detach()),
-                      nce_idt=float(loss_nce_idt.detach()), tv=float(loss_tv.detach()))
+                      nce_idt=float(loss_nce_idt.detach()), tv=float(loss_tv.detach()),
+                      D_B_coarse=float(loss_D_B_coarse.detach()), G_B_coarse=float(loss_G_B_coarse.detach()))
         return losses
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -466,6 +533,8 @@ class Trainer:
             "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
             **({"heads": self.one_sided_G.heads.state_dict(), "opt_F": self.opt_F.state_dict(),
                 "sched_F": self.sched_F.state_dict()} if self.one_sided else {}),
+            **({"D_B_coarse": self.D.D_B_coarse.state_dict(), "opt_D_coarse": self.opt_D_coarse.state_dict(),
+                "sched_D_coarse": self.sched_D_coarse.state_dict()} if self.multi_scale else {}),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -484,6 +553,10 @@ class Trainer:
             self.one_sided_G.heads.load_state_dict(state["heads"])
             self.opt_F.load_state_dict(state["opt_F"])
             self.sched_F.load_state_dict(state["sched_F"])
+        if self.multi_scale:
+            self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
+            self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
+            self.sched_D_coarse.load_state_dict(state["sched_D_coarse"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -527,6 +600,15 @@ class Trainer:
             for group, lr in zip(self.opt_F.param_groups, self.sched_F.get_last_lr()):
                 group["lr"] = lr
                 group["initial_lr"] = self.sched_F.base_lrs[0]
+        # A multi-scale run continued: its coarse discriminators too, when they match. From a single-scale run they
+        # start fresh (and quickly learn: they only have to tell whole-face layouts apart).
+        same_scales = (state.get("config") or {}).get("d_scales", 1) == self.config.d_scales
+        if self.multi_scale and same_scales and "D_B_coarse" in state:
+            self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
+            self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
+            for group, lr in zip(self.opt_D_coarse.param_groups, self.sched_D_coarse.get_last_lr()):
+                group["lr"] = lr
+                group["initial_lr"] = self.sched_D_coarse.base_lrs[0]
         return int(state["step"])
 
     def save_checkpoint(self) -> Path:
@@ -688,6 +770,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diff-augment", default="", metavar="POLICY",
                         help="DiffAugment for every discriminator input, e.g. color,translation,cutout (default: off)")
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in the discriminators")
+    parser.add_argument("--d-scales", type=int, default=defaults.d_scales, metavar="N",
+                        help="scales the Simpsons-side discriminator judges (pix2pixHD); 3 at 128 px sees whole faces")
     parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                         help="cyclegan: the published objective; cut: one-sided (G_B and D_B only) with PatchNCE "
                              "instead of the cycle (Park et al., 2020); --lambda-identity > 0 adds CUT's identity NCE")
@@ -724,6 +808,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
+        d_scales=args.d_scales,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         init_from=str(args.init_from) if args.init_from else "",
         sample_every=args.sample_every, snapshot_every=args.snapshot_every,
@@ -807,6 +892,9 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         if args.size % 4:
             print("error: --size must be a multiple of 4.")
             return 2
+        if args.d_scales < 1:
+            print("error: --d-scales must be at least 1 (1 is the single-scale PatchGAN).")
+            return 2
         if args.diff_augment:
             from training.augment import parse_policy
 
@@ -828,7 +916,7 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
     try:
         trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info,
                           precision=precision)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")
         return 2
     if info.is_main:
