@@ -785,10 +785,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=Path, default=None, metavar="RUN",
                         help="start a new run from the networks and Adam moments of another run's checkpoint (same "
                              "architecture); the learning-rate schedule, pools and step count start fresh")
-    parser.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: per epoch)")
-    parser.add_argument("--snapshot-every", type=int, default=0,
+    # These three default to None so that --resume keeps the run's own cadence unless one is given again.
+    parser.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (0: per epoch)")
+    parser.add_argument("--snapshot-every", type=int, default=None,
                         help="steps between G_B snapshots kept for `simpsonize test --all-snapshots` (0: none)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--checkpoint-minutes", type=float, default=None,
+                        help=f"minutes between checkpoints (default {defaults.checkpoint_minutes:g})")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this")
     parser.add_argument("--max-cpu-minutes", type=float, default=None,
                         help="stop after this much CPU time of this process (equal-compute ablations)")
@@ -811,8 +813,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         d_scales=args.d_scales,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         init_from=str(args.init_from) if args.init_from else "",
-        sample_every=args.sample_every, snapshot_every=args.snapshot_every,
-        checkpoint_minutes=args.checkpoint_minutes,
+        **{name: getattr(args, name) for name in RUNTIME_OPTIONS if getattr(args, name) is not None},
     )
 
 
@@ -877,8 +878,9 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         config = TrainConfig.from_dict(state["config"])
         config.out = str(out)  # the folder may have been copied or moved: write where we were told to
-        for name in RUNTIME_OPTIONS:
-            setattr(config, name, getattr(args, name))
+        for name in RUNTIME_OPTIONS:  # only those given again; the rest stay as the run had them
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
         for name in ("epochs", "epochs_decay"):  # a new schedule length, only when asked for
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))

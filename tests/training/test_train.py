@@ -148,6 +148,21 @@ def test_resume_writes_into_the_folder_it_was_given_not_the_one_it_was_copied_fr
     assert torch.load(long_run / "checkpoint.pt", weights_only=False)["step"] == 4
 
 
+def test_resume_keeps_the_runs_snapshot_and_sample_cadence_unless_given_again(tiny_dataset, tmp_path):
+    """A resumed run once lost its snapshots because --snapshot-every fell back to its default (none)."""
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--snapshot-every", "1", "--sample-every", "1", "--max-steps", "2") == 0
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0",
+                 "--max-steps", "1"]) == 0
+    assert sorted(p.name for p in (run / "snapshots").iterdir())[-1] == "step_0000003"
+    assert (run / "samples" / "step_0000003.png").is_file()
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0",
+                 "--snapshot-every", "0", "--checkpoint-minutes", "3"]) == 0
+    assert not (run / "snapshots" / "step_0000004").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert (config["snapshot_every"], config["sample_every"], config["checkpoint_minutes"]) == (0, 1, 3.0)
+
+
 def _loss_rows(run: Path) -> list[dict[str, str]]:
     with (run / "losses.csv").open() as handle:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
