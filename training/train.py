@@ -912,7 +912,8 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if args.device == "auto" else args.device))
         if saved.get("hardware") == hardware_name(device):
-            precision = (bool(saved["bf16"]), f"{saved['reason']} (kept from the run's earlier session)")
+            kept = " (kept from the run's earlier session)"
+            precision = (bool(saved["bf16"]), saved["reason"].removesuffix(kept) + kept)  # once, however many resumes
     elif args.resume and args.precision != "auto":
         config.precision = args.precision
     try:

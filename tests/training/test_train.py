@@ -161,6 +161,8 @@ def test_resume_keeps_the_runs_snapshot_and_sample_cadence_unless_given_again(ti
     assert not (run / "snapshots" / "step_0000004").exists()
     config = json.loads((run / "config.json").read_text())
     assert (config["snapshot_every"], config["sample_every"], config["checkpoint_minutes"]) == (0, 1, 3.0)
+    reasons = [session["precision_reason"] for session in json.loads((run / "sessions.json").read_text())]
+    assert len(reasons) == 3 and all(r.count("kept from the run's earlier session") == 1 for r in reasons[1:])
 
 
 def _loss_rows(run: Path) -> list[dict[str, str]]:
