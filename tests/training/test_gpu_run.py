@@ -45,3 +45,16 @@ def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):
     assert len(paths) > 1
     biggest_tensor = max(v.numel() * 2 for v in generator.state_dict().values())
     assert all(p.stat().st_size <= max(20_000, biggest_tensor) + 4096 for p in paths)
+
+
+def test_the_gpu_command_passes_the_multi_scale_discriminator_on(tiny_dataset, tmp_path):
+    pack = tmp_path / "pack"
+    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "48", "--max-mib", "1"]) == 0
+    out = tmp_path / "OUT"
+    assert main(["train", "--pack", str(pack), "--out", str(out), *TINY, "--size", "48", "--d-scales", "2",
+                 "--max-steps", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["d_scales"] == 2 and summary["step"] == 1
+    losses = (out / "losses.csv").read_text().splitlines()
+    header, row = losses[0].split(","), losses[1].split(",")
+    assert float(row[header.index("D_B_coarse")]) > 0
