@@ -20,6 +20,13 @@ def tiny_dataset(tmp_path_factory):
     return root
 
 
+def assert_same_networks(first: dict, second: dict, names) -> None:
+    """Two checkpoints hold identical weights for the named networks (an exact resume)."""
+    for name in names:
+        for key in first[name]:
+            assert (first[name][key] == second[name][key]).all(), f"{name}.{key} differs after resume"
+
+
 TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1",
               "--epochs-decay", "1", "--steps-per-epoch", "2", "--device", "cpu", "--num-workers", "0",
               "--precision", "fp32"]

@@ -6,7 +6,7 @@ import torch
 
 from cli.main import main
 from model.networks import DiscriminatorConfig, halve
-from tests.training.conftest import TINY_TRAIN
+from tests.training.conftest import TINY_TRAIN, assert_same_networks
 from training.train import Discriminators, TrainConfig, Trainer
 
 # 48 px: the coarse scale is 24 px, the smallest side a 70x70 PatchGAN still answers.
@@ -58,9 +58,7 @@ def test_a_multi_scale_run_trains_checkpoints_and_resumes_exactly(tiny_dataset, 
     assert train(tiny_dataset, resumed, "--max-steps", "2") == 0
     assert main(["train", "--out", str(resumed), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
     other = torch.load(resumed / "checkpoint.pt", weights_only=False)
-    for net in ("G_B", "D_B", "D_B_coarse"):
-        for key in state[net]:
-            assert torch.equal(state[net][key], other[net][key]), f"{net}.{key} differs after resume"
+    assert_same_networks(state, other, ("G_B", "D_B", "D_B_coarse"))
 
 
 def test_the_coarse_discriminator_learns_and_pushes_the_generator(tiny_dataset, tmp_path):

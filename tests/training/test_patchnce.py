@@ -6,7 +6,7 @@ import torch
 
 from cli.main import main
 from model.networks import GeneratorConfig, ResnetGenerator
-from tests.training.conftest import TINY_TRAIN
+from tests.training.conftest import TINY_TRAIN, assert_same_networks
 from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
 
@@ -84,9 +84,7 @@ def test_cut_trains_only_G_B_D_B_and_the_heads_and_resumes_exactly(tiny_dataset,
     assert train(tiny_dataset, resumed, *cut, "--max-steps", "2") == 0
     assert main(["train", "--out", str(resumed), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
     again = torch.load(resumed / "checkpoint.pt", weights_only=False)
-    for net in ("G_B", "D_B", "heads"):
-        for key in end[net]:
-            assert torch.equal(end[net][key], again[net][key]), f"{net}.{key} differs after resume"
+    assert_same_networks(end, again, ("G_B", "D_B", "heads"))
 
 
 def test_cut_without_identity_skips_the_identity_nce(tiny_dataset, tmp_path):
