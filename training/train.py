@@ -601,7 +601,7 @@ class Trainer:
                 group["lr"] = lr
                 group["initial_lr"] = self.sched_F.base_lrs[0]
         # A multi-scale run continued: its coarse discriminators too, when they match. From a single-scale run they
-        # start fresh (and quickly learn: they only have to tell whole-face layouts apart).
+        # start fresh.
         same_scales = (state.get("config") or {}).get("d_scales", 1) == self.config.d_scales
         if self.multi_scale and same_scales and "D_B_coarse" in state:
             self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
