@@ -60,8 +60,12 @@ def test_upload_with_javascript_shows_before_and_after(browser, live_server, pho
     page.set_input_files("#file-input", str(photo))  # picking a file uploads it
     page.wait_for_selector("#progress:not([hidden])", timeout=30_000)
     page.wait_for_selector("#result:not([hidden])", timeout=TIMEOUT_MS)
-    page.wait_for_function("document.getElementById('after-image').complete && "
-                           "document.getElementById('before-image').complete", timeout=30_000)
+    # Read the property through Playwright's own polling: wait_for_function with a string compiles it with eval()
+    # inside the page whenever it has to poll, which the page's CSP (script-src 'self') forbids.
+    from playwright.sync_api import expect
+
+    for image in ("#after-image", "#before-image"):
+        expect(page.locator(image)).to_have_js_property("complete", True, timeout=30_000)
     assert natural_width(page, "#after-image") == 256
     assert natural_width(page, "#before-image") == 256
     assert page.get_attribute("#download", "href").endswith("/result?download=1")
