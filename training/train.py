@@ -216,8 +216,6 @@ class Generators(nn.Module):
 class Discriminators(nn.Module):
     def __init__(self, config: DiscriminatorConfig, d_scales: int = 1) -> None:
         super().__init__()
-        if d_scales < 1:
-            raise ValueError(f"d_scales must be at least 1, not {d_scales}")
         # A spectrally normalised discriminator initialises itself before its weights are parametrised.
         init = (lambda net: net) if config.spectral_norm else init_weights
         self.D_A = init(NLayerDiscriminator(config))
@@ -313,9 +311,20 @@ class Distributed:
                    int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def check_scales(config: TrainConfig) -> None:
+    """--d-scales must be at least 1, and its coarsest scale big enough for a PatchGAN to answer."""
+    if config.d_scales < 1:
+        raise ValueError(f"--d-scales must be at least 1 (1 is the single-scale PatchGAN), not {config.d_scales}.")
+    coarsest = config.size >> (config.d_scales - 1)
+    if coarsest < MIN_DISCRIMINATOR_SIDE:
+        raise ValueError(f"--d-scales {config.d_scales} at {config.size} px would give the coarsest discriminator "
+                         f"{coarsest} px; a 70x70 PatchGAN needs at least {MIN_DISCRIMINATOR_SIDE}.")
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, num_workers: int | None = None,
                  dist_info: Distributed | None = None, precision: tuple[bool, str] | None = None) -> None:
+        check_scales(config)
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
@@ -334,10 +343,6 @@ class Trainer:
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
 
-        coarsest = config.size >> (config.d_scales - 1)
-        if coarsest < MIN_DISCRIMINATOR_SIDE:
-            raise ValueError(f"--d-scales {config.d_scales} at {config.size} px would give the coarsest discriminator "
-                             f"{coarsest} px; a 70x70 PatchGAN needs at least {MIN_DISCRIMINATOR_SIDE}.")
         self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
         self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
                                 d_scales=config.d_scales).to(self.device)
@@ -893,9 +898,6 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
             return 2
         if args.size % 4:
             print("error: --size must be a multiple of 4.")
-            return 2
-        if args.d_scales < 1:
-            print("error: --d-scales must be at least 1 (1 is the single-scale PatchGAN).")
             return 2
         if args.diff_augment:
             from training.augment import parse_policy

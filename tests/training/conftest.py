@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
@@ -24,7 +25,7 @@ def assert_same_networks(first: dict, second: dict, names) -> None:
     """Two checkpoints hold identical weights for the named networks (an exact resume)."""
     for name in names:
         for key in first[name]:
-            assert (first[name][key] == second[name][key]).all(), f"{name}.{key} differs after resume"
+            assert torch.equal(first[name][key], second[name][key]), f"{name}.{key} differs after resume"
 
 
 TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1",
