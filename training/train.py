@@ -34,10 +34,10 @@ from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
 from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
-from training.regularizers import total_variation
+from training.regularizers import r1_penalty, total_variation
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
-              "D_B_coarse", "G_B_coarse")
+              "D_B_coarse", "G_B_coarse", "r1")
 OBJECTIVES = ("cyclegan", "cut")
 # The PatchGAN's three stride-2 and two 4x4 stride-1 convolutions leave no output below this input side.
 MIN_DISCRIMINATOR_SIDE = 24
@@ -73,6 +73,10 @@ class TrainConfig:
     # only. Each further scale is its own PatchGAN on the image halved once more, so at 128 px the third one sees
     # the whole face at once: the colour layout (face shape, eyes, background) that a 70 px patch cannot see.
     d_scales: int = 1
+    # R1 penalty on the Simpsons-side discriminators at real Simpsons faces (training/regularizers.py), every
+    # r1_every steps with r1_every times the weight (StyleGAN2's lazy regularisation). 0: off.
+    r1_gamma: float = 0.0
+    r1_every: int = 16
     # "cyclegan": the published objective. "cut": one-sided, G_B and D_B only, PatchNCE instead of the cycle
     # (training/patchnce.py); lambda_identity > 0 then means CUT's identity PatchNCE on Simpsons faces.
     objective: str = "cyclegan"
@@ -321,10 +325,18 @@ def check_scales(config: TrainConfig) -> None:
                          f"{coarsest} px; a 70x70 PatchGAN needs at least {MIN_DISCRIMINATOR_SIDE}.")
 
 
+def check_r1(config: TrainConfig) -> None:
+    if config.r1_gamma < 0:
+        raise ValueError(f"--r1-gamma must be 0 (off) or positive, not {config.r1_gamma:g}.")
+    if config.r1_every < 1:
+        raise ValueError(f"--r1-every must be at least 1 (every step), not {config.r1_every}.")
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, num_workers: int | None = None,
                  dist_info: Distributed | None = None, precision: tuple[bool, str] | None = None) -> None:
         check_scales(config)
+        check_r1(config)
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
@@ -451,7 +463,8 @@ class Trainer:
             real_b, fake_b, real_a, fake_a = self.D_train(real_A, real_B, fake_A, fake_B)
             loss_D_A = 0.5 * (lsgan(real_b, True) + lsgan(fake_b, False))
             loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
-        (loss_D_A + loss_D_B + loss_D_B_coarse).backward()
+        loss_r1 = self.simpsons_r1(real_A)
+        (loss_D_A + loss_D_B + loss_D_B_coarse + loss_r1).backward()
         self.step_discriminators()
 
         self.sched_G.step()
@@ -459,7 +472,8 @@ class Trainer:
         values = (loss_D_A, loss_G_A, loss_cycle_A, loss_idt_A, loss_D_B, loss_G_B, loss_cycle_B, loss_idt_B)
         losses = {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
         return {**losses, "nce": 0.0, "nce_idt": 0.0, "tv": float(loss_tv.detach()),
-                "D_B_coarse": float(loss_D_B_coarse.detach()), "G_B_coarse": float(loss_G_B_coarse.detach())}
+                "D_B_coarse": float(loss_D_B_coarse.detach()), "G_B_coarse": float(loss_G_B_coarse.detach()),
+                "r1": float(loss_r1.detach())}
 
     @staticmethod
     def simpsons_discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]):
@@ -467,6 +481,17 @@ class Trainer:
         real_fine, real_coarse = lsgan_scales(real, True)
         fake_fine, fake_coarse = lsgan_scales(fake, False)
         return 0.5 * (real_fine + fake_fine), 0.5 * (real_coarse + fake_coarse)
+
+    def simpsons_r1(self, real_A: torch.Tensor) -> torch.Tensor:
+        """The weighted, lazy R1 penalty of the Simpsons-side discriminators (0 when off or between its steps).
+
+        Part of the discriminators' one backward pass, so under DDP their gradients are reduced once, as usual."""
+        c = self.config
+        if not c.r1_gamma or self.step % c.r1_every:
+            return torch.zeros((), device=self.device)
+        with self.autocast():
+            penalty = r1_penalty(self.D.judge_simpsons, real_A)
+        return 0.5 * c.r1_gamma * c.r1_every * penalty
 
     def zero_discriminator_grads(self) -> None:
         self.opt_D.zero_grad(set_to_none=True)
@@ -513,7 +538,8 @@ class Trainer:
         with self.autocast():
             _, _, real_a, fake_a = self.D_train(real_A, None, fake_A, None)
             loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
-        (loss_D_B + loss_D_B_coarse).backward()
+        loss_r1 = self.simpsons_r1(real_A)
+        (loss_D_B + loss_D_B_coarse + loss_r1).backward()
         self.step_discriminators()
 
         for scheduler in (self.sched_G, self.sched_F):
@@ -522,7 +548,8 @@ class Trainer:
         losses = dict.fromkeys(LOSS_NAMES, 0.0)
         losses.update(D_B=float(loss_D_B.detach()), G_B=float(loss_G_B.detach()), nce=float(loss_nce.detach()),
                       nce_idt=float(loss_nce_idt.detach()), tv=float(loss_tv.detach()),
-                      D_B_coarse=float(loss_D_B_coarse.detach()), G_B_coarse=float(loss_G_B_coarse.detach()))
+                      D_B_coarse=float(loss_D_B_coarse.detach()), G_B_coarse=float(loss_G_B_coarse.detach()),
+                      r1=float(loss_r1.detach()))
         return losses
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -777,6 +804,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in the discriminators")
     parser.add_argument("--d-scales", type=int, default=defaults.d_scales, metavar="N",
                         help="scales the Simpsons-side discriminator judges (pix2pixHD); 3 at 128 px sees whole faces")
+    parser.add_argument("--r1-gamma", type=float, default=defaults.r1_gamma, metavar="GAMMA",
+                        help="R1 penalty on the Simpsons-side discriminators at real Simpsons faces, so they cannot "
+                             "learn the 1,183 faces by heart (Mescheder et al., 2018; default 0: off)")
+    parser.add_argument("--r1-every", type=int, default=defaults.r1_every, metavar="N",
+                        help="apply R1 every N steps with N times the weight (lazy, as StyleGAN2; default 16)")
     parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                         help="cyclegan: the published objective; cut: one-sided (G_B and D_B only) with PatchNCE "
                              "instead of the cycle (Park et al., 2020); --lambda-identity > 0 adds CUT's identity NCE")
@@ -815,7 +847,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
-        d_scales=args.d_scales,
+        d_scales=args.d_scales, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         init_from=str(args.init_from) if args.init_from else "",
         **{name: getattr(args, name) for name in RUNTIME_OPTIONS if getattr(args, name) is not None},
