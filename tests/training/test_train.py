@@ -87,10 +87,13 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2"],
+         "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2",
+         "--r1-gamma", "10", "--r1-every", "1"],  # R1's own forward, outside DDP, joins the reduced backward
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stdout
+    with (run / "losses.csv").open() as handle:
+        assert all(float(row["r1"]) > 0 for row in csv.DictReader(handle))
     sessions = json.loads((run / "sessions.json").read_text())
     assert sessions[-1]["world_size"] == 2
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
