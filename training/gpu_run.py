@@ -105,8 +105,8 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
     summary["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     summary["precision"] = "bf16" if trainer.bf16 else "fp32"
     summary["config"] = {k: getattr(config, k) for k in ("size", "ngf", "n_blocks", "ndf", "batch_size",
-                                                          "upsampling", "diff_augment", "d_scales", "r1_gamma", "lr", "epochs",
-                                                          "epochs_decay", "steps_per_epoch")}
+                                                          "upsampling", "diff_augment", "d_scales", "r1_gamma", "lr",
+                                                          "epochs", "epochs_decay", "steps_per_epoch")}
     trainer.save_samples()
     samples = sorted((run / "samples").glob("*.png"))
     shutil.copy(samples[-1], out / "samples.png")
