@@ -8,12 +8,12 @@ classic prior for that: it is zero on flat regions and charges an edge by its he
 flattens texture while outlines survive. Cartoonisation networks use it for the same reason (Wang & Yu, "White-box
 cartoonization", CVPR 2020).
 
-``r1_penalty`` (`train --r1-gamma`): every long CPU run so far drifted away from the show while the Simpsons-side
+``r1_penalty`` (`train --r1-gamma`): every long CPU run before it drifted away from the show while the Simpsons-side
 discriminator's loss fell towards 0 (0.28 at step 500 to 0.06 by step 3,750): with 1,183 Simpsons faces it learns
 them by heart, and the generator then chases its quirks. R1 (Mescheder, Geiger & Nowozin, "Which training methods
 for GANs do actually converge?", ICML 2018) charges the discriminator for the steepness of its score at real images,
 so it cannot carve a sharp boundary around each of them; StyleGAN2 (Karras et al., 2020) applies it lazily, every N
-steps with N times the weight, at the same effect for a fraction of the cost.
+steps with N times the weight. With γ 10 the first CPU long run held its quality (weights/README.md).
 """
 
 from __future__ import annotations
