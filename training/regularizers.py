@@ -14,9 +14,18 @@ them by heart, and the generator then chases its quirks. R1 (Mescheder, Geiger &
 for GANs do actually converge?", ICML 2018) charges the discriminator for the steepness of its score at real images,
 so it cannot carve a sharp boundary around each of them; StyleGAN2 (Karras et al., 2020) applies it lazily, every N
 steps with N times the weight. With γ 10 the first CPU long run held its quality (weights/README.md).
+
+``face_region_weights`` (`train --cycle-surround`): the photo -> cartoon -> photo cycle asks the cartoon to carry
+the photo back, pixel for pixel, including the background's texture and every strand of hair. A cartoon has no
+flat way to carry that, so the generator paints it in as rainbow noise, which a fresh classifier finds at once
+(weights/README.md: the surroundings alone separate our faces from the show's). The real crops are aligned, so the
+face sits at the same place in every one: weighting the cycle's L1 by a soft ellipse around the eyes, nose and mouth
+keeps the person (whom the cycle is there to keep) and lets the surroundings be drawn flat.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -50,3 +59,39 @@ def r1_penalty(judge, real: torch.Tensor) -> torch.Tensor:
     score = sum(l.float().flatten(1).mean(dim=1).sum() for l in logits)
     (gradient,) = torch.autograd.grad(score, real, create_graph=True)
     return gradient.float().pow(2).flatten(1).sum(dim=1).mean()
+
+
+def face_region_weights(size: int, framing: dict | None, surround: float, load_size: int | None = None,
+                        edge: float = 0.2) -> torch.Tensor:
+    """(1, 1, size, size) weights for the photo cycle's L1: 1 on the face, ``surround`` around it.
+
+    The face is an ellipse placed from the crop's framing (``model.face.Framing``: the side is ``scale`` times the
+    mean of the eye distance and the eye-to-mouth distance, the eyes sit at ``eye_line`` of the height): the eyes'
+    width either side of the centre and from the brows to below the mouth. ``load_size``: training resizes the crop to
+    this before its random crop of ``size`` (the reference recipe's jitter), so the face sits, on average, where the
+    centre crop of that resize puts it. The weight falls from 1 to ``surround`` over ``edge`` of the face's unit
+    (the eye distance), so the jitter never puts a hard step across the face.
+    """
+    from model.face import Framing
+
+    frame = Framing.from_dict(framing)
+    load = load_size or size
+    unit = load / frame.scale  # eye distance ~ eye-to-mouth distance, in pixels of the resized crop
+    offset = (load - size) / 2  # the mean random-crop offset
+    centre_x = load / 2 - offset
+    centre_y = frame.eye_line * load + 0.4 * unit - offset  # between the eyes and the mouth
+    half_width, half_height = 0.85 * unit, 1.05 * unit
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(coords, coords, indexing="ij")
+    # distance from the ellipse's edge in units of ``unit`` (0 on the edge, negative inside)
+    radius = torch.sqrt(((x - centre_x) / half_width) ** 2 + ((y - centre_y) / half_height) ** 2)
+    outside = ((radius - 1) * min(half_width, half_height) / unit / edge).clamp(0, 1)
+    ramp = 0.5 - 0.5 * torch.cos(math.pi * outside)  # smooth: 0 inside, 1 at ``edge`` beyond the ellipse
+    return (1 - ramp * (1 - surround)).view(1, 1, size, size)
+
+
+def weighted_l1(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error with per-pixel ``weights`` (broadcast); plain L1 when ``weights`` is None. Not
+    renormalised: where the weight is 1 a pixel costs what it does in the published loss."""
+    error = (prediction - target).abs()
+    return error.mean() if weights is None else (error * weights).mean()

@@ -34,7 +34,7 @@ from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
 from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
-from training.regularizers import r1_penalty, total_variation
+from training.regularizers import face_region_weights, r1_penalty, total_variation, weighted_l1
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
               "D_B_coarse", "G_B_coarse", "r1")
@@ -67,6 +67,9 @@ class TrainConfig:
     diff_augment: str = ""  # DiffAugment policy for every discriminator input, e.g. "color,translation,cutout"
     cycle_noise: float = 0.0  # sigma of the noise added to a translation before its cycle reconstruction
     lambda_tv: float = 0.0  # total-variation prior on the served translations (training/regularizers.py)
+    # Weight of the photo cycle's L1 outside the face (training/regularizers.py: face_region_weights); 1: the
+    # published, uniform cycle. Lower lets the surroundings be drawn flat instead of carrying the photo's texture.
+    cycle_surround: float = 1.0
     init_from: str = ""  # a run folder or checkpoint whose four networks this run starts from (fine-tuning)
     spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
     # How many scales the Simpsons-side discriminator judges (pix2pixHD; Wang et al., 2018). 1: D_B's 70 px patches
@@ -334,11 +337,18 @@ def check_r1(config: TrainConfig) -> None:
         raise ValueError(f"--r1-every must be at least 1 (every step), not {config.r1_every}.")
 
 
+def check_cycle_surround(config: TrainConfig) -> None:
+    if not 0 <= config.cycle_surround <= 1:
+        raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
+                         f"not {config.cycle_surround:g}.")
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, device: str | None = None, num_workers: int | None = None,
                  dist_info: Distributed | None = None, precision: tuple[bool, str] | None = None) -> None:
         check_scales(config)
         check_r1(config)
+        check_cycle_surround(config)
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
@@ -356,6 +366,10 @@ class Trainer:
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
+        self.cycle_weights_B = None  # the photo cycle's per-pixel weights (None: uniform, as published)
+        if config.cycle_surround < 1:
+            self.cycle_weights_B = face_region_weights(config.size, self.dataset.framing, config.cycle_surround,
+                                                       load_size=self.dataset.load_size).to(self.device)
 
         self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
         self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
@@ -441,7 +455,7 @@ class Trainer:
             loss_G_B, loss_G_B_coarse = lsgan_scales(self.D.judge_simpsons(out["fake_A"]), True)
         l1 = nn.functional.l1_loss
         loss_cycle_A = l1(out["rec_A"].float(), real_A) * c.lambda_cycle
-        loss_cycle_B = l1(out["rec_B"].float(), real_B) * c.lambda_cycle
+        loss_cycle_B = weighted_l1(out["rec_B"].float(), real_B, self.cycle_weights_B) * c.lambda_cycle
         if identity:
             loss_idt_A = l1(out["idt_A"].float(), real_B) * c.lambda_cycle * c.lambda_identity
             loss_idt_B = l1(out["idt_B"].float(), real_A) * c.lambda_cycle * c.lambda_identity
@@ -818,6 +832,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lambda-tv", type=float, default=defaults.lambda_tv, metavar="WEIGHT",
                         help="total-variation prior on the real->Simpsons translations: flat colour fields with sharp "
                              "outlines, as the show draws them (default 0: off)")
+    parser.add_argument("--cycle-surround", type=float, default=defaults.cycle_surround, metavar="WEIGHT",
+                        help="weight of the photo cycle's L1 outside the face (an ellipse placed from the crop's "
+                             "framing), so hair and background can be drawn flat instead of carrying the photo's "
+                             "texture back (default 1: the uniform cycle)")
     parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
                         help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
                              "back, so the cycle cannot be closed through hidden noise (default 0: off)")
@@ -851,6 +869,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
         d_scales=args.d_scales, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
+        cycle_surround=args.cycle_surround,
         init_from=str(args.init_from) if args.init_from else "",
         **{name: getattr(args, name) for name in RUNTIME_OPTIONS if getattr(args, name) is not None},
     )
