@@ -13,7 +13,8 @@ discriminator's loss fell towards 0 (0.28 at step 500 to 0.06 by step 3,750): wi
 them by heart, and the generator then chases its quirks. R1 (Mescheder, Geiger & Nowozin, "Which training methods
 for GANs do actually converge?", ICML 2018) charges the discriminator for the steepness of its score at real images,
 so it cannot carve a sharp boundary around each of them; StyleGAN2 (Karras et al., 2020) applies it lazily, every N
-steps with N times the weight. With γ 10 the first CPU long run held its quality (weights/README.md).
+steps with N times the weight. With γ 10 a CPU long run held its quality for 1,500 steps longer than without it,
+but drifted in the end (weights/README.md).
 
 ``face_region_weights`` (`train --cycle-surround`): the photo -> cartoon -> photo cycle asks the cartoon to carry
 the photo back, pixel for pixel, including the background's texture and every strand of hair. A cartoon has no
