@@ -30,6 +30,8 @@ import math
 
 import torch
 
+from model.face import Framing
+
 
 def neighbour_differences(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Absolute differences between vertically and between horizontally neighbouring pixels of (N, C, H, W) images."""
@@ -73,8 +75,6 @@ def face_region_weights(size: int, framing: dict | None, surround: float, load_s
     centre crop of that resize puts it. The weight falls from 1 to ``surround`` over ``edge`` of the face's unit
     (the eye distance), so the jitter never puts a hard step across the face.
     """
-    from model.face import Framing
-
     frame = Framing.from_dict(framing)
     load = load_size or size
     unit = load / frame.scale  # eye distance ~ eye-to-mouth distance, in pixels of the resized crop
