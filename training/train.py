@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator, halve,
-                            init_weights)
+from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
+                            ThumbnailDiscriminator, halve, init_weights)
 from model.weights import save_generator
 from training.augment import cycle_noise
 from training.data import StepBatches, UnpairedFaces, load_fixed
@@ -76,6 +76,10 @@ class TrainConfig:
     # only. Each further scale is its own PatchGAN on the image halved once more, so at 128 px the third one sees
     # the whole face at once: the colour layout (face shape, eyes, background) that a 70 px patch cannot see.
     d_scales: int = 1
+    # Side in px of a further Simpsons-side discriminator that judges each crop's thumbnail with one logit
+    # (model/networks.py: ThumbnailDiscriminator); 0: off. The C2ST tells our faces from the show's by 8x8 px
+    # thumbnails alone: the colour layout of the whole crop.
+    d_thumbnail: int = 0
     # R1 penalty on the Simpsons-side discriminators at real Simpsons faces (training/regularizers.py), every
     # r1_every steps with r1_every times the weight (StyleGAN2's lazy regularisation). 0: off. StyleGAN2 waits 16
     # steps, but takes a separate optimiser step for the penalty; here it joins the discriminators' one Adam step, and
@@ -134,7 +138,7 @@ def probe_step_seconds(config: "TrainConfig", device: torch.device, steps: int =
     with torch.random.fork_rng(devices=[]):
         G = Generators(config.generator_config()).to(device)
         D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
-                           d_scales=config.d_scales).to(device)
+                           d_scales=config.d_scales, thumbnail=config.d_thumbnail).to(device)
         x = torch.rand(config.batch_size, 3, config.size, config.size, device=device) * 2 - 1
         results = []
         for bf16 in (False, True):
@@ -223,7 +227,7 @@ class Generators(nn.Module):
 
 
 class Discriminators(nn.Module):
-    def __init__(self, config: DiscriminatorConfig, d_scales: int = 1) -> None:
+    def __init__(self, config: DiscriminatorConfig, d_scales: int = 1, thumbnail: int = 0) -> None:
         super().__init__()
         # A spectrally normalised discriminator initialises itself before its weights are parametrised.
         init = (lambda net: net) if config.spectral_norm else init_weights
@@ -231,18 +235,22 @@ class Discriminators(nn.Module):
         self.D_B = init(NLayerDiscriminator(config))
         # Separate from D_B (not one multi-scale module), so a single-scale run's D_B and optimiser still load.
         self.D_B_coarse = nn.ModuleList(init(NLayerDiscriminator(config)) for _ in range(d_scales - 1))
+        self.D_B_thumb = nn.ModuleList([ThumbnailDiscriminator(thumbnail, config.ndf,
+                                                               spectral_norm=config.spectral_norm)] if thumbnail else [])
         self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
 
     def judge_simpsons(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """D_B's logits on (augmented) images, then each coarser discriminator's on the image halved once more.
+        """D_B's logits on (augmented) images, then each coarser discriminator's on the image halved once more, then
+        the thumbnail discriminator's (one per image).
 
         The augmentation is drawn once, before the pyramid, so every scale judges the same picture."""
         images = self.augment(images)
         logits = [self.D_B(images)]
+        thumbnails = [net(images) for net in self.D_B_thumb]
         for net in self.D_B_coarse:
             images = halve(images)
             logits.append(net(images))
-        return logits
+        return logits + thumbnails
 
     def forward(self, real_A, real_B, fake_A, fake_B) -> tuple:
         """D_A on real and fake B, the Simpsons-side scales on real and fake A (lists of logits, finest first);
@@ -324,6 +332,9 @@ def check_scales(config: TrainConfig) -> None:
     """--d-scales must be at least 1, and its coarsest scale big enough for a PatchGAN to answer."""
     if config.d_scales < 1:
         raise ValueError(f"--d-scales must be at least 1 (1 is the single-scale PatchGAN), not {config.d_scales}.")
+    if config.d_thumbnail and not (8 <= config.d_thumbnail <= config.size and config.d_thumbnail % 4 == 0):
+        raise ValueError(f"--d-thumbnail must be 0 (off) or a side of 8 px up to --size {config.size}, divisible by 4, "
+                         f"not {config.d_thumbnail}.")
     coarsest = config.size >> (config.d_scales - 1)
     if coarsest < MIN_DISCRIMINATOR_SIDE:
         raise ValueError(f"--d-scales {config.d_scales} at {config.size} px would give the coarsest discriminator "
@@ -373,7 +384,7 @@ class Trainer:
 
         self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
         self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
-                                d_scales=config.d_scales).to(self.device)
+                                d_scales=config.d_scales, thumbnail=config.d_thumbnail).to(self.device)
         if config.diff_augment:
             from training.augment import diff_augment, parse_policy
 
@@ -394,11 +405,12 @@ class Trainer:
         schedule = linear_decay(config.epochs, config.epochs_decay, self.steps_per_epoch)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, schedule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, schedule)
-        # The coarse discriminators have their own optimiser, so opt_D keeps a single-scale run's parameter groups
-        # (--init-from a single-scale run then starts them fresh).
-        self.multi_scale = config.d_scales > 1
+        # The coarse and thumbnail discriminators have their own optimiser, so opt_D keeps a single-scale run's
+        # parameter groups (--init-from a single-scale run then starts them fresh).
+        self.multi_scale = config.d_scales > 1 or config.d_thumbnail > 0
         if self.multi_scale:
-            self.opt_D_coarse = torch.optim.Adam(self.D.D_B_coarse.parameters(), lr=lr_d, betas=betas)
+            self.opt_D_coarse = torch.optim.Adam([*self.D.D_B_coarse.parameters(), *self.D.D_B_thumb.parameters()],
+                                                 lr=lr_d, betas=betas)
             self.sched_D_coarse = torch.optim.lr_scheduler.LambdaLR(self.opt_D_coarse, schedule)
         self.one_sided_G: OneSided | None = None
         if self.one_sided:
@@ -581,7 +593,8 @@ class Trainer:
             "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
             **({"heads": self.one_sided_G.heads.state_dict(), "opt_F": self.opt_F.state_dict(),
                 "sched_F": self.sched_F.state_dict()} if self.one_sided else {}),
-            **({"D_B_coarse": self.D.D_B_coarse.state_dict(), "opt_D_coarse": self.opt_D_coarse.state_dict(),
+            **({"D_B_coarse": self.D.D_B_coarse.state_dict(), "D_B_thumb": self.D.D_B_thumb.state_dict(),
+                "opt_D_coarse": self.opt_D_coarse.state_dict(),
                 "sched_D_coarse": self.sched_D_coarse.state_dict()} if self.multi_scale else {}),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -603,6 +616,7 @@ class Trainer:
             self.sched_F.load_state_dict(state["sched_F"])
         if self.multi_scale:
             self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
+            self.D.D_B_thumb.load_state_dict(state.get("D_B_thumb", {}))
             self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
             self.sched_D_coarse.load_state_dict(state["sched_D_coarse"])
         rng = state["rng"]
@@ -650,9 +664,12 @@ class Trainer:
                 group["initial_lr"] = self.sched_F.base_lrs[0]
         # A multi-scale run continued: its coarse discriminators too, when they match. From a single-scale run they
         # start fresh.
-        same_scales = (state.get("config") or {}).get("d_scales", 1) == self.config.d_scales
+        theirs = state.get("config") or {}
+        same_scales = (theirs.get("d_scales", 1), theirs.get("d_thumbnail", 0)) == (self.config.d_scales,
+                                                                                  self.config.d_thumbnail)
         if self.multi_scale and same_scales and "D_B_coarse" in state:
             self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
+            self.D.D_B_thumb.load_state_dict(state.get("D_B_thumb", {}))
             self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
             for group, lr in zip(self.opt_D_coarse.param_groups, self.sched_D_coarse.get_last_lr()):
                 group["lr"] = lr
@@ -820,6 +837,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spectral-norm", action="store_true", help="spectral normalisation in the discriminators")
     parser.add_argument("--d-scales", type=int, default=defaults.d_scales, metavar="N",
                         help="scales the Simpsons-side discriminator judges (pix2pixHD); 3 at 128 px sees whole faces")
+    parser.add_argument("--d-thumbnail", type=int, default=defaults.d_thumbnail, metavar="PX",
+                        help="add a Simpsons-side discriminator that judges PX x PX thumbnails of whole crops "
+                             "(their colour layout), one logit each; e.g. 16 (default 0: off)")
     parser.add_argument("--r1-gamma", type=float, default=defaults.r1_gamma, metavar="GAMMA",
                         help="R1 penalty on the Simpsons-side discriminators at real Simpsons faces, so they cannot "
                              "learn the 1,183 faces by heart (Mescheder et al., 2018; default 0: off)")
@@ -867,7 +887,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
-        d_scales=args.d_scales, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
+        d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
         init_from=str(args.init_from) if args.init_from else "",
