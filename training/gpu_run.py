@@ -90,7 +90,8 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
                          upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size, epochs=args.epochs,
                          epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
                          precision=args.precision, diff_augment=args.diff_augment, seed=args.seed,
-                         d_scales=args.d_scales, r1_gamma=args.r1_gamma,
+                         d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, r1_gamma=args.r1_gamma,
+                         cycle_surround=args.cycle_surround,
                          sample_every=10**9, checkpoint_minutes=10**6)
     device = args.device
     if device == "auto":
@@ -105,7 +106,8 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
     summary["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     summary["precision"] = "bf16" if trainer.bf16 else "fp32"
     summary["config"] = {k: getattr(config, k) for k in ("size", "ngf", "n_blocks", "ndf", "batch_size",
-                                                          "upsampling", "diff_augment", "d_scales", "r1_gamma", "lr",
+                                                          "upsampling", "diff_augment", "d_scales", "d_thumbnail",
+                                                          "r1_gamma", "cycle_surround", "lr",
                                                           "epochs", "epochs_decay", "steps_per_epoch")}
     trainer.save_samples()
     samples = sorted((run / "samples").glob("*.png"))
@@ -204,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--d-scales", type=int, default=1, help="scales of the Simpsons-side discriminator (train --d-scales)")
     t.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty on the Simpsons-side discriminators "
                    "(train --r1-gamma; 0: off)")
+    t.add_argument("--d-thumbnail", type=int, default=0, help="thumbnail discriminator's side in px "
+                   "(train --d-thumbnail; 0: off)")
+    t.add_argument("--cycle-surround", type=float, default=1.0, help="photo cycle's weight outside the face "
+                   "(train --cycle-surround; 1: uniform)")
     t.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")

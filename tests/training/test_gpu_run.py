@@ -47,14 +47,15 @@ def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):
     assert all(p.stat().st_size <= max(20_000, biggest_tensor) + 4096 for p in paths)
 
 
-def test_the_gpu_command_passes_the_multi_scale_discriminator_and_r1_on(tiny_dataset, tmp_path):
+def test_the_gpu_command_passes_the_discriminator_options_r1_and_the_cycle_weights_on(tiny_dataset, tmp_path):
     pack = tmp_path / "pack"
     assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "48", "--max-mib", "1"]) == 0
     out = tmp_path / "OUT"
     assert main(["train", "--pack", str(pack), "--out", str(out), *TINY, "--size", "48", "--d-scales", "2",
-                 "--r1-gamma", "10", "--max-steps", "1"]) == 0
+                 "--r1-gamma", "10", "--d-thumbnail", "8", "--cycle-surround", "0.2", "--max-steps", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["d_scales"] == 2 and summary["config"]["r1_gamma"] == 10 and summary["step"] == 1
+    assert summary["config"]["d_thumbnail"] == 8 and summary["config"]["cycle_surround"] == 0.2
     losses = (out / "losses.csv").read_text().splitlines()
     header, row = losses[0].split(","), losses[1].split(",")
     assert float(row[header.index("D_B_coarse")]) > 0
