@@ -80,6 +80,11 @@ class TrainConfig:
     # (model/networks.py: ThumbnailDiscriminator); 0: off. The C2ST tells our faces from the show's by 8x8 px
     # thumbnails alone: the colour layout of the whole crop.
     d_thumbnail: int = 0
+    # Steps at the start of a run in which only the discriminators learn (the generators translate but are not
+    # updated). A fine-tune that adds discriminators (--init-from with more --d-scales or --d-thumbnail) starts them
+    # from random weights, and at a fine-tune's learning rate they took ~1,000 steps to learn anything: until then
+    # the generator was chasing noise. 0: off.
+    d_warmup: int = 0
     # R1 penalty on the Simpsons-side discriminators at real Simpsons faces (training/regularizers.py), every
     # r1_every steps with r1_every times the weight (StyleGAN2's lazy regularisation). 0: off. StyleGAN2 waits 16
     # steps, but takes a separate optimiser step for the penalty; here it joins the discriminators' one Adam step, and
@@ -348,6 +353,13 @@ def check_r1(config: TrainConfig) -> None:
         raise ValueError(f"--r1-every must be at least 1 (every step), not {config.r1_every}.")
 
 
+def check_warmup(config: TrainConfig) -> None:
+    if config.d_warmup < 0:
+        raise ValueError(f"--d-warmup must be 0 (off) or a number of steps, not {config.d_warmup}.")
+    if config.d_warmup and config.objective != "cyclegan":
+        raise ValueError("--d-warmup works with the cyclegan objective only.")
+
+
 def check_cycle_surround(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
@@ -360,6 +372,7 @@ class Trainer:
         check_scales(config)
         check_r1(config)
         check_cycle_surround(config)
+        check_warmup(config)
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
@@ -458,10 +471,12 @@ class Trainer:
         if self.one_sided:
             return self.one_sided_step(real_A, real_B, identity)
 
-        # Generators: D is frozen so its gradients stay clean for its own step.
+        # Generators: D is frozen so its gradients stay clean for its own step. While the discriminators warm up,
+        # the generators only translate (for D's fakes and the loss log).
+        warming_up = self.step < c.d_warmup
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
-        with self.autocast():
+        with self.autocast(), torch.no_grad() if warming_up else nullcontext():
             out = self.G_train(real_A, real_B, identity)
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
             loss_G_B, loss_G_B_coarse = lsgan_scales(self.D.judge_simpsons(out["fake_A"]), True)
@@ -476,8 +491,9 @@ class Trainer:
         loss_tv = self.flatness(out["fake_A"])
         loss_G = (loss_G_A + loss_G_B + loss_G_B_coarse + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
                   + loss_tv)
-        loss_G.backward()
-        self.opt_G.step()
+        if not warming_up:
+            loss_G.backward()
+        self.opt_G.step()  # without gradients (warming up) Adam leaves the generators and its moments alone
 
         # Discriminators, on real images and on fakes drawn from the history pools.
         self.D.requires_grad_(True)
@@ -840,6 +856,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d-thumbnail", type=int, default=defaults.d_thumbnail, metavar="PX",
                         help="add a Simpsons-side discriminator that judges PX x PX thumbnails of whole crops "
                              "(their colour layout), one logit each; e.g. 16 (default 0: off)")
+    parser.add_argument("--d-warmup", type=int, default=defaults.d_warmup, metavar="STEPS",
+                        help="the run's first STEPS steps train only the discriminators, so that ones added by a "
+                             "fine-tune (--init-from) have learnt something before the generators follow them")
     parser.add_argument("--r1-gamma", type=float, default=defaults.r1_gamma, metavar="GAMMA",
                         help="R1 penalty on the Simpsons-side discriminators at real Simpsons faces, so they cannot "
                              "learn the 1,183 faces by heart (Mescheder et al., 2018; default 0: off)")
@@ -887,7 +906,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
-        d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
+        d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, d_warmup=args.d_warmup, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
         init_from=str(args.init_from) if args.init_from else "",
