@@ -53,7 +53,8 @@ def plot_losses(csv_path: Path, png_path: Path, window: int = 50) -> Path | None
     axes[1].set_title("cycle and identity (L1, weighted), PatchNCE")
     for ax in axes:
         ax.set_xlabel("step")
-        ax.legend()
+        if ax.lines:  # with --lambda-cycle 0 every L1 term is 0 (identity is weighted by it too): nothing to label
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=80)
