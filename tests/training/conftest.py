@@ -21,6 +21,30 @@ def tiny_dataset(tmp_path_factory):
     return root
 
 
+def tiny_trainer(data, out, size: int = 32, steps_per_epoch: int = 2, **options):
+    """A Trainer on the tiny dataset with the smallest networks, fp32, on the CPU; ``options`` go to TrainConfig."""
+    from training.train import TrainConfig, Trainer
+
+    config = TrainConfig(data=str(data), out=str(out), size=size, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
+                         steps_per_epoch=steps_per_epoch, precision="fp32", **options)
+    return Trainer(config, device="cpu", num_workers=0)
+
+
+def assert_simpsons_judge_learns_and_pushes_only_g_b(make_trainer, judge) -> None:
+    """One training step of two identical trainers, except that ``judge(trainer)`` (a Simpsons-side discriminator)
+    is scaled in the second: that judge learns, and it changes G_B's step but not G_A's (it sees only Simpsons)."""
+    first, second = make_trainer(), make_trainer()  # same seed: identical networks
+    with torch.no_grad():
+        for parameter in judge(second).parameters():
+            parameter.mul_(3.0)
+    before = [p.detach().clone() for p in judge(first).parameters()]
+    for t in (first, second):
+        t.train_step(t.sample_A[:1], t.sample_B[:1])
+    assert all(not torch.equal(a, b) for a, b in zip(before, judge(first).parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(first.G.G_B.parameters(), second.G.G_B.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(first.G.G_A.parameters(), second.G.G_A.parameters()))
+
+
 def assert_same_networks(first: dict, second: dict, names) -> None:
     """Two checkpoints hold identical weights for the named networks (an exact resume)."""
     for name in names:

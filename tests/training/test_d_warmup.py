@@ -3,14 +3,11 @@
 import torch
 
 from cli.main import main
-from tests.training.conftest import TINY_TRAIN
-from training.train import TrainConfig, Trainer
+from tests.training.conftest import TINY_TRAIN, tiny_trainer
 
 
 def trainer(data, out, **options):
-    config = TrainConfig(data=str(data), out=str(out), size=32, ngf=4, n_blocks=1, ndf=4, epochs=1,
-                         epochs_decay=1, steps_per_epoch=4, precision="fp32", **options)
-    return Trainer(config, device="cpu", num_workers=0)
+    return tiny_trainer(data, out, steps_per_epoch=4, **options)
 
 
 def copy(module):

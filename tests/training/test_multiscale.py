@@ -6,8 +6,9 @@ import torch
 
 from cli.main import main
 from model.networks import DiscriminatorConfig, halve
-from tests.training.conftest import TINY_TRAIN, assert_same_networks
-from training.train import Discriminators, TrainConfig, Trainer
+from tests.training.conftest import (TINY_TRAIN, assert_same_networks,
+                                     assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer)
+from training.train import Discriminators
 
 # 48 px: the coarse scale is 24 px, the smallest side a 70x70 PatchGAN still answers.
 MULTI_SCALE = [*TINY_TRAIN, "--size", "48", "--d-scales", "2"]
@@ -63,22 +64,11 @@ def test_a_multi_scale_run_trains_checkpoints_and_resumes_exactly(tiny_dataset, 
 
 def test_the_coarse_discriminator_learns_and_pushes_the_generator(tiny_dataset, tmp_path):
     def trainer():
-        config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=48, ngf=4, n_blocks=1, ndf=4,
-                             epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", d_scales=2)
-        return Trainer(config, device="cpu", num_workers=0)
+        return tiny_trainer(tiny_dataset, tmp_path / "t", size=48, d_scales=2)
 
-    first, second = trainer(), trainer()  # same seed: identical networks
-    with torch.no_grad():  # only the coarse judge differs between the two
-        for parameter in second.D.D_B_coarse.parameters():
-            parameter.mul_(3.0)
-    coarse_before = [p.detach().clone() for p in first.D.D_B_coarse.parameters()]
-    for t in (first, second):
-        t.train_step(t.sample_A[:1], t.sample_B[:1])
-    assert all(not torch.equal(a, b) for a, b in zip(coarse_before, first.D.D_B_coarse.parameters()))
-    # G_B's step depends on what the coarse scale thinks, so its loss is part of the generator's objective.
-    assert any(not torch.equal(a, b) for a, b in zip(first.G.G_B.parameters(), second.G.G_B.parameters()))
-    # G_A's does not: the second scale judges only the Simpsons side.
-    assert all(torch.equal(a, b) for a, b in zip(first.G.G_A.parameters(), second.G.G_A.parameters()))
+    # G_B's step depends on what the coarse scale thinks, so its loss is part of the generator's objective; G_A's
+    # does not, since the second scale judges only the Simpsons side.
+    assert_simpsons_judge_learns_and_pushes_only_g_b(trainer, lambda t: t.D.D_B_coarse)
 
 
 def test_init_from_a_single_scale_run_keeps_its_networks_and_starts_the_coarse_one_fresh(tiny_dataset, tmp_path):
@@ -86,9 +76,7 @@ def test_init_from_a_single_scale_run_keeps_its_networks_and_starts_the_coarse_o
     assert main(["train", "--data", str(tiny_dataset), "--out", str(source), *TINY_TRAIN, "--size", "48"]) == 0
     tuned = tmp_path / "tuned"
     assert train(tiny_dataset, tuned, "--init-from", str(source), "--max-steps", "0") == 0
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=48, ngf=4, n_blocks=1, ndf=4,
-                         epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", d_scales=2)
-    trainer = Trainer(config, device="cpu", num_workers=0)
+    trainer = tiny_trainer(tiny_dataset, tmp_path / "t", size=48, d_scales=2)
     fresh = {k: v.clone() for k, v in trainer.D.D_B_coarse.state_dict().items()}
     trainer.load_networks(source)
     state = torch.load(source / "checkpoint.pt", weights_only=False)

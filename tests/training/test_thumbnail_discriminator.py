@@ -5,8 +5,9 @@ import torch
 
 from cli.main import main
 from model.networks import DiscriminatorConfig, ThumbnailDiscriminator
-from tests.training.conftest import TINY_TRAIN, assert_same_networks
-from training.train import Discriminators, TrainConfig, Trainer
+from tests.training.conftest import (TINY_TRAIN, assert_same_networks,
+                                     assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer)
+from training.train import Discriminators
 
 
 def train(data, out, *extra):
@@ -51,20 +52,9 @@ def test_the_discriminators_add_its_logit_after_the_patch_scales():
 
 def test_it_learns_and_pushes_only_the_simpsons_generator(tiny_dataset, tmp_path):
     def trainer():
-        config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                             epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", d_thumbnail=8)
-        return Trainer(config, device="cpu", num_workers=0)
+        return tiny_trainer(tiny_dataset, tmp_path / "t", d_thumbnail=8)
 
-    first, second = trainer(), trainer()  # same seed: identical networks
-    with torch.no_grad():  # only the thumbnail judge differs between the two
-        for parameter in second.D.D_B_thumb.parameters():
-            parameter.mul_(3.0)
-    before = [p.detach().clone() for p in first.D.D_B_thumb.parameters()]
-    for t in (first, second):
-        t.train_step(t.sample_A[:1], t.sample_B[:1])
-    assert all(not torch.equal(a, b) for a, b in zip(before, first.D.D_B_thumb.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(first.G.G_B.parameters(), second.G.G_B.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(first.G.G_A.parameters(), second.G.G_A.parameters()))
+    assert_simpsons_judge_learns_and_pushes_only_g_b(trainer, lambda t: t.D.D_B_thumb)
 
 
 def test_a_thumbnail_run_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path):
@@ -81,9 +71,7 @@ def test_a_thumbnail_run_checkpoints_and_resumes_exactly(tiny_dataset, tmp_path)
 def test_init_from_a_run_without_it_starts_it_fresh(tiny_dataset, tmp_path):
     source = tmp_path / "source"
     assert main(["train", "--data", str(tiny_dataset), "--out", str(source), *TINY_TRAIN]) == 0
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", d_thumbnail=8)
-    trainer = Trainer(config, device="cpu", num_workers=0)
+    trainer = tiny_trainer(tiny_dataset, tmp_path / "t", d_thumbnail=8)
     fresh = {k: v.clone() for k, v in trainer.D.D_B_thumb.state_dict().items()}
     trainer.load_networks(source)
     assert all(torch.equal(v, fresh[k]) for k, v in trainer.D.D_B_thumb.state_dict().items())
