@@ -83,7 +83,8 @@ class TrainConfig:
     # Steps at the start of a run in which only the discriminators learn (the generators translate but are not
     # updated). A fine-tune that adds discriminators (--init-from with more --d-scales or --d-thumbnail) starts them
     # from random weights, and at a fine-tune's learning rate they took ~1,000 steps to learn anything: until then
-    # the generator was chasing noise. 0: off.
+    # the generator was chasing noise. Measured (model card, 2026-12-01): at 5e-5 they learnt no faster with the
+    # generators held still, so their learning rate is what limits them. 0: off.
     d_warmup: int = 0
     # R1 penalty on the Simpsons-side discriminators at real Simpsons faces (training/regularizers.py), every
     # r1_every steps with r1_every times the weight (StyleGAN2's lazy regularisation). 0: off. StyleGAN2 waits 16
@@ -240,8 +241,8 @@ class Discriminators(nn.Module):
         self.D_B = init(NLayerDiscriminator(config))
         # Separate from D_B (not one multi-scale module), so a single-scale run's D_B and optimiser still load.
         self.D_B_coarse = nn.ModuleList(init(NLayerDiscriminator(config)) for _ in range(d_scales - 1))
-        self.D_B_thumb = nn.ModuleList([ThumbnailDiscriminator(thumbnail, config.ndf,
-                                                               spectral_norm=config.spectral_norm)] if thumbnail else [])
+        judges = [ThumbnailDiscriminator(thumbnail, config.ndf, spectral_norm=config.spectral_norm)] if thumbnail else []
+        self.D_B_thumb = nn.ModuleList(judges)  # it initialises itself (a Linear layer too)
         self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
 
     def judge_simpsons(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -906,7 +907,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
         seed=args.seed, precision=args.precision,
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
-        d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, d_warmup=args.d_warmup, r1_gamma=args.r1_gamma, r1_every=args.r1_every,
+        d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, d_warmup=args.d_warmup, r1_gamma=args.r1_gamma,
+        r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
         init_from=str(args.init_from) if args.init_from else "",
