@@ -45,6 +45,7 @@ CLASSIFIER_SIZE = 64
 DIRECTIONS = ("AtoB", "BtoA")
 POOL_SIZE = 300  # translated test faces against as many Simpsons faces
 GALLERY_FACES = 16
+MIN_SEEDS = 3  # the issue's floor: a mean and a spread
 TIE_MARGIN = 0.01  # C2ST differences below this (about 2 sd over seeds) are ties, broken by cycle L1
 MAX_CYCLE_L1 = 0.08  # the person must stay recoverable: the first shipped model's B->A cycle L1 was 0.08
 
@@ -360,7 +361,7 @@ def _write_index(out: Path, metrics: dict, pages) -> None:
 
 # ---------------------------------------------------------------------------------------- snapshots
 def rank_snapshots(run: Path, data: Path, size: int, pool: QualityPool | None = None,
-                   last: int | None = None) -> tuple[list[dict], dict]:
+                   last: int | None = None, seeds=SEEDS) -> tuple[list[dict], dict]:
     """C2ST and cycle L1 of every snapshot (or the ``last`` few), and the translations of the same gallery faces."""
     pool = pool or load_pool(data)
     rows, gallery = [], {}
@@ -368,7 +369,7 @@ def rank_snapshots(run: Path, data: Path, size: int, pool: QualityPool | None = 
     for folder in folders[-last:] if last else folders:
         g_a, _ = load_generator(folder / "G_A.safetensors")
         g_b, meta = load_generator(folder / "G_B.safetensors")
-        row, fake = c2st_of_generator(g_b, pool, size, g_a)
+        row, fake = c2st_of_generator(g_b, pool, size, g_a, seeds=seeds)
         rows.append({"snapshot": folder.name, "step": meta.get("step"), **row})
         gallery[folder.name] = fake[:GALLERY_FACES]
     return rows, gallery
@@ -405,7 +406,8 @@ def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dic
     return path
 
 
-def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None) -> dict:
+def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None,
+                    seeds=SEEDS) -> dict:
     """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly); with
     ``grid``, a picture of the first test photos as each model sees and translates them."""
     pool = load_pool(data)
@@ -414,8 +416,8 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
         g_b, meta = load_generator(path)
         size, framing = int(meta.get("input_size", 256)), meta.get("framing") or {}
         # each model gets the test photos cropped as it was trained (weights without framing: the default one)
-        row, fake = c2st_of_generator(g_b, pool, size, framing=framing)
-        row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake).mean, 3)
+        row, fake = c2st_of_generator(g_b, pool, size, framing=framing, seeds=seeds)
+        row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake, seeds=seeds).mean, 3)
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
         show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES // 2], size=(128, 128), mode="bilinear",
                                                    antialias=True, align_corners=False)
@@ -442,6 +444,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, action="append", default=None, metavar="FILE",
                         help="measure served weights files instead of a run (repeat to compare; needs --data)")
     parser.add_argument("--no-sanity", action="store_true", help="skip the C2ST sanity rows")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), metavar="N",
+                        help=f"fresh classifiers per C2ST with --weights or --all-snapshots (at least {MIN_SEEDS}; "
+                             f"default {len(SEEDS)}). The spread "
+                             "over seeds is about 0.02, as large as most differences between fine-tunes; 12 seeds "
+                             "bring the mean's own error to about 0.004, at 4x the classifier time")
 
 
 def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetGenerator, ResnetGenerator, dict]:
@@ -462,6 +469,9 @@ def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetG
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds < MIN_SEEDS:
+        print(f"error: --seeds must be at least {MIN_SEEDS}: a C2ST reports the spread over seeds, not {args.seeds}.")
+        return 2
     if args.weights:
         return run_weights(args)
     run_dir: Path = args.run
@@ -482,7 +492,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {run_dir / 'snapshots'} holds no snapshots (train with --snapshot-every).")
             return 2
         pool = load_pool(data)
-        rows, gallery = rank_snapshots(run_dir, data, size, pool, last=args.last)
+        rows, gallery = rank_snapshots(run_dir, data, size, pool, last=args.last, seeds=tuple(range(args.seeds)))
         sanity = [] if args.no_sanity else cached_sanity_rows(pool, size)
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
@@ -544,7 +554,8 @@ def run_weights(args: argparse.Namespace) -> int:
         print(f"error: {', '.join(missing)} does not exist.")
         return 2
     out = args.data / "c2st_weights.json"
-    report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"))
+    report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"),
+                             seeds=tuple(range(args.seeds)))
     print(format_table(report["weights"], "weights"))
     print("flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
           + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items()))

@@ -80,6 +80,23 @@ def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset
     assert main(["test", "--weights", str(tmp_path / "missing.safetensors"), "--data", str(tiny_dataset)]) == 2
 
 
+def test_more_seeds_give_more_classifiers_and_fewer_than_three_are_refused(trained_run, tiny_dataset, tmp_path,
+                                                                            capsys):
+    weights = tmp_path / "w.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(weights)]) == 0
+    assert main(["test", "--weights", str(weights), "--data", str(tiny_dataset), "--no-sanity", "--seeds", "5"]) == 0
+    row = json.loads((tiny_dataset / "c2st_weights.json").read_text())["weights"][0]
+    assert len(row["c2st_per_seed"]) == 5
+    capsys.readouterr()
+    modes = (["--weights", str(weights), "--data", str(tiny_dataset)], ["--run", str(trained_run), "--all-snapshots"])
+    for mode in modes:
+        assert main(["test", *mode, "--seeds", "2"]) == 2
+        assert "--seeds must be at least 3" in capsys.readouterr().out
+    assert main(["test", "--run", str(trained_run), "--all-snapshots", "--last", "1", "--no-sanity",
+                 "--seeds", "4"]) == 0
+    assert len(json.loads((trained_run / "test" / "best_snapshot.json").read_text())["c2st_per_seed"]) == 4
+
+
 def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astronaut):
     import shutil
 
