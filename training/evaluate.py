@@ -291,7 +291,7 @@ def evaluate_direction(forward: ResnetGenerator, backward: ResnetGenerator, imag
 
 
 def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, directions=DIRECTIONS,
-             out: Path | None = None, c2st_pool: QualityPool | None = None) -> dict:
+             out: Path | None = None, c2st_pool: QualityPool | None = None, seeds=SEEDS) -> dict:
     """Metrics for the requested directions; with ``out``, also grids and a gallery there. With ``c2st_pool``,
     B->A also gets the C2ST on the whole pool."""
     structure, accuracy = get_classifier(data, grayscale=True)
@@ -312,7 +312,7 @@ def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, 
         result.direction = direction
         metrics[direction] = result.to_dict()
         if direction == "BtoA" and c2st_pool is not None:
-            row, _ = c2st_of_generator(g_b, c2st_pool, size, g_a)
+            row, _ = c2st_of_generator(g_b, c2st_pool, size, g_a, seeds=seeds)
             metrics[direction].update({k: v for k, v in row.items() if k != "cycle_l1"})
             metrics[direction]["pool_cycle_l1"] = row["cycle_l1"]
         if out is not None:
@@ -445,8 +445,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure served weights files instead of a run (repeat to compare; needs --data)")
     parser.add_argument("--no-sanity", action="store_true", help="skip the C2ST sanity rows")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), metavar="N",
-                        help=f"fresh classifiers per C2ST with --weights or --all-snapshots (at least {MIN_SEEDS}; "
-                             f"default {len(SEEDS)}). The spread "
+                        help=f"fresh classifiers per C2ST (at least {MIN_SEEDS}; default {len(SEEDS)}; the sanity "
+                             "rows keep 3). The spread "
                              "over seeds is about 0.02, as large as most differences between fine-tunes; 12 seeds "
                              "bring the mean's own error to about 0.004, at 4x the classifier time")
 
@@ -519,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
     directions = DIRECTIONS if args.direction == "both" else (args.direction,)
     out = run_dir / "test" / (args.snapshot or f"step_{int(info['step']):07d}")
     pool = load_pool(data) if "BtoA" in directions else None
-    metrics = evaluate(g_a, g_b, data, size, directions, out=out, c2st_pool=pool)
+    metrics = evaluate(g_a, g_b, data, size, directions, out=out, c2st_pool=pool, seeds=tuple(range(args.seeds)))
     if pool is not None and not args.no_sanity:
         metrics["sanity"] = cached_sanity_rows(pool, size)
         _write_index(out, metrics, [(d, [f"{d}/{p.stem}.png" for p in list_images(out / d)]) for d in directions])

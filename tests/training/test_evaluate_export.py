@@ -95,6 +95,9 @@ def test_more_seeds_give_more_classifiers_and_fewer_than_three_are_refused(train
     assert main(["test", "--run", str(trained_run), "--all-snapshots", "--last", "1", "--no-sanity",
                  "--seeds", "4"]) == 0
     assert len(json.loads((trained_run / "test" / "best_snapshot.json").read_text())["c2st_per_seed"]) == 4
+    assert main(["test", "--run", str(trained_run), "--direction", "BtoA", "--no-sanity", "--seeds", "4"]) == 0
+    metrics = json.loads((trained_run / "test" / "step_0000004" / "metrics.json").read_text())
+    assert len(metrics["BtoA"]["c2st_per_seed"]) == 4
 
 
 def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astronaut):
