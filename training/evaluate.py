@@ -468,6 +468,11 @@ def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetG
     return g_a.eval(), g_b.eval(), {"config": state["config"], "step": state["step"], "source": "checkpoint.pt"}
 
 
+def classifier_seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    """--seeds N as the seeds the C2ST draws its classifiers from (0..N-1: the default 3 are ``SEEDS``)."""
+    return tuple(range(args.seeds))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.seeds < MIN_SEEDS:
         print(f"error: --seeds must be at least {MIN_SEEDS}: a C2ST reports the spread over seeds, not {args.seeds}.")
@@ -492,7 +497,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {run_dir / 'snapshots'} holds no snapshots (train with --snapshot-every).")
             return 2
         pool = load_pool(data)
-        rows, gallery = rank_snapshots(run_dir, data, size, pool, last=args.last, seeds=tuple(range(args.seeds)))
+        rows, gallery = rank_snapshots(run_dir, data, size, pool, last=args.last, seeds=classifier_seeds(args))
         sanity = [] if args.no_sanity else cached_sanity_rows(pool, size)
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
@@ -519,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
     directions = DIRECTIONS if args.direction == "both" else (args.direction,)
     out = run_dir / "test" / (args.snapshot or f"step_{int(info['step']):07d}")
     pool = load_pool(data) if "BtoA" in directions else None
-    metrics = evaluate(g_a, g_b, data, size, directions, out=out, c2st_pool=pool, seeds=tuple(range(args.seeds)))
+    metrics = evaluate(g_a, g_b, data, size, directions, out=out, c2st_pool=pool, seeds=classifier_seeds(args))
     if pool is not None and not args.no_sanity:
         metrics["sanity"] = cached_sanity_rows(pool, size)
         _write_index(out, metrics, [(d, [f"{d}/{p.stem}.png" for p in list_images(out / d)]) for d in directions])
@@ -555,7 +560,7 @@ def run_weights(args: argparse.Namespace) -> int:
         return 2
     out = args.data / "c2st_weights.json"
     report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"),
-                             seeds=tuple(range(args.seeds)))
+                             seeds=classifier_seeds(args))
     print(format_table(report["weights"], "weights"))
     print("flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
           + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items()))

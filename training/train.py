@@ -421,8 +421,8 @@ class Trainer:
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, schedule)
         # The coarse and thumbnail discriminators have their own optimiser, so opt_D keeps a single-scale run's
         # parameter groups (--init-from a single-scale run then starts them fresh).
-        self.multi_scale = config.d_scales > 1 or config.d_thumbnail > 0
-        if self.multi_scale:
+        self.extra_judges = config.d_scales > 1 or config.d_thumbnail > 0
+        if self.extra_judges:
             self.opt_D_coarse = torch.optim.Adam([*self.D.D_B_coarse.parameters(), *self.D.D_B_thumb.parameters()],
                                                  lr=lr_d, betas=betas)
             self.sched_D_coarse = torch.optim.lr_scheduler.LambdaLR(self.opt_D_coarse, schedule)
@@ -540,14 +540,14 @@ class Trainer:
 
     def zero_discriminator_grads(self) -> None:
         self.opt_D.zero_grad(set_to_none=True)
-        if self.multi_scale:
+        if self.extra_judges:
             self.opt_D_coarse.zero_grad(set_to_none=True)
 
     def step_discriminators(self) -> None:
         """The discriminators' optimiser steps, and their learning-rate schedules."""
         self.opt_D.step()
         self.sched_D.step()
-        if self.multi_scale:
+        if self.extra_judges:
             self.opt_D_coarse.step()
             self.sched_D_coarse.step()
 
@@ -612,7 +612,7 @@ class Trainer:
                 "sched_F": self.sched_F.state_dict()} if self.one_sided else {}),
             **({"D_B_coarse": self.D.D_B_coarse.state_dict(), "D_B_thumb": self.D.D_B_thumb.state_dict(),
                 "opt_D_coarse": self.opt_D_coarse.state_dict(),
-                "sched_D_coarse": self.sched_D_coarse.state_dict()} if self.multi_scale else {}),
+                "sched_D_coarse": self.sched_D_coarse.state_dict()} if self.extra_judges else {}),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -631,7 +631,7 @@ class Trainer:
             self.one_sided_G.heads.load_state_dict(state["heads"])
             self.opt_F.load_state_dict(state["opt_F"])
             self.sched_F.load_state_dict(state["sched_F"])
-        if self.multi_scale:
+        if self.extra_judges:
             self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
             self.D.D_B_thumb.load_state_dict(state.get("D_B_thumb", {}))
             self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
@@ -684,7 +684,7 @@ class Trainer:
         theirs = state.get("config") or {}
         same_scales = (theirs.get("d_scales", 1), theirs.get("d_thumbnail", 0)) == (self.config.d_scales,
                                                                                   self.config.d_thumbnail)
-        if self.multi_scale and same_scales and "D_B_coarse" in state:
+        if self.extra_judges and same_scales and "D_B_coarse" in state:
             self.D.D_B_coarse.load_state_dict(state["D_B_coarse"])
             self.D.D_B_thumb.load_state_dict(state.get("D_B_thumb", {}))
             self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
