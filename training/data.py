@@ -60,12 +60,22 @@ class UnpairedFaces(Dataset):
         return to_tensor([image])[0]
 
 
-def load_fixed(files: list[Path], size: int) -> torch.Tensor:
-    """Images resized to ``size`` without augmentation, stacked (for sample grids and evaluation)."""
+def load_fixed(files: list[Path], size: int, keep: float = 1.0) -> torch.Tensor:
+    """Images resized to ``size`` without augmentation, stacked (for sample grids and evaluation).
+
+    ``keep`` < 1 keeps only the central fraction of each side, cropped from the stored image before the one resize,
+    so that a tighter framing costs no sharpness (a zoom of an already resized image would be an upscale).
+    """
     images = []
     for path in files:
         with Image.open(path) as im:
-            images.append(im.convert("RGB").resize((size, size), Image.BICUBIC))
+            im = im.convert("RGB")
+            if keep < 1.0:
+                side = min(im.size)
+                crop = max(1, round(side * keep))
+                left, top = (im.size[0] - crop) // 2, (im.size[1] - crop) // 2
+                im = im.crop((left, top, left + crop, top + crop))
+            images.append(im.resize((size, size), Image.BICUBIC))
     return to_tensor(images)
 
 

@@ -69,3 +69,32 @@ def test_jitter_placement_moves_each_image_its_own_way_and_repeats_per_seed():
     centres = [(m[0] > 0.5).nonzero().float().mean(0) for m in moved]
     assert len({tuple(c.round().tolist()) for c in centres}) > 1  # no longer all in one place
     assert all(((c - 15.5).abs() <= 0.08 * 32 + 1).all() for c in centres)  # within the shift asked for
+
+
+def test_zoomed_sanity_row_is_cropped_from_the_stored_faces_so_it_keeps_their_sharpness(tmp_path):
+    """At a 64 px model the zoomed row used to be a zoom of 64 px images, an upscale: the classifier saw its blur
+    (0.98 instead of about 0.75). Cropped from the stored image before the one resize, it is as sharp as the
+    reference, and it still shows less of the crop."""
+    import numpy as np
+    from PIL import Image
+
+    from training.evaluate import QualityPool
+
+    files = []
+    for i in range(3):
+        face = np.zeros((256, 256, 3), np.uint8)
+        face[:, 128:] = 255  # one sharp vertical edge through the centre
+        face[:8, :8] = (255, 0, 0)  # a red corner mark, outside the central 75 %
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(face).save(files[-1])
+    pool = QualityPool(files, files, files, tmp_path)
+    steepest = lambda x: float((x[..., 1:] - x[..., :-1]).abs().amax())
+    for size in (64, 128):
+        reference, zoomed = pool.others(size), pool.others_zoomed(size)
+        assert zoomed.shape == reference.shape
+        assert steepest(zoomed) >= 0.95 * steepest(reference)
+        assert steepest(zoom(reference, 0.75)) < 0.85 * steepest(reference)  # why: the old upscale blurs the edge
+        red = lambda x: float((x[:, 0] - x[:, 1]).amax())  # red minus green: only the corner mark is red
+        assert red(reference) > 1.0 and red(zoomed) < 0.1  # the corner is cropped away
+    rows = sanity_sets(pool.others(64), pool.photos(64), pool.others_zoomed(64))
+    assert torch.equal(rows["Simpsons faces zoomed to 75 % of their crop"], pool.others_zoomed(64))
