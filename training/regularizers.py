@@ -65,8 +65,9 @@ def r1_penalty(judge, real: torch.Tensor) -> torch.Tensor:
 
 
 def face_region_weights(size: int, framing: dict | None, surround: float, load_size: int | None = None,
-                        edge: float = 0.2) -> torch.Tensor:
-    """(1, 1, size, size) weights for the photo cycle's L1: 1 on the face, ``surround`` around it.
+                        edge: float = 0.2, eyes: float = 1.0) -> torch.Tensor:
+    """(1, 1, size, size) weights for the photo cycle's L1: 1 on the face, ``surround`` around it, ``eyes`` on two
+    discs where the crop puts the eyes.
 
     The face is an ellipse placed from the crop's framing (``model.face.Framing``: the side is ``scale`` times the
     mean of the eye distance and the eye-to-mouth distance, the eyes sit at ``eye_line`` of the height): the eyes'
@@ -88,7 +89,17 @@ def face_region_weights(size: int, framing: dict | None, surround: float, load_s
     radius = torch.sqrt(((x - centre_x) / half_width) ** 2 + ((y - centre_y) / half_height) ** 2)
     outside = ((radius - 1) * min(half_width, half_height) / unit / edge).clamp(0, 1)
     ramp = 0.5 - 0.5 * torch.cos(math.pi * outside)  # smooth: 0 inside, 1 at ``edge`` beyond the ellipse
-    return (1 - ramp * (1 - surround)).view(1, 1, size, size)
+    weights = 1 - ramp * (1 - surround)
+    if eyes != 1.0:
+        # the eyes sit half an eye distance either side of the centre, on the eye line; a disc of 0.22 units covers
+        # the eye and its lids, and its weight falls off as smoothly as the face's
+        eye_y = frame.eye_line * load - offset
+        for eye_x in (centre_x - 0.5 * unit, centre_x + 0.5 * unit):
+            distance = torch.sqrt((x - eye_x) ** 2 + (y - eye_y) ** 2) / unit
+            beyond = ((distance - 0.22) / edge).clamp(0, 1)
+            inside = 0.5 + 0.5 * torch.cos(math.pi * beyond)  # 1 on the disc, 0 at ``edge`` beyond it
+            weights = weights * (1 + inside * (eyes - 1))
+    return weights.view(1, 1, size, size)
 
 
 def weighted_l1(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

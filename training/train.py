@@ -70,6 +70,9 @@ class TrainConfig:
     # Weight of the photo cycle's L1 outside the face (training/regularizers.py: face_region_weights); 1: the
     # published, uniform cycle. Lower lets the surroundings be drawn flat instead of carrying the photo's texture.
     cycle_surround: float = 1.0
+    # Weight of the photo cycle's L1 on the eyes (two discs placed from the framing); 1: no extra weight. Higher asks
+    # the drawing to keep where each pupil looks, so that the person can be given back: pupils instead of blank eyes.
+    cycle_eyes: float = 1.0
     init_from: str = ""  # a run folder or checkpoint whose four networks this run starts from (fine-tuning)
     spectral_norm: bool = False  # spectral normalisation in both discriminators (their instance norms dropped)
     # How many scales the Simpsons-side discriminator judges (pix2pixHD; Wang et al., 2018). 1: D_B's 70 px patches
@@ -365,6 +368,8 @@ def check_cycle_surround(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
                          f"not {config.cycle_surround:g}.")
+    if config.cycle_eyes < 1:
+        raise ValueError(f"--cycle-eyes must be at least 1 (1: no extra weight on the eyes), not {config.cycle_eyes:g}.")
 
 
 class Trainer:
@@ -392,9 +397,10 @@ class Trainer:
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
         self.cycle_weights_B = None  # the photo cycle's per-pixel weights (None: uniform, as published)
-        if config.cycle_surround < 1:
+        if config.cycle_surround < 1 or config.cycle_eyes != 1:
             self.cycle_weights_B = face_region_weights(config.size, self.dataset.framing, config.cycle_surround,
-                                                       load_size=self.dataset.load_size).to(self.device)
+                                                       load_size=self.dataset.load_size,
+                                                       eyes=config.cycle_eyes).to(self.device)
 
         self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
         self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
@@ -876,6 +882,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the photo cycle's L1 outside the face (an ellipse placed from the crop's "
                              "framing), so hair and background can be drawn flat instead of carrying the photo's "
                              "texture back (default 1: the uniform cycle)")
+    parser.add_argument("--cycle-eyes", type=float, default=defaults.cycle_eyes, metavar="WEIGHT",
+                        help="weight of the photo cycle's L1 on the eyes (two discs placed from the crop's framing), so "
+                             "the drawing keeps where the pupils look instead of blank eyes (default 1: no extra "
+                             "weight)")
     parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
                         help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
                              "back, so the cycle cannot be closed through hidden noise (default 0: off)")
@@ -911,6 +921,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
+        cycle_eyes=args.cycle_eyes,
         init_from=str(args.init_from) if args.init_from else "",
         **{name: getattr(args, name) for name in RUNTIME_OPTIONS if getattr(args, name) is not None},
     )

@@ -76,3 +76,34 @@ def test_cycle_surround_from_the_command_line_reaches_the_checkpoint(tiny_datase
                      "--cycle-surround", value]) == 2
         assert "--cycle-surround must be between 0 and 1" in capsys.readouterr().out
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+
+
+def test_cycle_eyes_weights_two_discs_where_the_crop_puts_the_eyes():
+    plain = face_region_weights(128, SHIPPED_FRAMING, 0.1)[0, 0]
+    weights = face_region_weights(128, SHIPPED_FRAMING, 0.1, eyes=5.0)[0, 0]
+    eyes_y, half = round(0.33 * 128), 128 / 2.3 / 2  # eye line; half an eye distance
+    for x in (round(64 - half), round(64 + half)):
+        assert torch.isclose(weights[eyes_y, x], torch.tensor(5.0))  # on each eye: five times the face's weight
+    mouth_y = round(0.33 * 128 + 128 / 2.3)
+    for y, x in ((eyes_y, 64), (mouth_y, 64), (0, 0), (127, 127)):
+        assert torch.isclose(weights[y, x], plain[y, x])  # between the eyes, the mouth and the corners: unchanged
+    assert torch.equal(weights, weights.flip(-1))
+    assert (weights[eyes_y, :64].diff().abs() < 2.5).all()  # no hard step for the random crop to jitter across
+    assert torch.equal(face_region_weights(64, SHIPPED_FRAMING, 1.0, eyes=1.0), torch.ones(1, 1, 64, 64))
+
+
+def test_cycle_eyes_reaches_the_trainer_and_the_checkpoint_and_refuses_less_than_one(tiny_dataset, tmp_path, capsys):
+    eyes = _trainer(tiny_dataset, tmp_path, cycle_eyes=4.0)
+    expected = face_region_weights(32, eyes.dataset.framing, 1.0, load_size=eyes.dataset.load_size, eyes=4.0)
+    assert torch.equal(eyes.cycle_weights_B, expected)
+    uniform = _trainer(tiny_dataset, tmp_path)
+    a = uniform.train_step(uniform.sample_A[:1], uniform.sample_B[:1])
+    b = eyes.train_step(eyes.sample_A[:1], eyes.sample_B[:1])
+    assert b["cycle_B"] > a["cycle_B"] and b["cycle_A"] == a["cycle_A"]  # only the photo cycle weighs the eyes more
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--cycle-eyes", "3",
+                 "--max-steps", "1"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["config"]["cycle_eyes"] == 3
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "bad"), *TINY_TRAIN,
+                 "--cycle-eyes", "0.5"]) == 2
+    assert "--cycle-eyes must be at least 1" in capsys.readouterr().out
