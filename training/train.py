@@ -364,12 +364,13 @@ def check_warmup(config: TrainConfig) -> None:
         raise ValueError("--d-warmup works with the cyclegan objective only.")
 
 
-def check_cycle_surround(config: TrainConfig) -> None:
+def check_cycle_weights(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
                          f"not {config.cycle_surround:g}.")
     if config.cycle_eyes < 1:
-        raise ValueError(f"--cycle-eyes must be at least 1 (1: no extra weight on the eyes), not {config.cycle_eyes:g}.")
+        raise ValueError(f"--cycle-eyes must be at least 1 (1: no extra weight on the eyes), "
+                         f"not {config.cycle_eyes:g}.")
 
 
 class Trainer:
@@ -377,7 +378,7 @@ class Trainer:
                  dist_info: Distributed | None = None, precision: tuple[bool, str] | None = None) -> None:
         check_scales(config)
         check_r1(config)
-        check_cycle_surround(config)
+        check_cycle_weights(config)
         check_warmup(config)
         self.config = config
         self.dist = dist_info or Distributed()
@@ -883,9 +884,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "framing), so hair and background can be drawn flat instead of carrying the photo's "
                              "texture back (default 1: the uniform cycle)")
     parser.add_argument("--cycle-eyes", type=float, default=defaults.cycle_eyes, metavar="WEIGHT",
-                        help="weight of the photo cycle's L1 on the eyes (two discs placed from the crop's framing), so "
-                             "the drawing keeps where the pupils look instead of blank eyes (default 1: no extra "
-                             "weight)")
+                        help="weight of the photo cycle's L1 on the eyes (two discs placed from the crop's "
+                             "framing), so the drawing keeps where the pupils look instead of blank eyes (default 1: "
+                             "no extra weight)")
     parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
                         help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
                              "back, so the cycle cannot be closed through hidden noise (default 0: off)")
