@@ -143,15 +143,6 @@ def c2st_placement_blind(first: torch.Tensor, second: torch.Tensor, seeds=SEEDS)
 
 
 # --------------------------------------------------------------------------------------- sanity sets
-def zoom(images: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Keep the central ``fraction`` of each side and scale it back up: the same faces, framed tighter."""
-    side = images.shape[-1]
-    keep = max(1, round(side * fraction))
-    top = (side - keep) // 2
-    crop = images[..., top:top + keep, top:top + keep]
-    return nn.functional.interpolate(crop, size=(side, side), mode="bilinear", align_corners=False).clamp(-1, 1)
-
-
 def yellow_tint(images: torch.Tensor, strength: float = 0.6) -> torch.Tensor:
     """Photos pushed towards Simpsons yellow (255, 217, 15): what a colour filter app would do, not a drawing."""
     yellow = torch.tensor([1.0, 0.70, -0.88]).view(1, 3, 1, 1)  # (255, 217, 15) in [-1, 1]
@@ -169,13 +160,13 @@ SANITY_EXPECTED = {  # row -> (low, high): outside this band the measure is brok
 
 
 def sanity_sets(other_simpsons: torch.Tensor, photos: torch.Tensor,
-                zoomed_simpsons: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                zoomed_simpsons: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rows that tell whether the measure works: name -> images to compare with the reference Simpsons.
 
-    The zoomed row must differ from the reference in framing only, not in sharpness. Pass ``zoomed_simpsons``
-    cropped from the stored images (``load_fixed(..., keep=ZOOM_KEEP)``); without it the given images are zoomed,
-    which is an upscale and only fair when the classifier's own downscale hides it (inputs well above 64 px).
+    The zoomed row must differ from the reference in framing only, not in sharpness: ``zoomed_simpsons`` are the
+    other Simpsons faces cropped to ``ZOOM_KEEP`` from their stored images before the one resize
+    (``load_fixed(..., keep=ZOOM_KEEP)``). Zooming the resized images instead is an upscale, whose blur the
+    classifier sees at 64 px.
     """
     names = list(SANITY_EXPECTED)
-    zoomed = zoom(other_simpsons, ZOOM_KEEP) if zoomed_simpsons is None else zoomed_simpsons
-    return {names[0]: other_simpsons, names[1]: zoomed, names[2]: photos, names[3]: yellow_tint(photos)}
+    return {names[0]: other_simpsons, names[1]: zoomed_simpsons, names[2]: photos, names[3]: yellow_tint(photos)}

@@ -3,9 +3,8 @@
 import torch
 
 from cli.main import main
-from tests.training.conftest import TINY_TRAIN
+from tests.training.conftest import TINY_TRAIN, tiny_trainer
 from training.regularizers import face_region_weights, weighted_l1
-from training.train import Trainer, TrainConfig
 
 SHIPPED_FRAMING = {"scale": 2.3, "eye_line": 0.33}
 
@@ -49,9 +48,7 @@ def test_weighted_l1_charges_nothing_where_the_weight_is_zero():
 
 
 def _trainer(tiny_dataset, tmp_path, **options):
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         epochs=2, epochs_decay=0, steps_per_epoch=2, precision="fp32", **options)
-    return Trainer(config, device="cpu", num_workers=0)
+    return tiny_trainer(tiny_dataset, tmp_path / "t", **options)
 
 
 def test_the_trainer_weights_only_the_photo_cycle(tiny_dataset, tmp_path):
