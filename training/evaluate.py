@@ -17,7 +17,8 @@ Sanity rows in the same report show the measure works (Simpsons vs Simpsons ~0.5
 
 ``--all-snapshots`` ranks the run's snapshots (``train --snapshot-every``) by the C2ST, with B->A cycle L1 as the
 tie-breaker (the person must stay recoverable), and writes a gallery of the same 16 test faces for every snapshot.
-``--weights FILE`` measures served weights files (the shipped model, say) the same way, in the same run.
+``--weights FILE`` measures served weights files (the shipped model, say) the same way, in the same run; a
+snapshot's ``G_B.safetensors`` is measured with the ``G_A.safetensors`` beside it, which adds its B->A cycle L1.
 """
 
 from __future__ import annotations
@@ -415,17 +416,25 @@ def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dic
     return path
 
 
+def companion_g_a(path: Path) -> Path | None:
+    """The Simpsons->real generator saved beside a snapshot's G_B, if any: served files carry only G_B."""
+    other = path.with_name("G_A.safetensors")
+    return other if path.name == "G_B.safetensors" and other.is_file() else None
+
+
 def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None,
                     seeds=SEEDS) -> dict:
     """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly); with
-    ``grid``, a picture of the first test photos as each model sees and translates them."""
+    ``grid``, a picture of the first test photos as each model sees and translates them. A snapshot's G_B also
+    gets its B->A cycle L1, from the G_A saved beside it (``companion_g_a``)."""
     pool = load_pool(data)
     rows, pictures = [], {}
     for i, path in enumerate(files):
         g_b, meta = load_generator(path)
+        g_a = load_generator(companion)[0] if (companion := companion_g_a(path)) else None
         size, framing = int(meta.get("input_size", 256)), meta.get("framing") or {}
         # each model gets the test photos cropped as it was trained (weights without framing: the default one)
-        row, fake = c2st_of_generator(g_b, pool, size, framing=framing, seeds=seeds)
+        row, fake = c2st_of_generator(g_b, pool, size, g_a=g_a, framing=framing, seeds=seeds)
         row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake, seeds=seeds).mean, 3)
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
         show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES // 2], size=(128, 128), mode="bilinear",
@@ -452,6 +461,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --all-snapshots: rank only the newest N snapshots (each costs a C2ST)")
     parser.add_argument("--weights", type=Path, action="append", default=None, metavar="FILE",
                         help="measure served weights files instead of a run (repeat to compare; needs --data)")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE",
+                        help="with --weights: where the JSON report goes, its picture beside it as .png (default: "
+                             "DATA/c2st_weights.json; give one per comparison that runs at the same time)")
     parser.add_argument("--no-sanity", action="store_true", help="skip the C2ST sanity rows")
     parser.add_argument("--seeds", type=int, default=len(SEEDS), metavar="N",
                         help=f"fresh classifiers per C2ST (at least {MIN_SEEDS}; default {len(SEEDS)}; the sanity "
@@ -488,6 +500,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.weights:
         return run_weights(args)
+    if args.report is not None:
+        print("error: --report is for --weights; a run's report goes into RUN/test/.")
+        return 2
     run_dir: Path = args.run
     if run_dir is None:
         print("error: give --run (a training run) or --weights (served weights files).")
@@ -567,7 +582,10 @@ def run_weights(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: {', '.join(missing)} does not exist.")
         return 2
-    out = args.data / "c2st_weights.json"
+    out = args.report or args.data / "c2st_weights.json"
+    if out.suffix != ".json" or not out.parent.is_dir():
+        print(f"error: --report {out} must be a .json file in an existing folder.")
+        return 2
     report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"),
                              seeds=classifier_seeds(args))
     print(format_table(report["weights"], "weights"))

@@ -247,3 +247,24 @@ def test_fp16_psnr_measures_the_rounding_of_the_weights():
         for parameter in generator.parameters():
             parameter.copy_(parameter.half().float())
     assert fp16_psnr(generator, images) == float("inf")
+
+
+def test_weights_mode_adds_cycle_l1_for_snapshots_and_writes_where_report_says(trained_run, tiny_dataset, tmp_path,
+                                                                               capsys):
+    snapshot = sorted((trained_run / "snapshots").glob("step_*"))[-1] / "G_B.safetensors"
+    served = tmp_path / "w.safetensors"
+    assert main(["export", "--run", str(trained_run), "--out", str(served)]) == 0
+    report = tmp_path / "compare" / "a.json"
+    report.parent.mkdir()
+    assert main(["test", "--weights", str(snapshot), "--weights", str(served), "--data", str(tiny_dataset),
+                 "--no-sanity", "--report", str(report)]) == 0
+    from_snapshot, from_served = json.loads(report.read_text())["weights"]
+    assert 0 < from_snapshot["cycle_l1"] < 1  # G_A lies beside a snapshot's G_B
+    assert "cycle_l1" not in from_served  # a served file has no way back to the photo
+    assert report.with_suffix(".png").is_file()
+    capsys.readouterr()
+    assert main(["test", "--weights", str(served), "--data", str(tiny_dataset), "--report",
+                 str(tmp_path / "missing" / "b.json")]) == 2
+    assert "must be a .json file in an existing folder" in capsys.readouterr().out
+    assert main(["test", "--run", str(trained_run), "--report", str(report)]) == 2
+    assert "--report is for --weights" in capsys.readouterr().out
