@@ -428,11 +428,12 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
     ``grid``, a picture of the first test photos as each model sees and translates them. A snapshot's G_B also
     gets its B->A cycle L1, from the G_A saved beside it (``companion_g_a``)."""
     pool = load_pool(data)
-    rows, pictures = [], {}
+    rows, pictures, sizes = [], {}, set()
     for i, path in enumerate(files):
         g_b, meta = load_generator(path)
         g_a = load_generator(companion)[0] if (companion := companion_g_a(path)) else None
         size, framing = int(meta.get("input_size", 256)), meta.get("framing") or {}
+        sizes.add(size)
         # each model gets the test photos cropped as it was trained (weights without framing: the default one)
         row, fake = c2st_of_generator(g_b, pool, size, g_a=g_a, framing=framing, seeds=seeds)
         row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake, seeds=seeds).mean, 3)
@@ -443,7 +444,7 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
         pictures[f"{i + 1}: C2ST {row['c2st']:.2f}"] = show(fake)
     if grid is not None:
         save_grid(grid, pictures, thumb=128)
-    sizes = sorted({int(load_generator(p)[1].get("input_size", 256)) for p in files})
+    sizes = sorted(sizes)
     return {"data": str(data), "weights": rows,
             "flat_reference": {size: round(flat_share(pool.reference(size)), 3) for size in sizes},
             "sanity": [dict(r, size=size) for size in sizes for r in cached_sanity_rows(pool, size)] if sanity else []}
