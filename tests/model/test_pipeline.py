@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 import model.pipeline as pipeline
@@ -83,7 +84,6 @@ def test_serving_crops_with_the_framing_the_weights_were_trained_with(tmp_path, 
 
 def test_many_photos_at_once_match_one_by_one_and_keep_failures_in_place(simpsonizer, astronaut, coffee):
     """MTCNN runs batched over photos of one size and the generator over all crops; each slot is its own photo's."""
-    import numpy as np
     from PIL import ImageOps
 
     photos = [astronaut, coffee.resize(astronaut.size), ImageOps.mirror(astronaut), coffee]
@@ -104,7 +104,11 @@ def test_the_generator_gives_each_crop_the_same_output_in_a_batch(simpsonizer, a
     crop = simpsonizer(astronaut).crop.image
     crops = [crop, ImageOps.mirror(crop), crop.rotate(5)]
     batched = simpsonizer.translate(crops)
-    assert [im.tobytes() for im in batched] == [simpsonizer.translate([c])[0].tobytes() for c in crops]
+    for crop_batched, crop_alone in zip(batched, [simpsonizer.translate([c])[0] for c in crops]):
+        # Not bit-exact: oneDNN picks other kernels for a batch of 3 than for 1 on some CPUs (AMX Xeon: one level,
+        # in 0.02 % of the values). Any leak between the crops of a batch moves whole regions by many levels.
+        difference = np.abs(np.asarray(crop_batched, dtype=int) - np.asarray(crop_alone, dtype=int))
+        assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
 
 
 def test_bf16_is_served_only_within_40_db_of_fp32(tiny_weights, monkeypatch):
@@ -125,3 +129,12 @@ def test_bf16_is_served_only_within_40_db_of_fp32(tiny_weights, monkeypatch):
     assert Simpsonizer(tiny_weights, device="cpu", num_threads=1, precision="bf16").precision == "fp32"
     with pytest.raises(SimpsonizeError, match="precision"):
         Simpsonizer(tiny_weights, device="cpu", precision="fp16")
+
+
+def test_detector_runs_on_the_generators_own_gpu():
+    # A worker started with --device cuda:1 used to build MTCNN on cuda:0, beside another worker's model.
+    import torch
+
+    assert pipeline.detector_device_for(torch.device("cuda:1")) == "cuda:1"
+    assert pipeline.detector_device_for(torch.device("cuda")) == "cuda"
+    assert pipeline.detector_device_for(torch.device("cpu")) == "cpu"
