@@ -50,6 +50,12 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
+def detector_device_for(device: torch.device) -> str:
+    """Where MTCNN runs: the generator's own GPU (a worker started with ``--device cuda:1`` must not put its
+    detector on GPU 0 beside another worker's model), else the CPU."""
+    return str(device) if device.type == "cuda" else "cpu"
+
+
 class Simpsonizer:
     """Loads the B->A (real -> Simpsons) generator once; each call detects, crops and translates.
 
@@ -75,7 +81,7 @@ class Simpsonizer:
         # Crop as the training data was cropped (older weights carry no framing: the default one trained them).
         self.framing = Framing.from_dict(self.metadata.get("framing"))
         self.output_size = max(output_size or self.input_size, MIN_OUTPUT_SIZE)
-        self.detector_device = "cuda" if self.device.type == "cuda" else "cpu"
+        self.detector_device = detector_device_for(self.device)
         get_detector(self.detector_device)  # built once per process, here rather than on the first photo
         if self.device.type == "cuda":
             # Fixed crop size: cuDNN picks its fastest kernels once per batch shape (``_padded`` keeps them few), and
