@@ -112,8 +112,10 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
     half = precision == "fp16" or (precision == "auto" and measured_psnr >= MIN_FP16_PSNR)
 
     dataset = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").exists() else {}
-    wall_seconds, hardware = _wall_time(run, int(info["step"]))
     step = int(info["step"])
+    sessions_path = run / "sessions.json"  # one entry per start or resume: device, precision, threads, processes
+    sessions = json.loads(sessions_path.read_text()) if sessions_path.exists() else []
+    wall_seconds, hardware = _wall_time(run, step, sessions)
     steps_per_epoch = config.get("steps_per_epoch") or None
     extra = {
         "direction": "BtoA",
@@ -123,6 +125,7 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
             "steps": step,
             "epochs": round(step / steps_per_epoch, 3) if steps_per_epoch else None,
             "batch_size": config.get("batch_size"),
+            "images": images_seen(sessions, step, int(config.get("batch_size") or 1)),
             "config": config,
             "wall_time_hours": round(wall_seconds / 3600, 2),
             "hardware": hardware,
@@ -153,15 +156,35 @@ def write_examples(generator: ResnetGenerator, faces: list[Path], size: int, pat
     return save_grid(path, {"real (test)": images, "Simpsonized": generator(images)}, thumb=min(size, 96))
 
 
-def _wall_time(run: Path, step: int) -> tuple[float, str]:
+def images_seen(sessions: list[dict], step: int, batch_size: int) -> int:
+    """Training images per domain up to ``step``: under DDP each step takes ``batch_size`` from every process.
+
+    A resumed run can change its process count, so each session's steps count at its own world size. A session
+    ends where the next one starts: a resume starts at the last checkpoint, so the steps that a stopped session made
+    after it were trained again, and count once (at the later session's world size; the sort is stable).
+    """
+    starts = sorted(sessions, key=lambda s: s["start_step"])
+    if not starts:
+        return step * batch_size
+    images = 0
+    for i, session in enumerate(starts):
+        end = min(step, starts[i + 1]["start_step"] if i + 1 < len(starts) else step)
+        images += max(0, end - session["start_step"]) * batch_size * int(session.get("world_size", 1))
+    return images
+
+
+def _wall_time(run: Path, step: int, sessions: list[dict]) -> tuple[float, str]:
     """Seconds spent up to ``step`` (from the loss log) and the devices that trained it (from sessions.json)."""
     seconds = 0.0
     log = run / "losses.csv"
     if log.exists():
         with log.open() as handle:
             seconds = sum(float(r["seconds"]) for r in csv.DictReader(handle) if int(r["step"]) <= step)
-    sessions_path = run / "sessions.json"
-    sessions = json.loads(sessions_path.read_text()) if sessions_path.exists() else []
-    devices = sorted({f"{s['device']} ({s['precision']}, {s['threads']} threads)" for s in sessions
+    devices = sorted({f"{s['device']} ({s['precision']}, {_processes(s)}{s['threads']} threads)" for s in sessions
                       if s["start_step"] <= step})
     return seconds, "; ".join(devices) or "unknown"
+
+
+def _processes(session: dict) -> str:
+    world = int(session.get("world_size", 1))
+    return f"{world} DDP processes × " if world > 1 else ""

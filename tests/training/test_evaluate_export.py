@@ -123,6 +123,7 @@ def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astron
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     meta = read_metadata(out)
     assert meta["direction"] == "BtoA" and meta["training"]["steps"] == 4
+    assert meta["training"]["images"] == 4  # one process, batch 1
     assert "non-commercial" in meta["licence"]
     assert {"AtoB", "BtoA"} <= set(meta["metrics"])
     assert meta["data"]["counts"] == counts and meta["data"]["skipped"] == {"real_without_face": 2}
@@ -140,6 +141,21 @@ def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astron
     served = Simpsonizer(weights=out, device="cpu")
     assert served.framing.scale == 3.0  # the exported framing is the one the served model crops with
     assert written.tobytes() == served(photo).image.tobytes()  # predict ran the exported generator
+
+
+def test_images_seen_counts_every_ddp_process_in_each_session():
+    from training.export import images_seen
+
+    # 100 steps alone, then resumed under torchrun with 2 processes; exported at step 150
+    sessions = [{"start_step": 100, "world_size": 2}, {"start_step": 0, "world_size": 1}]
+    assert images_seen(sessions, 150, batch_size=1) == 100 + 2 * 50
+    assert images_seen(sessions, 150, batch_size=4) == 4 * (100 + 2 * 50)
+    assert images_seen(sessions, 80, batch_size=1) == 80  # a snapshot from before the resume
+    # the 2-process session stopped before its first checkpoint; one process went on from the same step
+    crashed = [{"start_step": 0, "world_size": 1}, {"start_step": 100, "world_size": 2},
+               {"start_step": 100, "world_size": 1}]
+    assert images_seen(crashed, 150, batch_size=1) == 150
+    assert images_seen([], 30, batch_size=2) == 60  # a run from before sessions.json
 
 
 def test_export_best_needs_a_ranking_first(trained_run, tmp_path, capsys):
