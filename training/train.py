@@ -31,6 +31,7 @@ from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscrimi
                             ThumbnailDiscriminator, halve, init_weights)
 from model.weights import save_generator
 from training.augment import cycle_noise
+from training.averaging import generator_average
 from training.data import StepBatches, UnpairedFaces, load_fixed
 from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
@@ -100,6 +101,9 @@ class TrainConfig:
     objective: str = "cyclegan"
     lambda_nce: float = 1.0
     nce_patches: int = 256
+    # Decay of a moving average of the generators' weights (training/averaging.py), kept beside them and saved with
+    # every snapshot as snapshots/step_N_ema; 0: off. Training itself is unchanged.
+    ema_decay: float = 0.0
     sample_every: int = 0  # steps; 0: once per epoch
     snapshot_every: int = 0  # steps; 0: no snapshots
     checkpoint_minutes: float = 10.0
@@ -364,6 +368,11 @@ def check_warmup(config: TrainConfig) -> None:
         raise ValueError("--d-warmup works with the cyclegan objective only.")
 
 
+def check_ema(config: TrainConfig) -> None:
+    if not (config.ema_decay == 0 or 0 < config.ema_decay < 1):
+        raise ValueError(f"--ema-decay must be 0 (off) or between 0 and 1, such as 0.999, not {config.ema_decay:g}.")
+
+
 def check_cycle_weights(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
@@ -380,6 +389,7 @@ class Trainer:
         check_r1(config)
         check_cycle_weights(config)
         check_warmup(config)
+        check_ema(config)
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
@@ -439,6 +449,8 @@ class Trainer:
             # The heads have their own optimiser, so opt_G keeps exactly a CycleGAN run's parameter groups.
             self.opt_F = torch.optim.Adam(self.one_sided_G.heads.parameters(), lr=config.lr, betas=betas)
             self.sched_F = torch.optim.lr_scheduler.LambdaLR(self.opt_F, schedule)
+        # Only the main process saves, and DDP keeps every rank's generators identical, so only it averages.
+        self.G_ema = generator_average(self.G, config.ema_decay) if config.ema_decay and self.dist.is_main else None
         self.pool_A = ImagePool(config.pool_size, seed=config.seed * 1000 + 2 * self.dist.rank)  # fakes of A->B
         self.pool_B = ImagePool(config.pool_size, seed=config.seed * 1000 + 2 * self.dist.rank + 1)
         self.step = 0
@@ -615,6 +627,7 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
             "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict(),
+            **({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {}),
             **({"heads": self.one_sided_G.heads.state_dict(), "opt_F": self.opt_F.state_dict(),
                 "sched_F": self.sched_F.state_dict()} if self.one_sided else {}),
             **({"D_B_coarse": self.D.D_B_coarse.state_dict(), "D_B_thumb": self.D.D_B_thumb.state_dict(),
@@ -634,6 +647,8 @@ class Trainer:
         self.sched_D.load_state_dict(state["sched_D"])
         self.pool_A.load_state_dict(state["pool_A"], self.device)
         self.pool_B.load_state_dict(state["pool_B"], self.device)
+        if self.G_ema is not None and "G_ema" in state:  # without it (--ema-decay added on resume) it starts here
+            self.G_ema.load_state_dict(state["G_ema"])
         if self.one_sided:
             self.one_sided_G.heads.load_state_dict(state["heads"])
             self.opt_F.load_state_dict(state["opt_F"])
@@ -708,13 +723,20 @@ class Trainer:
         return path
 
     def save_snapshot(self) -> Path:
-        """Both generators at this step, as served-weights files, so `test --all-snapshots` can rank them."""
+        """Both generators at this step, as served-weights files, so `test --all-snapshots` can rank them; with
+        --ema-decay their moving average too, in a folder of its own (step_N_ema), ranked beside them."""
         folder = self.out / "snapshots" / f"step_{self.step:07d}"
-        for name, generator, direction in (("G_A", self.G.G_A, "AtoB"), ("G_B", self.G.G_B, "BtoA")):
-            extra = {"direction": direction, "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                     "run": str(self.out), "framing": self.dataset.framing}
-            save_generator(folder / f"{name}.safetensors", generator, input_size=self.config.size, extra=extra)
+        self._save_generators(folder, self.G)
+        if self.G_ema is not None:
+            self._save_generators(folder.with_name(folder.name + "_ema"), self.G_ema.module,
+                                  {"ema_decay": self.config.ema_decay})
         return folder
+
+    def _save_generators(self, folder: Path, generators: nn.Module, extra: dict | None = None) -> None:
+        for name, generator, direction in (("G_A", generators.G_A, "AtoB"), ("G_B", generators.G_B, "BtoA")):
+            meta = {"direction": direction, "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                    "run": str(self.out), "framing": self.dataset.framing, **(extra or {})}
+            save_generator(folder / f"{name}.safetensors", generator, input_size=self.config.size, extra=meta)
 
     # ----------------------------------------------------------------------------------- visuals
     @torch.no_grad()
@@ -763,6 +785,8 @@ class Trainer:
         for batch in loader:
             losses = self.train_step(batch["A"].to(self.device, non_blocking=True),
                                      batch["B"].to(self.device, non_blocking=True))
+            if self.G_ema is not None:
+                self.G_ema.update_parameters(self.G)
             now = time.time()
             if self.dist.is_main:
                 log.write(self.step, self.step / self.steps_per_epoch, self.sched_G.get_last_lr()[0], losses,
@@ -890,6 +914,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycle-noise", type=float, default=defaults.cycle_noise, metavar="SIGMA",
                         help="Gaussian noise (in [-1, 1] pixels) added to each translation before it is translated "
                              "back, so the cycle cannot be closed through hidden noise (default 0: off)")
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay, metavar="DECAY",
+                        help="also keep a moving average of the generators' weights (e.g. 0.999), saved with every "
+                             "snapshot as step_N_ema (0: off)")
     parser.add_argument("--init-from", type=Path, default=None, metavar="RUN",
                         help="start a new run from the networks and Adam moments of another run's checkpoint (same "
                              "architecture); the learning-rate schedule, pools and step count start fresh")
@@ -922,7 +949,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         r1_every=args.r1_every,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
-        cycle_eyes=args.cycle_eyes,
+        cycle_eyes=args.cycle_eyes, ema_decay=args.ema_decay,
         init_from=str(args.init_from) if args.init_from else "",
         **{name: getattr(args, name) for name in RUNTIME_OPTIONS if getattr(args, name) is not None},
     )

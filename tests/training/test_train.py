@@ -88,7 +88,8 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2",
-         "--r1-gamma", "10", "--r1-every", "1"],  # R1's own forward, outside DDP, joins the reduced backward
+         "--r1-gamma", "10", "--r1-every", "1",  # R1's own forward, outside DDP, joins the reduced backward
+         "--ema-decay", "0.9", "--snapshot-every", "2"],  # only rank 0 keeps the average; it must not hang the others
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stdout
@@ -96,7 +97,9 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
         assert all(float(row["r1"]) > 0 for row in csv.DictReader(handle))
     sessions = json.loads((run / "sessions.json").read_text())
     assert sessions[-1]["world_size"] == 2
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and int(state["G_ema"]["n_averaged"]) == 2
+    assert (run / "snapshots" / "step_0000002_ema" / "G_B.safetensors").is_file()
 
 
 def test_resume_can_add_a_decay_to_the_schedule(tiny_dataset, tmp_path, capsys):
