@@ -20,6 +20,7 @@ def test_pack_train_merge_round_trip(tiny_dataset, tmp_path):
     assert main(["train", "--pack", str(pack), "--out", str(out), *TINY]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["step"] == 3 and summary["config"]["batch_size"] == 2
+    assert summary["config"]["ema_decay"] == 0.999 and summary["weights"] == "moving average, decay 0.999"
     returned = [p for p in out.rglob("*") if p.is_file()]
     # what the device tool brings back: at most 8 files, each under 16 MiB, no sub-folders
     assert len(returned) <= 8 and all(p.parent == out and p.stat().st_size < 16 * 2**20 for p in returned)
@@ -27,8 +28,19 @@ def test_pack_train_merge_round_trip(tiny_dataset, tmp_path):
 
     run = tmp_path / "run"
     assert main(["merge", str(out), "--out", str(run)]) == 0
-    g_b, meta = load_generator(run / "snapshots" / "step_0000003" / "G_B.safetensors")
+    g_b, meta = load_generator(run / "snapshots" / "step_0000003_ema" / "G_B.safetensors")  # the average came back
     assert meta["input_size"] == 32 and meta["direction"] == "BtoA" and g_b.config.ngf == 4
+
+
+def test_without_the_average_the_trained_weights_come_back(tiny_dataset, tmp_path):
+    pack = tmp_path / "pack"
+    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "32", "--max-mib", "1"]) == 0
+    out = tmp_path / "OUT"
+    assert main(["train", "--pack", str(pack), "--out", str(out), *TINY, "--ema-decay", "0", "--max-steps", "1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["weights"] == "trained"
+    run = tmp_path / "run"
+    assert main(["merge", str(out), "--out", str(run)]) == 0
+    assert [p.name for p in (run / "snapshots").iterdir()] == ["step_0000001"]
 
 
 def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):
