@@ -11,7 +11,8 @@ run, so the two can be compared exactly, at equal CPU time.
 
 The average starts with a warm-up, min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
 ExponentialMovingAverage with ``num_updates``), so that early snapshots are not dominated by the random weights of
-step 0. torch's ``AveragedModel`` holds the copy and its update count (a buffer, so the checkpoint carries it).
+step 0. torch's ``AveragedModel`` holds the copy and its update count (a buffer, so the checkpoint carries it). The
+generators have no buffers (instance norm keeps no running statistics), so only parameters are averaged.
 """
 
 from __future__ import annotations
@@ -26,24 +27,23 @@ def ema_decay_at(updates: int, decay: float) -> float:
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
+def check_decay(decay: float) -> None:
+    """0 is off; anything else must be a decay strictly between 0 and 1."""
+    if not (decay == 0 or 0.0 < decay < 1.0):
+        raise ValueError(f"--ema-decay must be 0 (off) or between 0 and 1, such as 0.999, not {decay:g}.")
+
+
 def warm_ema(decay: float):
     """A ``multi_avg_fn`` for ``AveragedModel``: average <- average + (1 - d) * (current - average)."""
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"--ema-decay must be between 0 and 1 (0: off), not {decay:g}")
+    check_decay(decay)
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor | int) -> None:
-        weight = 1.0 - ema_decay_at(int(updates), decay)
-        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
-        for a, c in zip(averaged, current):  # integer buffers, if any, follow the model
-            if not a.is_floating_point():
-                a.copy_(c)
+        torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(int(updates), decay))
 
     return update
 
 
 def generator_average(generators: nn.Module, decay: float) -> AveragedModel:
-    """A moving average of ``generators`` (parameters and buffers). Call ``update_parameters`` after each step."""
-    return AveragedModel(generators, multi_avg_fn=warm_ema(decay), use_buffers=True)
+    """A moving average of ``generators``' parameters. Call ``update_parameters`` after each step."""
+    return AveragedModel(generators, multi_avg_fn=warm_ema(decay))

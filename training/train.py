@@ -31,7 +31,7 @@ from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscrimi
                             ThumbnailDiscriminator, halve, init_weights)
 from model.weights import save_generator
 from training.augment import cycle_noise
-from training.averaging import generator_average
+from training.averaging import check_decay, generator_average
 from training.data import StepBatches, UnpairedFaces, load_fixed
 from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
@@ -368,11 +368,6 @@ def check_warmup(config: TrainConfig) -> None:
         raise ValueError("--d-warmup works with the cyclegan objective only.")
 
 
-def check_ema(config: TrainConfig) -> None:
-    if not (config.ema_decay == 0 or 0 < config.ema_decay < 1):
-        raise ValueError(f"--ema-decay must be 0 (off) or between 0 and 1, such as 0.999, not {config.ema_decay:g}.")
-
-
 def check_cycle_weights(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
@@ -389,7 +384,7 @@ class Trainer:
         check_r1(config)
         check_cycle_weights(config)
         check_warmup(config)
-        check_ema(config)
+        check_decay(config.ema_decay)
         self.config = config
         self.dist = dist_info or Distributed()
         if device in (None, "", "auto"):
