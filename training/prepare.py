@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces-from", type=Path, default=None,
                         help="faces.json of an earlier prepare: reuse its detections instead of running MTCNN "
                              "(a new framing of the same photos costs seconds, not minutes)")
+    parser.add_argument("--hold-out-from", type=Path, default=None, metavar="DATA",
+                        help="hold out exactly the photos that an earlier prepare held out (its DATA/dataset.json), "
+                             "and train on all others: a dataset with more photos keeps the same test pool, so models "
+                             "trained on either are scored against the same faces")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos per domain (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for face detection")
@@ -75,10 +79,17 @@ def run(args: argparse.Namespace) -> int:
     if args.faces_from is not None and not args.faces_from.is_file():
         print(f"error: {args.faces_from} does not exist.")
         return 2
+    held_out = None
+    if args.hold_out_from is not None:
+        info = args.hold_out_from / "dataset.json"
+        if not info.is_file() or "test_sources" not in json.loads(info.read_text()):
+            print(f"error: {info} is not the dataset.json of a prepare that recorded its test photos.")
+            return 2
+        held_out = json.loads(info.read_text())["test_sources"]
     summary = prepare(args.simpsons, args.real, args.out, size=args.size, test_fraction=args.test_fraction,
                       test_max=args.test_max, test_max_real=args.test_max_real, limit=args.limit, seed=args.seed,
                       device=args.device, framing=Framing(args.framing_scale, args.eye_line),
-                      faces_from=args.faces_from, max_outside=args.max_outside)
+                      faces_from=args.faces_from, max_outside=args.max_outside, held_out=held_out)
     counts = summary["counts"]
     print(f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
           f"testB {counts['testB']}; skipped {summary['real']['no_face']} real photos without a face, "
@@ -103,7 +114,7 @@ def split_count(n: int, fraction: float, maximum: int) -> int:
 def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, test_fraction: float = 0.1,
             test_max: int = 25, test_max_real: int | None = None, limit: int | None = None, seed: int = 0,
             device: str = "cpu", framing: Framing = Framing(), faces_from: Path | None = None,
-            max_outside: float = 1.0) -> dict:
+            max_outside: float = 1.0, held_out: dict[str, list[str]] | None = None) -> dict:
     from model.face import Face, align_crop, detect_faces
 
     # Detections keyed by source path: a later prepare with another framing reuses them (MTCNN is the slow part).
@@ -174,12 +185,17 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
             written += 1
         # The split is drawn after filtering so that test sizes follow the rule on usable images. The test images
         # are the *last* of the seeded shuffle, so a run prepared with --limit never trained on them either.
-        cap = test_max_real if (is_real and test_max_real is not None) else test_max
-        n_test = split_count(len(report.kept), test_fraction, cap)
-        first_test = len(report.kept) - n_test
-        test_sources[f"test{domain}"] = [str(origin[staged]) for staged in report.kept[first_test:]]
-        for i, staged in enumerate(report.kept):
-            split = f"test{domain}" if i >= first_test else f"train{domain}"
+        if held_out is not None:
+            # The earlier dataset's test photos, wherever the new shuffle put them; everything else trains.
+            listed = set(held_out.get(f"test{domain}", []))
+            is_test = [str(origin[staged]) in listed for staged in report.kept]
+        else:
+            cap = test_max_real if (is_real and test_max_real is not None) else test_max
+            n_test = split_count(len(report.kept), test_fraction, cap)
+            is_test = [i >= len(report.kept) - n_test for i in range(len(report.kept))]
+        test_sources[f"test{domain}"] = [str(origin[s]) for s, test in zip(report.kept, is_test) if test]
+        for staged, test in zip(report.kept, is_test):
+            split = f"test{domain}" if test else f"train{domain}"
             staged.rename(out / split / staged.name)
         staging.rmdir()
         reports[domain] = report
@@ -197,6 +213,7 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         "crop": "model.face.align_crop",
         "framing": framing.to_dict(),
         "max_outside": max_outside,
+        "held_out_like": held_out is not None,
         "test_sources": test_sources,
     }
     (out / "faces.json").write_text(json.dumps(faces_seen))

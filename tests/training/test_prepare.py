@@ -72,3 +72,34 @@ def test_test_photos_can_be_cropped_again_at_another_framing(tmp_path, astronaut
     assert same.shape == (2, 3, 64, 64) and (same - pool.photos(64)).abs().max() < 1e-6
     loose = pool.photos_framed(Framing(3.0, 0.42).to_dict(), 64)
     assert loose.shape == same.shape and (loose - same).abs().mean() > 0.05
+
+
+def test_hold_out_from_keeps_the_earlier_test_photos_when_the_data_grows(tmp_path, astronaut):
+    """More Simpsons faces must not move the real test pool: both datasets' models are scored on the same faces."""
+    simpsons, real = tmp_path / "simpsons", tmp_path / "real"
+    simpsons.mkdir()
+    real.mkdir()
+    for i in range(8):
+        Image.new("RGB", (64, 64), (255, 217, 15 + 20 * i)).save(simpsons / f"{i}.png")
+    for i in range(4):
+        astronaut.rotate(3 * i, resample=Image.BICUBIC).save(real / f"face{i}.jpg", quality=92)
+    old = tmp_path / "old"
+    assert main(["prepare", "--simpsons", str(simpsons), "--real", str(real), "--out", str(old), "--size", "64",
+                 "--test-fraction", "0.5", "--test-max", "2"]) == 0
+    for i in range(8, 20):  # the data grows: the seeded shuffle alone would now hold out other photos
+        Image.new("RGB", (64, 64), (200, 100, 5 * i)).save(simpsons / f"{i}.png")
+    new = tmp_path / "new"
+    assert main(["prepare", "--simpsons", str(simpsons), "--real", str(real), "--out", str(new), "--size", "64",
+                 "--faces-from", str(old / "faces.json"), "--hold-out-from", str(old)]) == 0
+    before = json.loads((old / "dataset.json").read_text())["test_sources"]
+    after = json.loads((new / "dataset.json").read_text())
+    assert sorted(after["test_sources"]["testB"]) == sorted(before["testB"])
+    assert sorted(after["test_sources"]["testA"]) == sorted(before["testA"])
+    assert after["counts"] == {"trainA": 18, "testA": 2, "trainB": 2, "testB": 2}
+
+
+def test_hold_out_from_refuses_a_folder_without_a_dataset(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    assert main(["prepare", "--simpsons", str(tmp_path / "s"), "--real", str(tmp_path / "s"), "--out",
+                 str(tmp_path / "o"), "--hold-out-from", str(tmp_path)]) == 2
+    assert "dataset.json" in capsys.readouterr().out
