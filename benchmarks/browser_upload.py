@@ -29,7 +29,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from benchmarks.common import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,10 +62,6 @@ def photo_jpeg(megapixels: float) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(repo: Path, port: int, data_dir: str) -> subprocess.Popen:

@@ -38,6 +38,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.common import percentile
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_DIR = REPO_ROOT / ".gpu_bench"
 # What the worker imports that the device's Python lacks (pure-Python wheels but pydantic-core), at the versions
@@ -274,11 +276,6 @@ def enqueue_all(store, photos: list[bytes], count: int) -> list[str]:
     return ids
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs: dict) -> None:

@@ -24,9 +24,7 @@ import argparse
 import io
 import json
 import os
-import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from benchmarks.common import cpu_name, free_port, percentile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LONG_POLL_S = 30  # the API's maximum wait: a client asks again only when a long poll runs out
@@ -62,26 +62,8 @@ class Config:
         return f"{self.workers}x{self.threads}"
 
 
-def cpu_name() -> str:
-    """The CPU model, family/model numbers and the vector extensions that decide kernel speed (the CPU model
-    changes between machines of the same name, so every figure carries it)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    flags = set(fields.get("flags", "").split())
-    extensions = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
-    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def default_photo() -> bytes:
@@ -93,9 +75,6 @@ def default_photo() -> bytes:
     return buffer.getvalue()
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def one_photo(client: httpx.Client, photo: bytes, timeout: float) -> dict:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.common import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,12 +62,6 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.service_latency import Config, markdown, percentile
+from benchmarks.service_latency import Config, markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,13 +21,6 @@ def test_config_parses_workers_by_threads():
     assert Config.parse("4x1") == Config(4, 1)
     with pytest.raises(Exception, match="WORKERSxTHREADS"):
         Config.parse("four")
-
-
-def test_percentile_takes_the_nearest_rank():
-    values = [0.1 * i for i in range(1, 21)]  # 0.1 .. 2.0
-    assert percentile(values, 0.5) == pytest.approx(1.1)
-    assert percentile(values, 0.95) == pytest.approx(1.9)
-    assert percentile([3.0], 0.95) == 3.0
 
 
 @pytest.mark.slow
