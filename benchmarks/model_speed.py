@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from benchmarks.service_latency import cpu_name
+    from benchmarks.common import cpu_name
 
     print(f"device {device} ({cpu_name()}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
 
