@@ -8,12 +8,15 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import metrics
@@ -38,6 +41,22 @@ def _sentence(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     return "Invalid request (" + "; ".join(parts) + ")."
+
+
+def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
+    """Every method some route serves at this path. Starlette's own 405 names only the first route whose path
+    matched, so `/api/v1/jobs/{id}` claimed to allow GET alone although DELETE is served there too."""
+    methods: set[str] = {"OPTIONS"}
+
+    def visit(routes) -> None:
+        for route in routes:
+            if getattr(route, "path", None) is None:  # an included router (FastAPI >= 0.16x wraps them)
+                visit(getattr(getattr(route, "original_router", route), "routes", []))
+            elif getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+                methods.update(route.methods)
+
+    visit(app.router.routes)
+    return sorted(methods)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -68,6 +87,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": _sentence(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        allow = ", ".join(allowed_methods(app, request.scope))
+        if request.method == "OPTIONS":  # what the path offers (RFC 9110 §9.3.7); CORS preflights never get here
+            return Response(status_code=204, headers={"Allow": allow})
+        return JSONResponse({"detail": f"{request.method} is not allowed here; this path takes {allow}."},
+                            status_code=405, headers={"Allow": allow})
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

@@ -263,3 +263,17 @@ def test_openapi_documents_the_api(client):
         assert path in schema["paths"]
     assert "delete" in schema["paths"]["/api/v1/jobs/{job_id}"]
     assert client.get("/docs").status_code == 200
+
+
+def test_options_and_405_name_every_method_of_the_path(idle_client):
+    """Starlette's 405 listed only the first matching route's methods (schemathesis ST205: GET, not DELETE)."""
+    response = idle_client.options("/api/v1/jobs/some-job")
+    assert response.status_code == 204
+    assert {m.strip() for m in response.headers["allow"].split(",")} >= {"GET", "DELETE", "OPTIONS"}
+    response = idle_client.put("/api/v1/jobs/some-job")
+    assert response.status_code == 405
+    assert {m.strip() for m in response.headers["allow"].split(",")} >= {"GET", "DELETE"}
+    assert "PUT is not allowed" in response.json()["detail"]
+    response = idle_client.get("/api/v1/jobs")  # the collection takes POST only
+    assert response.status_code == 405 and "POST" in response.headers["allow"] and "DELETE" not in response.headers["allow"]
+    assert idle_client.get("/api/v1/jobs/nonexistent").status_code == 404  # other errors keep their handler
