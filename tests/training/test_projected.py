@@ -216,3 +216,13 @@ def test_ddp_on_two_cpu_processes_with_it(tiny_dataset, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stdout
     assert all(float(r["D_B_proj"]) > 0 for r in rows(run))
+
+
+def test_the_step_cost_benchmark_times_every_arm_against_off(capsys):
+    """`simpsonize bench projected --quick`: one row per arm, the ratio to `off` (1 for `off` itself)."""
+    assert main(["bench", "projected", "--quick", "--json"]) == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["seconds"]) == {"off", "alone", "with-patch"} and result["ratio"]["off"] == 1
+    assert all(s > 0 for s in result["seconds"].values())
