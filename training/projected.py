@@ -17,8 +17,9 @@ paper does:
 
 Where ours differs from the authors' code (github.com/autonomousvision/projected-gan): their CSM uses 1x1
 convolutions and upsamples each mixed map once more, so their four maps sit at strides 2 to 16; ours mixes with the
-3x3 convolutions the paper describes, at the scales' own strides (4 to 32), which is a quarter of the cost per map
-for the same information. Their heads then halve each map down to 8 px; ours halve down to at most 8 px too.
+3x3 convolutions the paper describes, and keeps each mixed map at its scale's own stride (4 to 32): the extra
+upsampling adds no information, and each head then reads a quarter of the pixels. Like theirs, every head halves
+its map down to 8 px (ours: at most 8 px, and at least once).
 
 The frozen parts are stored as buffers, not parameters: no optimiser, ``requires_grad_``, DDP reduction or
 gradient can reach them, while gradients still flow *through* them to the images (so to the generator). The
