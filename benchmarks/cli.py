@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import browser_upload, encode_formats, gpu_bench, model_speed, service_latency, upload_memory
+from benchmarks import (browser_upload, encode_formats, gpu_bench, model_speed, projected_step, service_latency,
+                        upload_memory)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "worker draining queued jobs (JSON + markdown to $OUT)"))
     browser_upload.add_arguments(sub.add_parser("browser", help="bytes and time of a phone photo's upload from the page, "
                                                                 "shrunk in the browser or not, on a throttled link"))
+    projected_step.add_arguments(sub.add_parser("projected", help="a training step's cost with the Projected GAN "
+                                                                  "judge (train --d-projected), as ratios to without"))
 
 
 def run(args: argparse.Namespace) -> int:
     return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
             "encode": encode_formats, "gpu": gpu_bench,
-            "browser": browser_upload}[args.bench].run(args)
+            "browser": browser_upload, "projected": projected_step}[args.bench].run(args)

@@ -33,13 +33,17 @@ from model.weights import save_generator
 from training.augment import cycle_noise
 from training.averaging import check_decay, generator_average
 from training.data import StepBatches, UnpairedFaces, load_fixed
+from training.projected import DEFAULT_POLICY, ProjectedDiscriminator, projected_lsgan
 from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
 from training.regularizers import face_region_weights, r1_penalty, total_variation, weighted_l1
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
-              "D_B_coarse", "G_B_coarse", "r1")
+              "D_B_coarse", "G_B_coarse", "r1", "D_B_proj", "G_B_proj")
 OBJECTIVES = ("cyclegan", "cut")
+# --d-projected: the Projected GAN judge (training/projected.py) of the Simpsons side: none, instead of the
+# Simpsons-side PatchGAN, or beside it.
+PROJECTED_MODES = ("off", "alone", "with-patch")
 # The PatchGAN's three stride-2 and two 4x4 stride-1 convolutions leave no output below this input side.
 MIN_DISCRIMINATOR_SIDE = 24
 
@@ -99,6 +103,11 @@ class TrainConfig:
     # "cyclegan": the published objective. "cut": one-sided, G_B and D_B only, PatchNCE instead of the cycle
     # (training/patchnce.py); lambda_identity > 0 then means CUT's identity PatchNCE on Simpsons faces.
     objective: str = "cyclegan"
+    # A Projected GAN discriminator of the Simpsons side (training/projected.py: frozen ImageNet EfficientNet-Lite0
+    # features, fixed random mixing, trained heads, DiffAugment): "off"; "alone" (instead of the PatchGAN D_B);
+    # "with-patch" (beside it, its loss added to the generator's). A judge that starts from pretrained eyes
+    # instead of learning to see from ~2,500 faces.
+    d_projected: str = "off"
     lambda_nce: float = 1.0
     nce_patches: int = 256
     # Decay of a moving average of the generators' weights (training/averaging.py), kept beside them and saved with
@@ -151,7 +160,8 @@ def probe_step_seconds(config: "TrainConfig", device: torch.device, steps: int =
     with torch.random.fork_rng(devices=[]):
         G = Generators(config.generator_config()).to(device)
         D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
-                           d_scales=config.d_scales, thumbnail=config.d_thumbnail).to(device)
+                           d_scales=config.d_scales, thumbnail=config.d_thumbnail, projected=config.d_projected,
+                           image_size=config.size).to(device)
         x = torch.rand(config.batch_size, 3, config.size, config.size, device=device) * 2 - 1
         results = []
         for bf16 in (False, True):
@@ -168,7 +178,7 @@ def probe_step_seconds(config: "TrainConfig", device: torch.device, steps: int =
                     out = net_g(inp, inp, config.lambda_identity > 0)
                     loss = sum(o.float().mean() for o in out.values())
                     d_a_real, d_a_fake, *simpsons = net_d(inp, inp, out["fake_A"], out["fake_B"])
-                    predictions = [d_a_real, d_a_fake, *simpsons[0], *simpsons[1]]
+                    predictions = [d_a_real, d_a_fake, *(p for judged in simpsons for p in judged)]
                     loss = loss + sum(p.float().mean() for p in predictions)
                 loss.backward()
                 if i:
@@ -240,7 +250,8 @@ class Generators(nn.Module):
 
 
 class Discriminators(nn.Module):
-    def __init__(self, config: DiscriminatorConfig, d_scales: int = 1, thumbnail: int = 0) -> None:
+    def __init__(self, config: DiscriminatorConfig, d_scales: int = 1, thumbnail: int = 0, projected: str = "off",
+                 image_size: int = 128, projected_policy: str = DEFAULT_POLICY, seed: int = 0) -> None:
         super().__init__()
         # A spectrally normalised discriminator initialises itself before its weights are parametrised.
         init = (lambda net: net) if config.spectral_norm else init_weights
@@ -251,6 +262,15 @@ class Discriminators(nn.Module):
         judges = [ThumbnailDiscriminator(thumbnail, config.ndf, spectral_norm=config.spectral_norm)] if thumbnail else []
         self.D_B_thumb = nn.ModuleList(judges)  # it initialises itself (a Linear layer too)
         self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
+        # The Projected GAN judge: built last and from its own seed, so every other network starts as without it.
+        # It augments what it judges by itself (always: the paper's judge is never without DiffAugment).
+        self.patch_judges = projected != "alone"
+        self.D_B_projected = nn.ModuleList()
+        if projected != "off":
+            from training import projected as projected_module  # looked up now, so tests can swap the features
+
+            self.D_B_projected.append(ProjectedDiscriminator(projected_module.pretrained_features(), image_size,
+                                                             policy=projected_policy, seed=seed))
 
     def judge_simpsons(self, images: torch.Tensor) -> list[torch.Tensor]:
         """D_B's logits on (augmented) images, then each coarser discriminator's on the image halved once more, then
@@ -265,14 +285,20 @@ class Discriminators(nn.Module):
             logits.append(net(images))
         return logits + thumbnails
 
+    def judge_projected(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The Projected GAN judge's logits, one map per feature scale, finest first (none when it is off)."""
+        return [p for judge in self.D_B_projected for p in judge(images)]
+
     def forward(self, real_A, real_B, fake_A, fake_B) -> tuple:
-        """D_A on real and fake B, the Simpsons-side scales on real and fake A (lists of logits, finest first);
+        """D_A on real and fake B, the Simpsons-side PatchGAN scales on real and fake A (lists of logits, finest
+        first; empty with --d-projected alone), and the projected judge's on real and fake A (empty when off);
         D_A is skipped when ``real_B`` is None (one-sided)."""
-        simpsons = self.judge_simpsons(real_A), self.judge_simpsons(fake_A)
+        patch = (self.judge_simpsons(real_A), self.judge_simpsons(fake_A)) if self.patch_judges else ([], [])
+        projected = self.judge_projected(real_A), self.judge_projected(fake_A)
         if real_B is None:
-            return (None, None, *simpsons)
+            return (None, None, *patch, *projected)
         a = self.augment
-        return (self.D_A(a(real_B)), self.D_A(a(fake_B)), *simpsons)
+        return (self.D_A(a(real_B)), self.D_A(a(fake_B)), *patch, *projected)
 
 
 def lsgan_scales(predictions: list[torch.Tensor], is_real: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,6 +394,18 @@ def check_warmup(config: TrainConfig) -> None:
         raise ValueError("--d-warmup works with the cyclegan objective only.")
 
 
+def check_projected(config: TrainConfig) -> None:
+    """--d-projected is one of its modes; ``alone`` replaces the PatchGAN, so options that shape it cannot come too."""
+    if config.d_projected not in PROJECTED_MODES:
+        raise ValueError(f"--d-projected must be one of {', '.join(PROJECTED_MODES)}, not {config.d_projected!r}.")
+    if config.d_projected == "alone":
+        shaping = [name for name, on in (("--d-scales", config.d_scales > 1), ("--d-thumbnail", config.d_thumbnail),
+                                         ("--r1-gamma", config.r1_gamma)) if on]
+        if shaping:
+            raise ValueError(f"--d-projected alone replaces the Simpsons-side PatchGAN, which {' and '.join(shaping)} "
+                             "would shape; use --d-projected with-patch to keep it.")
+
+
 def check_cycle_weights(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
@@ -384,6 +422,7 @@ class Trainer:
         check_r1(config)
         check_cycle_weights(config)
         check_warmup(config)
+        check_projected(config)
         check_decay(config.ema_decay)
         self.config = config
         self.dist = dist_info or Distributed()
@@ -410,7 +449,9 @@ class Trainer:
 
         self.G = Generators(config.generator_config(), cycle_noise=config.cycle_noise).to(self.device)
         self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf, spectral_norm=config.spectral_norm),
-                                d_scales=config.d_scales, thumbnail=config.d_thumbnail).to(self.device)
+                                d_scales=config.d_scales, thumbnail=config.d_thumbnail, projected=config.d_projected,
+                                image_size=config.size, projected_policy=config.diff_augment or DEFAULT_POLICY,
+                                seed=config.seed).to(self.device)
         if config.diff_augment:
             from training.augment import diff_augment, parse_policy
 
@@ -438,6 +479,11 @@ class Trainer:
             self.opt_D_coarse = torch.optim.Adam([*self.D.D_B_coarse.parameters(), *self.D.D_B_thumb.parameters()],
                                                  lr=lr_d, betas=betas)
             self.sched_D_coarse = torch.optim.lr_scheduler.LambdaLR(self.opt_D_coarse, schedule)
+        # The projected judge's heads have their own optimiser too (its frozen parts are buffers: nothing to train).
+        self.projected = config.d_projected != "off"
+        if self.projected:
+            self.opt_D_projected = torch.optim.Adam(self.D.D_B_projected.parameters(), lr=lr_d, betas=betas)
+            self.sched_D_projected = torch.optim.lr_scheduler.LambdaLR(self.opt_D_projected, schedule)
         self.one_sided_G: OneSided | None = None
         if self.one_sided:
             self.one_sided_G = OneSided(self.G.G_B, config.nce_patches).to(self.device)
@@ -454,12 +500,17 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if cuda else None
+            # D_A sits out when one-sided, D_B when the projected judge replaces it.
+            unused = self.one_sided or config.d_projected == "alone"
+            # The projected judge's frozen network is 4.7 M floats of buffers; DDP would broadcast them from rank 0
+            # before every forward. They never change, and the discriminators' other buffers (spectral norm's
+            # vectors) follow from weights that DDP keeps equal, so the ranks stay in step without it.
+            broadcast = not self.projected
             if self.one_sided:
                 self.G_train = DDP(self.one_sided_G, device_ids=ids)
-                self.D_train = DDP(self.D, device_ids=ids, find_unused_parameters=True)  # D_A sits out
             else:
                 self.G_train = DDP(self.G, device_ids=ids)
-                self.D_train = DDP(self.D, device_ids=ids)
+            self.D_train = DDP(self.D, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=broadcast)
         else:
             self.G_train = self.one_sided_G if self.one_sided else self.G
             self.D_train = self.D
@@ -494,7 +545,7 @@ class Trainer:
         with self.autocast(), torch.no_grad() if warming_up else nullcontext():
             out = self.G_train(real_A, real_B, identity)
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
-            loss_G_B, loss_G_B_coarse = lsgan_scales(self.D.judge_simpsons(out["fake_A"]), True)
+            loss_G_B, loss_G_B_coarse, loss_G_B_proj = self.simpsons_generator_loss(out["fake_A"])
         l1 = nn.functional.l1_loss
         loss_cycle_A = l1(out["rec_A"].float(), real_A) * c.lambda_cycle
         loss_cycle_B = weighted_l1(out["rec_B"].float(), real_B, self.cycle_weights_B) * c.lambda_cycle
@@ -504,8 +555,11 @@ class Trainer:
         else:
             loss_idt_A = loss_idt_B = torch.zeros((), device=self.device)
         loss_tv = self.flatness(out["fake_A"])
+        # The projected judge's loss is added (last, so that without it the sum is the same to the bit): each judge
+        # pushes with its full weight, as the coarse scales do; an average would halve the PatchGAN's push against
+        # the cycle and so change the balance of the recipe it is compared with.
         loss_G = (loss_G_A + loss_G_B + loss_G_B_coarse + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
-                  + loss_tv)
+                  + loss_tv + loss_G_B_proj)
         if not warming_up:
             loss_G.backward()
         self.opt_G.step()  # without gradients (warming up) Adam leaves the generators and its moments alone
@@ -519,11 +573,12 @@ class Trainer:
             fake_A = fake_A.contiguous(memory_format=torch.channels_last)
             fake_B = fake_B.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            real_b, fake_b, real_a, fake_a = self.D_train(real_A, real_B, fake_A, fake_B)
+            real_b, fake_b, real_a, fake_a, real_proj, fake_proj = self.D_train(real_A, real_B, fake_A, fake_B)
             loss_D_A = 0.5 * (lsgan(real_b, True) + lsgan(fake_b, False))
             loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
+            loss_D_B_proj = self.projected_discriminator_loss(real_proj, fake_proj)
         loss_r1 = self.simpsons_r1(real_A)
-        (loss_D_A + loss_D_B + loss_D_B_coarse + loss_r1).backward()
+        (loss_D_A + loss_D_B + loss_D_B_coarse + loss_r1 + loss_D_B_proj).backward()
         self.step_discriminators()
 
         self.sched_G.step()
@@ -532,14 +587,32 @@ class Trainer:
         losses = {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
         return {**losses, "nce": 0.0, "nce_idt": 0.0, "tv": float(loss_tv.detach()),
                 "D_B_coarse": float(loss_D_B_coarse.detach()), "G_B_coarse": float(loss_G_B_coarse.detach()),
-                "r1": float(loss_r1.detach())}
+                "r1": float(loss_r1.detach()), "D_B_proj": float(loss_D_B_proj.detach()),
+                "G_B_proj": float(loss_G_B_proj.detach())}
 
-    @staticmethod
-    def simpsons_discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor]):
-        """D_B's least-squares loss at its own scale, and summed over the coarser scales."""
+    def simpsons_generator_loss(self, fake_A: torch.Tensor):
+        """G_B's least-squares losses against the Simpsons-side judges: D_B's scale, the coarser scales (summed), and
+        the projected judge (its scales averaged); 0 for a judge that is off."""
+        zero = torch.zeros((), device=self.device)
+        fine, coarse = lsgan_scales(self.D.judge_simpsons(fake_A), True) if self.D.patch_judges else (zero, zero)
+        projected = projected_lsgan(self.D.judge_projected(fake_A), True) if self.projected else zero
+        return fine, coarse, projected
+
+    def simpsons_discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]):
+        """D_B's least-squares loss at its own scale, and summed over the coarser scales (0 with --d-projected
+        alone)."""
+        if not real:
+            zero = torch.zeros((), device=self.device)
+            return zero, zero
         real_fine, real_coarse = lsgan_scales(real, True)
         fake_fine, fake_coarse = lsgan_scales(fake, False)
         return 0.5 * (real_fine + fake_fine), 0.5 * (real_coarse + fake_coarse)
+
+    def projected_discriminator_loss(self, real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+        """The projected judge's least-squares loss, as D_B's: half on real, half on fake (0 when it is off)."""
+        if not real:
+            return torch.zeros((), device=self.device)
+        return 0.5 * (projected_lsgan(real, True) + projected_lsgan(fake, False))
 
     def simpsons_r1(self, real_A: torch.Tensor) -> torch.Tensor:
         """The weighted, lazy R1 penalty of the Simpsons-side discriminators (0 when off or between its steps).
@@ -556,6 +629,8 @@ class Trainer:
         self.opt_D.zero_grad(set_to_none=True)
         if self.extra_judges:
             self.opt_D_coarse.zero_grad(set_to_none=True)
+        if self.projected:
+            self.opt_D_projected.zero_grad(set_to_none=True)
 
     def step_discriminators(self) -> None:
         """The discriminators' optimiser steps, and their learning-rate schedules."""
@@ -564,6 +639,9 @@ class Trainer:
         if self.extra_judges:
             self.opt_D_coarse.step()
             self.sched_D_coarse.step()
+        if self.projected:
+            self.opt_D_projected.step()
+            self.sched_D_projected.step()
 
     def flatness(self, fake_A: torch.Tensor) -> torch.Tensor:
         """The weighted total-variation prior on the Simpsons-side translations (0 when switched off)."""
@@ -579,13 +657,13 @@ class Trainer:
         self.opt_F.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.G_train(real_A, real_B, identity)
-            loss_G_B, loss_G_B_coarse = lsgan_scales(self.D.judge_simpsons(out["fake_A"]), True)
+            loss_G_B, loss_G_B_coarse, loss_G_B_proj = self.simpsons_generator_loss(out["fake_A"])
         loss_nce = out["nce"].float()
         loss_nce_idt = out["nce_idt"].float() if identity else torch.zeros((), device=self.device)
         # CUT averages the two NCE terms when the identity term is on.
         nce_total = c.lambda_nce * ((loss_nce + loss_nce_idt) * 0.5 if identity else loss_nce)
         loss_tv = self.flatness(out["fake_A"])
-        (loss_G_B + loss_G_B_coarse + nce_total + loss_tv).backward()
+        (loss_G_B + loss_G_B_coarse + nce_total + loss_tv + loss_G_B_proj).backward()
         self.opt_G.step()
         self.opt_F.step()
 
@@ -595,10 +673,11 @@ class Trainer:
         if self.channels_last:
             fake_A = fake_A.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            _, _, real_a, fake_a = self.D_train(real_A, None, fake_A, None)
+            _, _, real_a, fake_a, real_proj, fake_proj = self.D_train(real_A, None, fake_A, None)
             loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
+            loss_D_B_proj = self.projected_discriminator_loss(real_proj, fake_proj)
         loss_r1 = self.simpsons_r1(real_A)
-        (loss_D_B + loss_D_B_coarse + loss_r1).backward()
+        (loss_D_B + loss_D_B_coarse + loss_r1 + loss_D_B_proj).backward()
         self.step_discriminators()
 
         for scheduler in (self.sched_G, self.sched_F):
@@ -608,7 +687,8 @@ class Trainer:
         losses.update(D_B=float(loss_D_B.detach()), G_B=float(loss_G_B.detach()), nce=float(loss_nce.detach()),
                       nce_idt=float(loss_nce_idt.detach()), tv=float(loss_tv.detach()),
                       D_B_coarse=float(loss_D_B_coarse.detach()), G_B_coarse=float(loss_G_B_coarse.detach()),
-                      r1=float(loss_r1.detach()))
+                      r1=float(loss_r1.detach()), D_B_proj=float(loss_D_B_proj.detach()),
+                      G_B_proj=float(loss_G_B_proj.detach()))
         return losses
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -628,6 +708,9 @@ class Trainer:
             **({"D_B_coarse": self.D.D_B_coarse.state_dict(), "D_B_thumb": self.D.D_B_thumb.state_dict(),
                 "opt_D_coarse": self.opt_D_coarse.state_dict(),
                 "sched_D_coarse": self.sched_D_coarse.state_dict()} if self.extra_judges else {}),
+            **({"D_B_projected": self.D.D_B_projected[0].trained_state_dict(),
+                "opt_D_projected": self.opt_D_projected.state_dict(),
+                "sched_D_projected": self.sched_D_projected.state_dict()} if self.projected else {}),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -653,6 +736,10 @@ class Trainer:
             self.D.D_B_thumb.load_state_dict(state.get("D_B_thumb", {}))
             self.opt_D_coarse.load_state_dict(state["opt_D_coarse"])
             self.sched_D_coarse.load_state_dict(state["sched_D_coarse"])
+        if self.projected:
+            self.D.D_B_projected[0].load_trained_state_dict(state["D_B_projected"])
+            self.opt_D_projected.load_state_dict(state["opt_D_projected"])
+            self.sched_D_projected.load_state_dict(state["sched_D_projected"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -708,6 +795,13 @@ class Trainer:
             for group, lr in zip(self.opt_D_coarse.param_groups, self.sched_D_coarse.get_last_lr()):
                 group["lr"] = lr
                 group["initial_lr"] = self.sched_D_coarse.base_lrs[0]
+        # A run with the projected judge continued: its heads too; from a run without one they start fresh.
+        if self.projected and "D_B_projected" in state:
+            self.D.D_B_projected[0].load_trained_state_dict(state["D_B_projected"])
+            self.opt_D_projected.load_state_dict(state["opt_D_projected"])
+            for group, lr in zip(self.opt_D_projected.param_groups, self.sched_D_projected.get_last_lr()):
+                group["lr"] = lr
+                group["initial_lr"] = self.sched_D_projected.base_lrs[0]
         return int(state["step"])
 
     def save_checkpoint(self) -> Path:
@@ -894,6 +988,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
                         help="cyclegan: the published objective; cut: one-sided (G_B and D_B only) with PatchNCE "
                              "instead of the cycle (Park et al., 2020); --lambda-identity > 0 adds CUT's identity NCE")
+    parser.add_argument("--d-projected", choices=PROJECTED_MODES, default=defaults.d_projected,
+                        help="a Projected GAN judge of the Simpsons side on frozen ImageNet EfficientNet-Lite0 "
+                             "features (Sauer et al., 2021): alone (instead of the PatchGAN D_B) or with-patch (beside "
+                             "it); default off")
     parser.add_argument("--lambda-nce", type=float, default=defaults.lambda_nce, help="PatchNCE weight (--objective cut)")
     parser.add_argument("--lambda-tv", type=float, default=defaults.lambda_tv, metavar="WEIGHT",
                         help="total-variation prior on the real->Simpsons translations: flat colour fields with sharp "
@@ -942,6 +1040,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
         d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, d_warmup=args.d_warmup, r1_gamma=args.r1_gamma,
         r1_every=args.r1_every,
+        d_projected=args.d_projected,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
         cycle_eyes=args.cycle_eyes, ema_decay=args.ema_decay,

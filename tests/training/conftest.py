@@ -63,3 +63,41 @@ def quick_c2st(monkeypatch):
     import training.c2st
 
     monkeypatch.setattr(training.c2st, "STEPS", 20)
+
+
+class TinyFeatures(torch.nn.Module):
+    """A stand-in for the pretrained feature network of `--d-projected` (training/projected.py): four random conv
+    stages at strides 4, 8, 16 and 32, with batch norms (whose statistics must stay frozen), at a 64 px input."""
+
+    channels = (4, 6, 8, 10)
+    input_size = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        generator = torch.Generator().manual_seed(0)
+        stages, previous = [], 3
+        for channels, stride in zip(self.channels, (4, 2, 2, 2)):
+            conv = nn.Conv2d(previous, channels, 3, stride=stride, padding=1)
+            norm = nn.BatchNorm2d(channels)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
+                norm.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
+            stages.append(nn.Sequential(conv, norm, nn.ReLU()))
+            previous = channels
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x):
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+@pytest.fixture
+def tiny_projected_features(monkeypatch):
+    """`--d-projected` judges through TinyFeatures instead of the real Lite0 weights (one test loads those)."""
+    import training.projected
+
+    monkeypatch.setattr(training.projected, "pretrained_features", lambda input_size=None: TinyFeatures())
