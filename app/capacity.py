@@ -8,8 +8,9 @@ and RQ its end, so the web process stops accepting uploads *before* Redis is ful
   upload burst does not ask Redis once per request. The bytes this process stored since the reading are added to it,
   so that a burst within one cached second is still counted.
 - ``Admission`` refuses an upload (``StorageFull``: 503, ``Retry-After: 60``, ``BUSY``) once used memory plus the
-  room that every job already accepted still needs to finish (``JobFootprint`` x jobs queued or running), plus this
-  upload's own, would pass ``maxmemory`` less a margin. A Redis without ``maxmemory`` (0) is not limited here.
+  room that every job already accepted still needs to finish (``JobFootprint``, by the size of each one's upload:
+  the composite grows with the photo), plus this upload and its own, would pass ``maxmemory`` less a margin. A Redis
+  without ``maxmemory`` (0) is not limited here.
 
 Workers retry a refused write with a short backoff (``with_room``): memory comes back as other jobs end, results are
 deleted or expire. A job whose result still cannot be stored fails with ``FULL_FAILURE`` (reason ``full``).
@@ -30,6 +31,8 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import OutOfMemoryError
 from redis.retry import Retry
 
+from app import keys
+
 log = logging.getLogger("simpsonize.capacity")
 T = TypeVar("T")
 
@@ -46,23 +49,29 @@ MARGIN_FRACTION = 0.05
 
 @dataclass(frozen=True)
 class JobFootprint:
-    """Bytes one job holds in Redis at its peak, when its result is stored while its upload is still there.
+    """Bytes one job holds in Redis at its peak (its result stored while its upload is still there), for an upload of
+    a given size.
 
-    Measured with the shipped model on the astronaut photo (``used_memory`` before and after 50 of them): the result
-    hash, a 117 KB PNG, the 86 KB PNG face crop and the meta, takes 205 KB of Redis's memory; RQ's job hash, its
-    result stream entry and the registries' entries a few KB more. ``upload`` is used only before the body of an
-    upload has been read: a normalised photo (JPEG, at most 1600 px) is 50-600 KB (the astronaut's, 512 px, 109 KB).
+    Measured with the shipped model (``used_memory`` before and after 50 results; README "Capacity"): the result hash
+    of the astronaut, a 117 KB PNG drawing, its 86 KB PNG face crop and the meta, takes 205 KB of Redis's memory;
+    RQ's job hash, its result stream entry and the registries' entries a few KB more (``fixed``). The composite (the
+    photo with the drawing in it) grows with the photo: its JPEG is 0.6 times the normalised upload's bytes, its
+    lossless PNG (``SIMPSONIZE_COMPOSITE_LOSSLESS``) 3.6-4.8 times (a 512 px astronaut: 69 KB and 395 KB for a 109 KB
+    upload; 1600x1200: 283 KB and 2.1 MB for 457 KB). ``upload`` stands in for the photo before its body is read:
+    a normalised photo (JPEG, at most 1600 px) is 50-600 KB.
     """
 
     upload: int = 400_000
-    crop: int = 88_000
-    result: int = 120_000
-    bookkeeping: int = 16_000
+    fixed: int = 225_000
+    per_upload_byte: float = 0.7  # the composite's bytes per byte of upload: JPEG only
 
-    @property
-    def to_finish(self) -> int:
-        """What an accepted job (its upload stored already) still needs: its crop, result and RQ's records."""
-        return self.crop + self.result + self.bookkeeping
+    @classmethod
+    def for_settings(cls, composite_lossless: bool) -> "JobFootprint":
+        return cls(per_upload_byte=5.5 if composite_lossless else 0.7)
+
+    def to_finish(self, upload_bytes: int) -> int:
+        """What an accepted job (its upload stored already) still needs: its results and RQ's records."""
+        return self.fixed + int(self.per_upload_byte * upload_bytes)
 
 
 class StorageFull(Exception):
@@ -116,21 +125,29 @@ class MemoryGauge:
 class Admission:
     """The high-water mark: is there room for one more job beside every job already accepted?"""
 
-    def __init__(self, redis: Redis, queue_key: str, started_key: str, footprint: JobFootprint | None = None,
+    def __init__(self, queue, key_prefix: str, footprint: JobFootprint | None = None,
                  gauge: MemoryGauge | None = None) -> None:
-        self.redis = redis
-        self.queue_key = queue_key
-        self.started_key = started_key
+        self.queue = queue  # rq.Queue
+        self.redis: Redis = queue.connection
+        self.prefix = key_prefix
         self.footprint = footprint or JobFootprint()
-        self.gauge = gauge or MemoryGauge(redis)
+        self.gauge = gauge or MemoryGauge(self.redis)
 
-    def jobs_in_flight(self) -> int:
-        """Jobs queued or running (asked every time: cheap, and what the stale memory reading does not show yet)."""
+    def uploads_in_flight(self) -> list[int]:
+        """The upload bytes of every job queued or running (asked every time, as the memory reading is cached: a
+        job accepted a moment ago counts at once). A job whose upload is gone counts 0: it needs ``fixed`` at most."""
+        registry = self.queue.started_job_registry
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.queue_key)
-            pipe.zcard(self.started_key)
+            pipe.lrange(self.queue.key, 0, -1)
+            pipe.zrange(registry.key, 0, -1)
             queued, started = pipe.execute()
-        return int(queued) + int(started)
+        ids = [raw.decode() for raw in queued] + [registry.parse_job_id(raw.decode()) for raw in started]
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.strlen(keys.input_key(self.prefix, job_id))
+            return [int(n) for n in pipe.execute()]
 
     def room(self, upload_bytes: int | None = None) -> tuple[bool, MemoryReading]:
         """(whether one more upload of ``upload_bytes`` fits, the reading). ``None``: the body is not read yet."""
@@ -138,7 +155,8 @@ class Admission:
         if reading.maxmemory <= 0:
             return True, reading
         f = self.footprint
-        need = (f.upload if upload_bytes is None else upload_bytes) + (self.jobs_in_flight() + 1) * f.to_finish
+        upload = f.upload if upload_bytes is None else upload_bytes
+        need = upload + f.to_finish(upload) + sum(f.to_finish(n) for n in self.uploads_in_flight())
         mark = reading.maxmemory * (1 - MARGIN_FRACTION)
         return reading.used + need <= mark, reading
 
@@ -150,4 +168,4 @@ class Admission:
 
     def stored(self, nbytes: int) -> None:
         """An upload of ``nbytes`` was stored: count it until the next reading shows it."""
-        self.gauge.wrote(nbytes + self.footprint.bookkeeping)
+        self.gauge.wrote(nbytes)

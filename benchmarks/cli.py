@@ -1,11 +1,11 @@
-"""`simpsonize bench model|service|uploads|encode|gpu|browser ...`: the benchmarks, each printing its own figures."""
+"""`simpsonize bench model|service|uploads|encode|gpu|browser|projected|train ...`: the benchmarks, each printing its own figures."""
 
 from __future__ import annotations
 
 import argparse
 
 from benchmarks import (browser_upload, encode_formats, gpu_bench, model_speed, projected_step, service_latency,
-                        upload_memory)
+                        train_speed, upload_memory)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                 "shrunk in the browser or not, on a throttled link"))
     projected_step.add_arguments(sub.add_parser("projected", help="a training step's cost with the Projected GAN "
                                                                   "judge (train --d-projected), as ratios to without"))
+    train_speed.add_arguments(sub.add_parser("train", help="images per second of a training step by batch, processes "
+                                                           "x threads, precision, channels_last and torch.compile, "
+                                                           "and where a step's time goes"))
 
 
 def run(args: argparse.Namespace) -> int:
     return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
             "encode": encode_formats, "gpu": gpu_bench,
-            "browser": browser_upload, "projected": projected_step}[args.bench].run(args)
+            "browser": browser_upload, "projected": projected_step, "train": train_speed}[args.bench].run(args)

@@ -288,7 +288,7 @@ def _border_colour(image: Image.Image) -> tuple[int, int, int]:
 # MTCNN takes a batch only of images of one size (facenet-pytorch stacks them into one tensor), so photos are grouped
 # by size. A group runs the searches ``detect_faces`` runs, the quick one and then the full one for the photos it found
 # nothing in, with one MTCNN call per search for the whole group. A photo alone in its group takes the single-photo
-# path, ``crop_face``, unchanged.
+# search, ``detect_faces``, unchanged.
 
 
 def detect_faces_many(images: list[Image.Image], device: str = "cpu") -> list[list[Face]]:
@@ -327,6 +327,37 @@ def _search_many(images: list[Image.Image], smalls: list[Image.Image], min_face:
     return [_mapped(image, small, b, p) for image, small, b, p in zip(images, smalls, boxes, points)]
 
 
+def find_faces(sources: list[ImageSource], device: str = "cpu"
+               ) -> tuple[list[tuple[Image.Image, list[Face]] | SimpsonizeError], list[float]]:
+    """Each photo decoded (upright RGB) with all its confident faces, largest first, MTCNN batched over the photos of
+    one size; in place of a photo, the ``SimpsonizeError`` that ``crop_face`` would raise (unreadable, too small, no
+    face). Also the seconds spent on each (its share of its group's detection, plus its own decoding)."""
+    results: list[tuple[Image.Image, list[Face]] | SimpsonizeError | None] = [None] * len(sources)
+    seconds = [0.0] * len(sources)
+    groups: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}
+    for i, source in enumerate(sources):
+        started = time.perf_counter()
+        try:
+            image = open_image(source)
+            if min(image.size) < MTCNN_MIN_FACE:
+                width, height = image.size
+                raise NoFaceFound(f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at "
+                                  f"least {MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo.")
+        except SimpsonizeError as exc:
+            results[i] = exc
+        else:
+            groups.setdefault(image.size, []).append((i, image))
+        seconds[i] += time.perf_counter() - started
+    for members in groups.values():
+        started = time.perf_counter()
+        found = detect_faces_many([image for _, image in members], device=device)
+        share = (time.perf_counter() - started) / len(members)
+        for (i, image), faces in zip(members, found):
+            results[i] = (image, faces) if faces else NoFaceFound()
+            seconds[i] += share
+    return results, seconds  # type: ignore[return-value]
+
+
 def crop_faces(sources: list[ImageSource], size: int = 256, device: str = "cpu", framing: Framing = Framing()
                ) -> tuple[list[FaceCrop | SimpsonizeError], list[float]]:
     """``crop_face`` for each photo, with MTCNN batched over the photos of one size.
@@ -334,36 +365,14 @@ def crop_faces(sources: list[ImageSource], size: int = 256, device: str = "cpu",
     Returns each photo's crop, or in its place the ``SimpsonizeError`` that ``crop_face`` would raise (unreadable, no
     face), and the seconds spent on it (its share of its group's detection, plus its own decoding and alignment).
     """
-    results: list[FaceCrop | SimpsonizeError | None] = [None] * len(sources)
-    seconds = [0.0] * len(sources)
-    groups: dict[tuple[int, int], list[tuple[int, Image.Image]]] = {}
-    for i, source in enumerate(sources):
-        started = time.perf_counter()
-        try:
-            image = open_image(source)
-        except SimpsonizeError as exc:
-            results[i] = exc
-        else:
-            groups.setdefault(image.size, []).append((i, image))
-        seconds[i] += time.perf_counter() - started
-    for members in groups.values():
-        if len(members) == 1 or min(members[0][1].size) < MTCNN_MIN_FACE:
-            for i, image in members:  # the single-photo path, error sentences included
-                started = time.perf_counter()
-                try:
-                    results[i] = crop_face(image, size=size, device=device, framing=framing)
-                except SimpsonizeError as exc:
-                    results[i] = exc
-                seconds[i] += time.perf_counter() - started
+    found, seconds = find_faces(sources, device=device)
+    results: list[FaceCrop | SimpsonizeError] = []
+    for i, item in enumerate(found):
+        if isinstance(item, SimpsonizeError):
+            results.append(item)
             continue
         started = time.perf_counter()
-        found = detect_faces_many([image for _, image in members], device=device)
-        share = (time.perf_counter() - started) / len(members)
-        for (i, image), faces in zip(members, found):
-            started = time.perf_counter()
-            if faces:
-                results[i] = align_crop(image, faces[0], size, other_faces=tuple(faces[1:]), framing=framing)
-            else:
-                results[i] = NoFaceFound()
-            seconds[i] += share + time.perf_counter() - started
-    return results, seconds  # type: ignore[return-value]
+        image, faces = item
+        results.append(align_crop(image, faces[0], size, other_faces=tuple(faces[1:]), framing=framing))
+        seconds[i] += time.perf_counter() - started
+    return results, seconds

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from model.composite import FaceSelection, composite
 from model.errors import SimpsonizeError
-from model.face import FaceCrop, Framing, crop_faces, detect_faces, get_detector
+from model.face import FaceCrop, Framing, align_crop, detect_faces, find_faces, get_detector
 from model.imaging import ImageSource, to_images, to_tensor
 from model.weights import DEFAULT_WEIGHTS, load_generator
 
@@ -29,16 +30,40 @@ log = logging.getLogger("simpsonize.pipeline")
 
 
 @dataclass(frozen=True)
-class SimpsonizeResult:
+class DrawnFace:
+    """One face of a photo: the aligned crop that was translated and its drawing."""
+
     image: Image.Image  # the Simpsonized face, RGB, ``output_size`` square
     face_crop: Image.Image  # the aligned real face that was translated, same size
+    crop: FaceCrop  # detection and alignment details (box, landmarks, angle)
+
+
+@dataclass(frozen=True)
+class SimpsonizeResult:
+    """A photo's outcome. ``image``, ``face_crop`` and ``crop`` are the largest face's (what a single-face client
+    has always read); ``faces`` holds every face drawn, largest first, and ``composite`` the photo with their drawn
+    heads pasted back (None when the Simpsonizer was built with ``composite=False``)."""
+
+    image: Image.Image  # the largest face, Simpsonized, RGB, ``output_size`` square
+    face_crop: Image.Image  # the aligned real face that was translated, same size
     crop: FaceCrop  # detection and alignment details (box, landmarks, angle, other faces)
-    timings: dict[str, float]  # seconds: detect, generate, total
+    timings: dict[str, float]  # seconds: detect, generate, composite, total
+    faces: tuple[DrawnFace, ...] = ()
+    composite: Image.Image | None = None
+
+    @property
+    def face_count(self) -> int:
+        return max(1, len(self.faces))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no pixels)."""
-        return {"face": self.crop.to_dict(), "timings": {k: round(v, 4) for k, v in self.timings.items()},
-                "size": list(self.image.size)}
+        summary = {"face": self.crop.to_dict(), "timings": {k: round(v, 4) for k, v in self.timings.items()},
+                   "size": list(self.image.size), "face_count": self.face_count,
+                   "faces": [{"box": f.crop.face.to_dict()["box"], "angle": round(f.crop.angle, 2)}
+                             for f in self.faces]}
+        if self.composite is not None:
+            summary["composite_size"] = list(self.composite.size)
+        return summary
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -69,10 +94,14 @@ class Simpsonizer:
         output_size: int | None = None,
         num_threads: int | None = None,
         precision: str = "fp32",
+        faces: FaceSelection = FaceSelection(),
+        composite: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise SimpsonizeError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
         self.device = pick_device(device)
+        self.selection = faces
+        self.make_composite = composite
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, num_threads or len(os.sched_getaffinity(0))))
         self.weights_path = Path(weights) if weights else DEFAULT_WEIGHTS
@@ -123,30 +152,55 @@ class Simpsonizer:
         return result
 
     def simpsonize_many(self, images: list[ImageSource]) -> list[SimpsonizeResult | SimpsonizeError]:
-        """Several photos at once: MTCNN batched over the photos of one size, one generator pass over all the crops.
+        """Several photos at once: MTCNN batched over the photos of one size, one generator pass over all the faces
+        of all the photos (those ``self.selection`` picks), then each photo's composite.
 
         A photo the model rejects (unreadable, no face) yields its ``SimpsonizeError`` in its slot; the others are
         unaffected. Anything else (a bug, out of memory) raises for the whole call: the worker then runs the photos
         one by one, so that only the photo that causes it fails.
         """
-        crops, detect_times = crop_faces(images, size=self.input_size, device=self.detector_device,
-                                         framing=self.framing)
-        good = [c for c in crops if isinstance(c, FaceCrop)]
+        found, detect_times = find_faces(images, device=self.detector_device)
+        photos: list[tuple[Image.Image, list[FaceCrop]] | SimpsonizeError] = []
+        for i, item in enumerate(found):
+            if isinstance(item, SimpsonizeError):
+                photos.append(item)
+                continue
+            started = time.perf_counter()
+            image, faces = item
+            picked = self.selection.pick(faces)
+            crops = [align_crop(image, face, self.input_size,
+                                other_faces=tuple(f for f in faces if f is not face), framing=self.framing)
+                     for face in picked]
+            photos.append((image, crops))
+            detect_times[i] += time.perf_counter() - started
+
+        all_crops = [c for item in photos if not isinstance(item, SimpsonizeError) for c in item[1]]
         started = time.perf_counter()
-        translated = self.translate([c.image for c in good]) if good else []
-        generate_each = (time.perf_counter() - started) / max(1, len(good))
+        translated = self.translate([c.image for c in all_crops]) if all_crops else []
+        generate_each = (time.perf_counter() - started) / max(1, len(all_crops))  # per face
 
         results: list[SimpsonizeResult | SimpsonizeError] = []
         outputs = iter(translated)
-        for crop, detect_time in zip(crops, detect_times):
-            if not isinstance(crop, FaceCrop):
-                results.append(crop)
+        for item, detect_time in zip(photos, detect_times):
+            if isinstance(item, SimpsonizeError):
+                results.append(item)
                 continue
-            face_crop = crop.image
-            if face_crop.size[0] != self.output_size:
-                face_crop = face_crop.resize((self.output_size, self.output_size), Image.LANCZOS)
-            timings = {"detect": detect_time, "generate": generate_each, "total": detect_time + generate_each}
-            results.append(SimpsonizeResult(image=next(outputs), face_crop=face_crop, crop=crop, timings=timings))
+            image, crops = item
+            drawn = []
+            for crop in crops:
+                face_crop = crop.image
+                if face_crop.size[0] != self.output_size:
+                    face_crop = face_crop.resize((self.output_size, self.output_size), Image.LANCZOS)
+                drawn.append(DrawnFace(image=next(outputs), face_crop=face_crop, crop=crop))
+            started = time.perf_counter()
+            pasted = composite(image, [(d.image, d.crop) for d in drawn]) if self.make_composite else None
+            composite_time = time.perf_counter() - started
+            generate_time = generate_each * len(drawn)
+            timings = {"detect": detect_time, "generate": generate_time, "composite": composite_time,
+                       "total": detect_time + generate_time + composite_time}
+            first = drawn[0]
+            results.append(SimpsonizeResult(image=first.image, face_crop=first.face_crop, crop=first.crop,
+                                            timings=timings, faces=tuple(drawn), composite=pasted))
         return results
 
     simpsonize_batch = simpsonize_many  # the earlier name

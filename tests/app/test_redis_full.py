@@ -16,12 +16,12 @@ import time
 import httpx
 import pytest
 
-from app.capacity import BUSY, FULL_READINESS, Admission, JobFootprint
+from app.capacity import BUSY, FULL_READINESS, Admission, JobFootprint, MemoryGauge
 from app.embedded import EmbeddedRedis
 from app.jobstore import JobStore, connect
 from service_support import child_env, make_settings, served_in_thread, start_worker, stop, wait_for_worker
 
-MAXMEMORY = 3 * 1024 * 1024
+MAXMEMORY = 4 * 1024 * 1024
 UPLOADS, CLIENTS = 16, 4
 
 
@@ -133,32 +133,42 @@ def test_a_burst_larger_than_redis_is_refused_with_503_and_every_accepted_job_en
 
 
 def test_admission_leaves_room_for_every_job_already_accepted(small_redis):
-    """The mark moves with the jobs in flight: each queued job reserves what it still needs to finish."""
+    """The mark moves with the jobs in flight: each queued or running job reserves what it still needs to finish,
+    which grows with its upload (the composite is the photo with the drawing in it)."""
+    from rq import Queue
+
+    from app import keys
+
     redis = connect(small_redis)
     redis.flushall()
-    footprint = JobFootprint(upload=1000, crop=50_000, result=100_000, bookkeeping=10_000)
-    admission = Admission(redis, "q:test", "q:test:started", footprint=footprint)
+    queue = Queue("admission-test", connection=redis)
+    footprint = JobFootprint(upload=1000, fixed=50_000, per_upload_byte=2.0)
+    admission = Admission(queue, "p", footprint=footprint, gauge=MemoryGauge(redis, cache_s=600))  # one reading
     fits, reading = admission.room(1000)
     assert fits and reading.maxmemory == MAXMEMORY
-    room = MAXMEMORY * 0.95 - reading.used
-    # as many jobs in flight as leave room for exactly one more, then one more than that
-    jobs = int((room - 1000) // footprint.to_finish) - 1
-    redis.rpush("q:test", *[f"job{i}" for i in range(jobs)])
+    room = MAXMEMORY * 0.95 - reading.used - (1000 + footprint.to_finish(1000))  # left beside one more upload
+    # queued jobs with 10 KB uploads (each needs 70 KB more), as many as fit beside it, then one started job more
+    jobs = int(room // footprint.to_finish(10_000))
+    redis.rpush(queue.key, *[f"job{i}" for i in range(jobs)])
+    redis.mset({keys.input_key("p", f"job{i}"): b"x" * 10_000 for i in range(jobs)})
+    assert admission.uploads_in_flight() == [10_000] * jobs
     assert admission.room(1000)[0]
-    redis.zadd("q:test:started", {"started": 0})
-    redis.zadd("q:test:started", {"started2": 0})
+    redis.zadd(queue.started_job_registry.key, {"started:execution": 0})  # RQ's entry: job id and execution id
+    redis.set(keys.input_key("p", "started"), b"x" * 10_000)
     assert not admission.room(1000)[0]
-    redis.delete("q:test", "q:test:started")
+    redis.flushall()
 
 
 def test_redis_watch_and_the_worker_pool_keep_serve_up_while_redis_is_full(small_redis, monkeypatch):
     """A worker that keeps exiting while Redis is full is restarted for as long as it takes, instead of stopping serve
     after MAX_QUICK_CRASHES; bad weights or settings (exit 2) still stop it."""
+    from rq import Queue
+
     from app.launcher import RedisWatch, WorkerPool
 
     redis = connect(small_redis)
     redis.flushall()
-    watch = RedisWatch(Admission(redis, "q:w", "q:w:started"))
+    watch = RedisWatch(Admission(Queue("watch-test", connection=redis), "p"))
     monkeypatch.setattr(WorkerPool, "RESTART_DELAY", 0.01)
     monkeypatch.setattr(WorkerPool, "MAX_QUICK_CRASHES", 2)
     crashing = [sys.executable, "-c", "raise SystemExit(1)"]
