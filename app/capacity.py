@@ -53,7 +53,7 @@ class JobFootprint:
     a given size.
 
     Measured with the shipped model (``used_memory`` before and after 50 results; README "Capacity"): the result hash
-    of the astronaut, a 117 KB PNG drawing, its 86 KB PNG face crop and the meta, takes 205 KB of Redis's memory;
+    of the astronaut, a 117 KB PNG drawing, its 12 KB JPEG face crop and the meta, takes 131 KB of Redis's memory;
     RQ's job hash, its result stream entry and the registries' entries a few KB more (``fixed``). The composite (the
     photo with the drawing in it) grows with the photo: its JPEG is 0.6 times the normalised upload's bytes, its
     lossless PNG (``SIMPSONIZE_COMPOSITE_LOSSLESS``) 3.6-4.8 times (a 512 px astronaut: 69 KB and 395 KB for a 109 KB
@@ -62,7 +62,7 @@ class JobFootprint:
     """
 
     upload: int = 400_000
-    fixed: int = 225_000
+    fixed: int = 150_000
     per_upload_byte: float = 0.7  # the composite's bytes per byte of upload: JPEG only
 
     @classmethod

@@ -115,7 +115,8 @@ def _image(store: JobStore, job_id: str, which: str, download: bool, face: int =
         return error(404, NOT_FOUND)
     name = {"image": "simpsonized", "face": "face", "composite": "simpsonized-photo"}[which]
     suffix = "" if face == 1 else f"-face{face}"
-    is_jpeg = field == "composite_jpeg"
+    # Drawings are PNGs; the crops and composite_jpeg JPEGs (a crop stored by a worker of before is a PNG).
+    is_jpeg = not data.startswith(b"\x89PNG")
     disposition = "attachment" if download else "inline"
     return Response(data, media_type="image/jpeg" if is_jpeg else "image/png", headers={
         "Content-Disposition": f'{disposition}; filename="{name}{suffix}-{job_id[:8]}.{"jpg" if is_jpeg else "png"}"',
@@ -135,8 +136,9 @@ def get_result(job_id: str, download: bool = False, face: Annotated[int, FACE] =
     return _image(store, job_id, "image", download, face)
 
 
-@router.get("/{job_id}/input", response_class=Response, responses=_image_responses,
-            summary="The aligned face crop that was translated (PNG), for a before/after view; ?face=N as for "
+@router.get("/{job_id}/input", response_class=Response,
+            responses={**_image_responses, 200: {"content": {"image/jpeg": {}}, "description": "JPEG"}},
+            summary="The aligned face crop that was translated (JPEG), for a before/after view; ?face=N as for "
                     "/result.")
 def get_input(job_id: str, download: bool = False, face: Annotated[int, FACE] = 1,
               store: JobStore = Depends(get_store)):

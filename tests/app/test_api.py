@@ -45,8 +45,11 @@ def test_astronaut_is_simpsonized(client, astronaut_jpeg, service_settings, redi
     assert result.status_code == 200
     assert result.headers["content-type"] == "image/png"
     assert png_size(result.content) == (256, 256)
-    face = client.get(state["input_url"])
-    assert face.status_code == 200 and png_size(face.content) == (256, 256)
+    face = client.get(state["input_url"])  # a preview: JPEG, and said so
+    assert face.status_code == 200 and face.headers["content-type"] == "image/jpeg"
+    assert face.headers["content-disposition"].endswith('.jpg"')
+    crop = Image.open(io.BytesIO(face.content))
+    assert crop.format == "JPEG" and crop.size == (256, 256)
     download = client.get(created["result_url"], params={"download": 1})
     assert download.headers["content-disposition"].startswith("attachment")
 

@@ -64,8 +64,11 @@ def test_a_group_photo_gives_every_face(client, pair_jpeg):
     assert state["face_count"] == 2
     drawings = [client.get(state["result_url"], params={"face": n}) for n in (1, 2)]
     crops = [client.get(state["input_url"], params={"face": n}) for n in (1, 2)]
-    for response in drawings + crops:
+    for response in drawings:
         assert response.status_code == 200 and png_size(response.content) == (256, 256)
+    for response in crops:  # previews: JPEGs
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(response.content)).size == (256, 256)
     assert drawings[0].content != drawings[1].content and crops[0].content != crops[1].content
     assert 'face2-' in drawings[1].headers["content-disposition"]
     assert png_size(client.get(state["composite_url"]).content) == (1536, 768)

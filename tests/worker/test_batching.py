@@ -107,7 +107,7 @@ def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(fresh_model,
         meta = store.result_meta(job_id)
         assert meta["batch"] == {"size": 1 if name == "tilted" else 4, "precision": "fp32"}
         alone = simpsonize_bytes(photos[name], fresh_model)  # the batch-1 path
-        for field, png in (("image", alone.image_png), ("face", alone.face_png)):
+        for field, png in (("image", alone.image_png), ("face", alone.face_jpeg)):
             batched, single = pixels(store.image(job_id, field)), pixels(png)
             # MTCNN in a batch moves landmarks by ~1e-4 px on a CPU: the 64 px crop differs by a level here and
             # there (up to 3 levels in the 256 px results, 0.05 on average; bit-identical where no landmark moved)

@@ -47,16 +47,16 @@ def run_burst(store: JobStore, bookkeeping_ttl: int = 7200) -> None:
     worker.work(burst=True, logging_level="WARNING")
 
 
-def test_simpsonize_bytes_returns_pngs_and_timings(tiny_weights, astronaut_jpeg, coffee_jpeg):
+def test_simpsonize_bytes_returns_a_png_a_jpeg_crop_and_timings(tiny_weights, astronaut_jpeg, coffee_jpeg):
     from model.errors import NoFaceFound
     from model.pipeline import Simpsonizer
     from worker.jobs import simpsonize_bytes
 
     model = Simpsonizer(tiny_weights, device="cpu")
     output = simpsonize_bytes(astronaut_jpeg, model)
-    for png in (output.image_png, output.face_png):
-        image = Image.open(io.BytesIO(png))
-        assert image.format == "PNG" and image.size == (256, 256)
+    for data, image_format in ((output.image_png, "PNG"), (output.face_jpeg, "JPEG")):
+        image = Image.open(io.BytesIO(data))
+        assert image.format == image_format and image.size == (256, 256)
     assert {"detect", "generate", "total", "encode"} <= set(output.meta["timings"])
     assert output.meta["face"]["face"]["box"]
     with pytest.raises(NoFaceFound):

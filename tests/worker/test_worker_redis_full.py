@@ -73,7 +73,7 @@ def setup(small_redis, tiny_weights, monkeypatch, restore_signals):
     monkeypatch.setattr(jobs, "get_model", lambda: type("M", (), {"device": "cpu", "precision": "fp32"})())
 
     def output(data, simpsonizer=None):
-        return jobs.JobOutput(image_png=os.urandom(BIG), face_png=os.urandom(12_000),
+        return jobs.JobOutput(image_png=os.urandom(BIG), face_jpeg=os.urandom(12_000),
                               meta={"timings": {"detect": 0.01, "generate": 0.01, "encode": 0.01}})
 
     monkeypatch.setattr(jobs, "simpsonize_bytes", output)
