@@ -1,11 +1,11 @@
-"""`simpsonize bench model|service|uploads|encode|gpu|browser|projected|train ...`: the benchmarks, each printing its own figures."""
+"""`simpsonize bench WHAT`: the benchmarks (model, service, uploads, encode, gpu, browser, projected, train, full)."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import (browser_upload, encode_formats, gpu_bench, model_speed, projected_step, service_latency,
-                        train_speed, upload_memory)
+from benchmarks import (browser_upload, encode_formats, gpu_bench, model_speed, projected_step, redis_full,
+                        service_latency, train_speed, upload_memory)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train_speed.add_arguments(sub.add_parser("train", help="images per second of a training step by batch, processes "
                                                            "x threads, precision, channels_last and torch.compile, "
                                                            "and where a step's time goes"))
+    redis_full.add_arguments(sub.add_parser("full", help="a burst against a small Redis: accepted, refused, finished, "
+                                                         "failed by reason, never ended, worker exits"))
 
 
 def run(args: argparse.Namespace) -> int:
     return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
             "encode": encode_formats, "gpu": gpu_bench,
-            "browser": browser_upload, "projected": projected_step, "train": train_speed}[args.bench].run(args)
+            "browser": browser_upload, "projected": projected_step, "train": train_speed,
+            "full": redis_full}[args.bench].run(args)

@@ -122,6 +122,14 @@ def test_compose_redis_requires_a_password_from_the_env_file():
     assert re.search(r"^#?\s*REDIS_PASSWORD=", example, re.M)
 
 
+def test_compose_redis_has_a_memory_limit_from_the_env_file_and_never_evicts():
+    """A full Redis refuses writes (the web process answers 503 before that) instead of dropping queued jobs."""
+    command = compose()["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-2gb}"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert re.search(r"^#?\s*REDIS_MAXMEMORY=2gb$", (ROOT / ".env.example").read_text(), re.M)
+
+
 def test_one_compose_service_per_gpu():
     pinned = {}
     for name, service in compose()["services"].items():

@@ -315,7 +315,7 @@ class ModelWorker(SimpleWorker):
 
         try:
             capacity.with_room(record)
-        except (RedisError, *REDIS_TROUBLE) as exc:
+        except RedisError as exc:
             log.error("Could not record the failure of job %s: %s", job.id, exc)
         self._notify_done(job)
 
