@@ -76,6 +76,8 @@ class JobView:
     error: str | None = None
     timings: dict[str, float] | None = None
     face: dict[str, Any] | None = None
+    face_count: int | None = None  # faces drawn (finished only)
+    has_composite: bool = False  # a composite was stored (jobs finished before composites existed have none)
     created_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
@@ -186,6 +188,8 @@ class JobStore:
                 return None
             view.status = "finished"
             view.face = meta.get("face")
+            view.face_count = int(meta.get("face_count", 1))
+            view.has_composite = bool(meta.get("composite"))
             timings.update(meta.get("timings", {}))
         elif rq_status == JobStatus.STARTED:
             view.status = "started"
@@ -218,7 +222,8 @@ class JobStore:
         return json.loads(raw) if raw else None
 
     def image(self, job_id: str, which: str) -> bytes | None:
-        """``which`` = "image" (the Simpsonized face) or "face" (the face crop it was made from)."""
+        """``which`` = "image" (the Simpsonized face), "face" (the face crop it was made from), "image:N"/"face:N"
+        (face N of a group photo, N >= 2), "composite" (PNG) or "composite_jpeg"."""
         if self.redis.exists(keys.deleted_key(self.prefix, job_id)):
             return None
         return self.redis.hget(keys.result_key(self.prefix, job_id), which)
@@ -258,4 +263,6 @@ def job_view_dict(view: JobView, base: str = "/api/v1/jobs") -> dict[str, Any]:
         data["error"] = view.error
     if view.status == "finished":
         data["face"] = view.face
+        data["face_count"] = view.face_count
+        data["composite_url"] = f"{base}/{view.id}/composite" if view.has_composite else None
     return data

@@ -3,6 +3,9 @@
 For a job id ``ID`` and prefix ``P`` (settings.key_prefix):
 - ``P:input:ID``   the normalised upload (JPEG bytes); deleted by the worker when the job ends, TTL as a backstop.
 - ``P:result:ID``  hash ``image`` (PNG), ``face`` (PNG of the translated face crop), ``meta`` (JSON); TTL result_ttl.
+                   A group photo's other faces as ``image:N`` / ``face:N`` (N = 2, 3, ...: the largest is face 1), and
+                   the photo with the drawn heads pasted back as ``composite_jpeg`` and ``composite`` (PNG), in the
+                   same hash: kept and deleted with the rest.
 - ``P:deleted:ID`` tombstone written by DELETE so a job that is running does not store its result afterwards.
 - ``P:done:ID``    a one-element list pushed when the job ends (finished, failed or deleted); long polls block on it
                    (``app.longpoll``). TTL ``DONE_TTL``.

@@ -50,9 +50,10 @@ from app.redis_atomic import atomically
 log = logging.getLogger("simpsonize.metrics")
 
 METRICS_TTL = 30 * 24 * 3600  # seconds; renewed by every job
-# Seconds. Detect takes ~0.05-1 s on a CPU, generate ~0.01-5 s depending on size and device, encode ~0.01 s.
+# Seconds. Detect takes ~0.05-1 s on a CPU, generate ~0.01-5 s depending on size and device, composite ~0.01-0.1 s,
+# encode ~0.01 s (0.1-0.6 s with a lossless composite).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-STAGES = ("detect", "generate", "encode")
+STAGES = ("detect", "generate", "composite", "encode")
 FAILURE_REASONS = ("photo", "timeout", "out_of_memory", "error", "worker_stopped")
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

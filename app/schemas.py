@@ -29,7 +29,14 @@ class JobState(BaseModel):
     error: str | None = Field(default=None, description="Why the job failed, for the user (status 'failed').")
     timings: dict[str, float] | None = Field(
         default=None, description="Seconds: queued (wait), detect, generate, encode, job (worker), end_to_end.")
-    face: dict[str, Any] | None = Field(default=None, description="Where the face was found (status 'finished').")
+    face: dict[str, Any] | None = Field(default=None, description="Where the face was found (status 'finished'); in a "
+                                                                  "group photo, the largest face.")
+    face_count: int | None = Field(default=None, description="How many faces were found and drawn (status "
+                                                             "'finished'); ?face=N (1 to face_count) on result_url and "
+                                                             "input_url gives each one.")
+    composite_url: str | None = Field(default=None, description="The photo with the drawn heads pasted back (PNG; "
+                                                                "?format=jpeg for a lighter copy), once status is "
+                                                                "'finished'.")
     created_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
     # stays within 40 dB PSNR of fp32 (checked when the worker starts), else fp32.
     worker_precision: Literal["auto", "bf16", "fp32"] = "auto"
 
+    # Faces of a photo that get drawn: every face whose box is at least min_face pixels on its shorter side (in the
+    # normalised photo), at most max_faces of them, the largest first; the largest is drawn whatever its size.
+    min_face: int = Field(default=64, ge=1)
+    max_faces: int = Field(default=8, ge=1, le=64)
+    # Keep the composite as a lossless PNG for download (2-2.5 MB for a 1600x1200 photo) beside the JPEG the page
+    # shows (about 0.3 MB); off: the download is the JPEG, and a job costs Redis a tenth of that.
+    composite_lossless: bool = True
+
     # Embedded default (`simpsonize serve` without REDIS_URL).
     data_dir: Path = Path("data")  # created mode 0700; must belong to the user running serve
     redis_maxmemory: str = "1gb"  # the embedded Redis refuses writes beyond this (uploads get 503), never evicts

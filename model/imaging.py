@@ -73,3 +73,10 @@ def png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    """Baseline JPEG at ``quality``, 4:2:0 (Pillow's default): the page's copy of a composite."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

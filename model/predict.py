@@ -23,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="generator weights (default: weights/ shipped)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--side-by-side", action="store_true", help="write the face crop and the result together")
+    parser.add_argument("--composite", action="store_true",
+                        help="write the whole photo with every drawn head pasted back; with several faces, each "
+                             "face's drawing goes beside it as NAME_face1.png, NAME_face2.png, ...")
+    parser.add_argument("--min-face", type=float, default=64.0, metavar="PX",
+                        help="draw faces whose box is at least PX pixels (the largest is always drawn; default 64)")
+    parser.add_argument("--max-faces", type=int, default=8, metavar="N", help="draw at most N faces (default 8)")
 
 
 def expand_inputs(inputs: list[Path]) -> tuple[list[Path], bool]:
@@ -38,6 +44,18 @@ def expand_inputs(inputs: list[Path]) -> tuple[list[Path], bool]:
     return files, many
 
 
+def drawn(face, side_by_side: bool):
+    """A face's drawing, or with ``side_by_side`` its crop and drawing together."""
+    if not side_by_side:
+        return face.image
+    from PIL import Image
+
+    pair = Image.new("RGB", (face.image.width * 2, face.image.height))
+    pair.paste(face.face_crop, (0, 0))
+    pair.paste(face.image, (face.image.width, 0))
+    return pair
+
+
 def run(args: argparse.Namespace) -> int:
     files, many = expand_inputs(args.inputs)
     if not files:
@@ -49,10 +67,14 @@ def run(args: argparse.Namespace) -> int:
     if not many and args.output.is_dir():
         args.output = args.output / f"{files[0].stem}.png"
 
+    from model.composite import FaceSelection
     from model.pipeline import Simpsonizer
 
     try:
-        simpsonizer = Simpsonizer(weights=args.weights, device=None if args.device == "auto" else args.device)
+        # Without --composite only the largest face is drawn, as before (and no time goes on the others).
+        faces = FaceSelection(min_face=args.min_face, max_faces=args.max_faces if args.composite else 1)
+        simpsonizer = Simpsonizer(weights=args.weights, device=None if args.device == "auto" else args.device,
+                                  faces=faces, composite=args.composite)
     except WeightsError as exc:
         hint = "" if args.weights else " Train and export a model (see README) or pass --weights FILE."
         print(f"error: {exc}{hint}", file=sys.stderr)
@@ -78,20 +100,19 @@ def run(args: argparse.Namespace) -> int:
         except SimpsonizeError as exc:
             failures.append((path, str(exc)))
             continue
-        image = result.image
-        if args.side_by_side:
-            from PIL import Image
-
-            pair = Image.new("RGB", (image.width * 2, image.height))
-            pair.paste(result.face_crop, (0, 0))
-            pair.paste(image, (image.width, 0))
-            image = pair
         target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, format="PNG")
+        if args.composite:
+            result.composite.save(target, format="PNG")
+            if len(result.faces) > 1:
+                for n, face in enumerate(result.faces, start=1):
+                    drawn(face, args.side_by_side).save(target.with_name(f"{target.stem}_face{n}.png"), format="PNG")
+        else:
+            drawn(result, args.side_by_side).save(target, format="PNG")
         written += 1
         if not many:
             t = result.timings
-            print(f"wrote {target} (face found in {t['detect']:.2f} s, generated in {t['generate']:.2f} s "
+            faces_text = f"{len(result.faces)} faces" if len(result.faces) > 1 else "face"
+            print(f"wrote {target} ({faces_text} found in {t['detect']:.2f} s, generated in {t['generate']:.2f} s "
                   f"on {simpsonizer.device.type})")
     for path, reason in failures:
         print(f"failed: {path}: {reason}", file=sys.stderr)

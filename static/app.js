@@ -13,6 +13,12 @@
   const $ = (id) => document.getElementById(id);
   const errorBox = $("error"), progress = $("progress"), progressText = $("progress-text"), result = $("result");
   let currentJob = null;
+  let photoUrl = null;  // the photo as sent (a blob: URL): the slider's "before"; the server keeps no copy of it
+
+  function forgetPhoto() {
+    if (photoUrl) URL.revokeObjectURL(photoUrl);
+    photoUrl = null;
+  }
 
   function showError(message) {
     errorBox.textContent = message;
@@ -31,6 +37,7 @@
 
   function reset() {
     currentJob = null;
+    forgetPhoto();
     form.reset();
     result.hidden = true;
     progress.hidden = true;
@@ -115,6 +122,8 @@
       showError(`The photo is larger than ${limitText}; please upload a smaller one.`);
       return;
     }
+    forgetPhoto();
+    photoUrl = URL.createObjectURL(file);
     const data = new FormData();
     data.append("file", file, file.name || "photo");
     let response;
@@ -176,10 +185,55 @@
     }
   }
 
+  // The result: the composite (the page's JPEG copy) under the photo as it was sent, split by a range input (keyboard
+  // and touch for free), then each face's crop and drawing. Downloads: the lossless composite and face 1's drawing.
+  const slider = $("compare-slider"), compare = $("compare");
+
+  function setSplit() {
+    compare.style.setProperty("--split", `${slider.value}%`);
+    slider.setAttribute("aria-valuetext", `${slider.value} % your photo, ${100 - slider.value} % drawing`);
+  }
+  slider.addEventListener("input", setSplit);
+
+  function facePair(state, n) {
+    const pair = document.createElement("div");
+    pair.className = "pair";
+    for (const [url, label, alt] of [[state.input_url, "Before", "as it was cropped"],
+                                     [state.result_url, "After", "Simpsonized"]]) {
+      const figure = document.createElement("figure"), img = document.createElement("img");
+      img.src = `${url}?face=${n}`;
+      img.alt = `Face ${n}, ${alt}`;
+      const caption = document.createElement("figcaption");
+      caption.textContent = `${label} (face ${n})`;
+      figure.append(img, caption);
+      pair.append(figure);
+    }
+    return pair;
+  }
+
   function showResult(state) {
+    const count = state.face_count || 1;
     $("before-image").src = state.input_url;
     $("after-image").src = state.result_url;
     $("download").href = state.result_url + "?download=1";
+    const faces = $("faces");
+    while (faces.children.length > 1) faces.lastChild.remove();
+    for (let n = 2; n <= count; n++) faces.append(facePair(state, n));
+    $("faces-plural").hidden = count < 2;
+    const hasComposite = Boolean(state.composite_url);
+    $("compare").parentElement.hidden = !hasComposite;
+    $("download-composite").hidden = !hasComposite;
+    if (hasComposite) {
+      $("composite-image").src = state.composite_url + "?format=jpeg";
+      $("download-composite").href = state.composite_url + "?download=1";
+    }
+    const before = $("photo-image");
+    const showSlider = hasComposite && Boolean(photoUrl);
+    $("compare-before").hidden = $("compare-control").hidden = !showSlider;
+    before.onerror = () => { $("compare-before").hidden = $("compare-control").hidden = true; };  // e.g. HEIC
+    if (showSlider) before.src = photoUrl;
+    slider.value = 50;
+    setSplit();
     progress.hidden = true;
     result.hidden = false;
   }

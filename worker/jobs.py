@@ -27,11 +27,15 @@ from app import keys, metrics
 from app.jobstore import GENERIC_FAILURE
 from app.settings import get_settings
 from model.errors import SimpsonizeError
-from model.imaging import png_bytes
+from model.imaging import jpeg_bytes, png_bytes
 
 # zlib level 1: still lossless, about 11 % more bytes than level 6 for a 256x256 result (132 vs 118 KB) and several
-# times quicker to encode (benchmarks/encode_formats.py; its timings so far come from a busy machine only).
+# times quicker to encode (benchmarks/encode_formats.py; its timings so far come from a busy machine only). For a
+# 1600x1200 composite it is 15 % bigger than level 6 and 5x quicker (`simpsonize bench composite`, on a busy machine).
 PNG_LEVEL = 1
+# The page shows the composite as a JPEG (a 1600x1200 photo: about 0.3 MB against 2-2.5 MB as PNG); the download is
+# the lossless PNG unless SIMPSONIZE_COMPOSITE_LOSSLESS is off.
+COMPOSITE_JPEG_QUALITY = 90
 
 _model = None
 _model_loads = 0
@@ -50,10 +54,14 @@ def load_model(weights: str | Path | None = None, device: str | None = None, num
     bf16 or auto (bf16 on CUDA), bf16 only where it passes the Simpsonizer's check; ``batch_size``: the largest batch
     to warm up for."""
     global _model, _model_loads
+    from model.composite import FaceSelection
     from model.pipeline import Simpsonizer
 
+    settings = get_settings()
+    faces = FaceSelection(min_face=settings.min_face, max_faces=settings.max_faces)
     with _model_lock:
-        _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads, precision=precision)
+        _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads, precision=precision,
+                             faces=faces)
         _model.warm_up(batch_size)
         _model_loads += 1
         return _model
@@ -74,9 +82,25 @@ def model_loads() -> int:
 
 @dataclass
 class JobOutput:
-    image_png: bytes  # the Simpsonized face
+    image_png: bytes  # the Simpsonized face (the largest)
     face_png: bytes  # the aligned face crop that was translated, same size
     meta: dict[str, Any] = field(default_factory=dict)  # face box/landmarks, timings (seconds), size
+    # The other faces' (drawing, crop) PNGs, the second largest first; the composite as JPEG and lossless PNG (or b"").
+    more_faces: list[tuple[bytes, bytes]] = field(default_factory=list)
+    composite_jpeg: bytes = b""
+    composite_png: bytes = b""
+
+    def fields(self) -> dict[str, bytes]:
+        """The result hash's image fields (app.keys: ``image``/``face`` for face 1, ``image:N``/``face:N`` for the
+        others, ``composite_jpeg`` and ``composite``)."""
+        stored = {"image": self.image_png, "face": self.face_png}
+        for n, (image_png, face_png) in enumerate(self.more_faces, start=2):
+            stored[f"image:{n}"], stored[f"face:{n}"] = image_png, face_png
+        if self.composite_jpeg:
+            stored["composite_jpeg"] = self.composite_jpeg
+        if self.composite_png:
+            stored["composite"] = self.composite_png
+        return stored
 
 
 def simpsonize_bytes(data: bytes, simpsonizer=None) -> JobOutput:
@@ -85,13 +109,24 @@ def simpsonize_bytes(data: bytes, simpsonizer=None) -> JobOutput:
     return encode_result(model.simpsonize(data))
 
 
-def encode_result(result) -> JobOutput:
-    """A ``SimpsonizeResult`` -> its two PNGs and metadata (with the encode time)."""
+def encode_result(result, lossless_composite: bool | None = None) -> JobOutput:
+    """A ``SimpsonizeResult`` -> its PNGs (each face's drawing and crop), its composite (JPEG, and PNG when
+    ``lossless_composite``, by default ``SIMPSONIZE_COMPOSITE_LOSSLESS``) and metadata (with the encode time)."""
+    if lossless_composite is None:
+        lossless_composite = get_settings().composite_lossless
     started = time.perf_counter()
     image_png, face_png = png_bytes(result.image, PNG_LEVEL), png_bytes(result.face_crop, PNG_LEVEL)
+    more = [(png_bytes(f.image, PNG_LEVEL), png_bytes(f.face_crop, PNG_LEVEL)) for f in result.faces[1:]]
+    composite_jpeg = composite_png = b""
+    if result.composite is not None:
+        composite_jpeg = jpeg_bytes(result.composite, COMPOSITE_JPEG_QUALITY)
+        if lossless_composite:
+            composite_png = png_bytes(result.composite, PNG_LEVEL)
     meta = result.to_dict()
     meta["timings"]["encode"] = round(time.perf_counter() - started, 4)
-    return JobOutput(image_png=image_png, face_png=face_png, meta=meta)
+    meta["composite"] = {"jpeg_bytes": len(composite_jpeg), "png_bytes": len(composite_png)} if composite_jpeg else None
+    return JobOutput(image_png=image_png, face_png=face_png, meta=meta, more_faces=more,
+                     composite_jpeg=composite_jpeg, composite_png=composite_png)
 
 
 @dataclass
@@ -159,8 +194,7 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
             return {"deleted": True}
         result_key = keys.result_key(key_prefix, job_id)
         with redis.pipeline() as pipe:
-            pipe.hset(result_key, mapping={"image": output.image_png, "face": output.face_png,
-                                           "meta": json.dumps(meta)})
+            pipe.hset(result_key, mapping={**output.fields(), "meta": json.dumps(meta)})
             pipe.expire(result_key, result_ttl)
             pipe.execute()
         if redis.exists(keys.deleted_key(key_prefix, job_id)):  # deleted while we were storing

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -96,7 +96,7 @@ async def get_job(request: Request, job_id: str,
     return JSONResponse(job_view_dict(view, PREFIX), headers={"Cache-Control": "no-store"})
 
 
-def _image(store: JobStore, job_id: str, which: str, download: bool) -> Response:
+def _image(store: JobStore, job_id: str, which: str, download: bool, face: int = 1, jpeg: bool = False) -> Response:
     view = store.view(job_id)
     if view is None:
         return error(404, NOT_FOUND)
@@ -104,35 +104,60 @@ def _image(store: JobStore, job_id: str, which: str, download: bool) -> Response
         return error(409, f"The job failed, so there is no image: {view.error}")
     if view.status != "finished":
         return error(409, f"The job is {view.status}; the image is ready once its status is 'finished'.")
-    png = store.image(job_id, which)
-    if png is None:
+    count = view.face_count or 1
+    if face > count:
+        return error(404, f"This photo has {count} face{'s' if count != 1 else ''} drawn; ask for face 1 to {count}.")
+    field = "composite_jpeg" if jpeg else which if face == 1 else f"{which}:{face}"
+    data = store.image(job_id, field)
+    if data is None and field == "composite":  # SIMPSONIZE_COMPOSITE_LOSSLESS off: the JPEG is all there is
+        data, field = store.image(job_id, "composite_jpeg"), "composite_jpeg"
+    if data is None:
         return error(404, NOT_FOUND)
-    name = "simpsonized" if which == "image" else "face"
+    name = {"image": "simpsonized", "face": "face", "composite": "simpsonized-photo"}[which]
+    suffix = "" if face == 1 else f"-face{face}"
+    is_jpeg = field == "composite_jpeg"
     disposition = "attachment" if download else "inline"
-    return Response(png, media_type="image/png", headers={
-        "Content-Disposition": f'{disposition}; filename="{name}-{job_id[:8]}.png"',
+    return Response(data, media_type="image/jpeg" if is_jpeg else "image/png", headers={
+        "Content-Disposition": f'{disposition}; filename="{name}{suffix}-{job_id[:8]}.{"jpg" if is_jpeg else "png"}"',
         "Cache-Control": "private, max-age=300",
     })
 
 
 _image_responses = {200: {"content": {"image/png": {}}, "description": "PNG"}, **_errors,
                     409: {"model": ErrorResponse, "description": "The job has not finished (or failed)."}}
+FACE = Query(ge=1, le=64, description="Which face of a group photo: 1 (the largest, the default) to face_count.")
 
 
 @router.get("/{job_id}/result", response_class=Response, responses=_image_responses,
-            summary="The Simpsonized face (PNG). ?download=1 for an attachment.")
-def get_result(job_id: str, download: bool = False, store: JobStore = Depends(get_store)):
-    return _image(store, job_id, "image", download)
+            summary="The Simpsonized face (PNG); ?face=N for face N of a group photo. ?download=1 for an attachment.")
+def get_result(job_id: str, download: bool = False, face: Annotated[int, FACE] = 1,
+               store: JobStore = Depends(get_store)):
+    return _image(store, job_id, "image", download, face)
 
 
 @router.get("/{job_id}/input", response_class=Response, responses=_image_responses,
-            summary="The aligned face crop that was translated (PNG), for a before/after view.")
-def get_input(job_id: str, download: bool = False, store: JobStore = Depends(get_store)):
-    return _image(store, job_id, "face", download)
+            summary="The aligned face crop that was translated (PNG), for a before/after view; ?face=N as for "
+                    "/result.")
+def get_input(job_id: str, download: bool = False, face: Annotated[int, FACE] = 1,
+              store: JobStore = Depends(get_store)):
+    return _image(store, job_id, "face", download, face)
+
+
+@router.get("/{job_id}/composite", response_class=Response,
+            responses={**_image_responses, 200: {"content": {"image/png": {}, "image/jpeg": {}},
+                                                 "description": "PNG (lossless), or JPEG with ?format=jpeg"}},
+            summary="Your photo with every drawn head pasted back: PNG (lossless), ?format=jpeg for the lighter "
+                    "copy the page shows. ?download=1 for an attachment.")
+def get_composite(job_id: str, download: bool = False,
+                  format: Annotated[Literal["png", "jpeg"], Query(description="png (lossless, the default) or jpeg "
+                                                                              "(quality 90, several times smaller).")
+                                    ] = "png",
+                  store: JobStore = Depends(get_store)):
+    return _image(store, job_id, "composite", download, jpeg=format == "jpeg")
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_errors,
-               summary="Forget the job's input and result now.")
+               summary="Forget the job's input and results (drawings, crops, composite) now.")
 def delete_job(job_id: str, store: JobStore = Depends(get_store)):
     if not store.delete(job_id):
         return error(404, NOT_FOUND)

@@ -3,7 +3,9 @@ refreshes itself (meta refresh) until the job is done. static/app.js upgrades / 
 
 from __future__ import annotations
 
+import json
 import math
+from functools import lru_cache
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -12,7 +14,10 @@ from app.deps import ServiceUnavailable, get_store, submit_upload
 from app.guard import TooManyRequests
 from app.jobstore import JobStore
 from app.routes.jobs import NOT_FOUND, PREFIX
+from app.settings import REPO_ROOT
 from app.uploads import UploadError
+
+EXAMPLES = REPO_ROOT / "static" / "examples" / "examples.json"  # written by tools/make_examples.py
 
 router = APIRouter(include_in_schema=False)
 
@@ -20,6 +25,7 @@ router = APIRouter(include_in_schema=False)
 def _page(request: Request, template: str, status_code: int = 200, headers=None, **context) -> HTMLResponse:
     settings = request.app.state.settings
     context.setdefault("error", None)
+    context.setdefault("examples", examples())
     context.update(
         api=PREFIX,
         max_upload_bytes=settings.max_upload_bytes,
@@ -30,6 +36,15 @@ def _page(request: Request, template: str, status_code: int = 200, headers=None,
     )
     return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code,
                                                         headers=headers)
+
+
+@lru_cache(maxsize=1)
+def examples() -> tuple[dict, ...]:
+    """The home page's before/after examples (name, alt, caption, credit, width, height); none if not made yet."""
+    try:
+        return tuple(json.loads(EXAMPLES.read_text()))
+    except (OSError, ValueError):
+        return ()
 
 
 @router.get("/", response_class=HTMLResponse)
