@@ -9,6 +9,11 @@ Metrics per direction:
   rank checkpoints. The colour classifier's verdict is reported too, as ``domain_score_colour``. Both
   classifiers' accuracies on the test splits are reported beside the scores.
 
+The **eyes row** (issue 27): the share of translated test faces in which the show's eye finder (training/eyes.py)
+finds at least one eye with a pupil (``eyes``), beside the same share on the Simpsons reference faces the C2ST
+compares against (``eyes_show``): the shipped model draws blank white eyes, which the C2ST sees only as one cue
+among many.
+
 The honest measure is the **C2ST** (``training/c2st.py``): fresh classifiers try to tell the B->A translations of
 the real test pool (``testB``, a few hundred faces that `prepare` kept out of training) from as many Simpsons faces;
 their held-out accuracy, mean and spread over 3 seeds, is 0.5 when they cannot and 1.0 when they trivially can.
@@ -38,6 +43,7 @@ from model.networks import ResnetGenerator
 from model.weights import load_generator
 from training.c2st import SANITY_EXPECTED, SEEDS, ZOOM_KEEP, c2st, c2st_placement_blind, sanity_sets
 from training.data import load_fixed
+from training.eyes import eyes_share
 from training.prepare import list_images
 from training.regularizers import flat_share
 from training.visuals import save_grid
@@ -93,6 +99,13 @@ class QualityPool:
 
     def reference(self, size: int) -> torch.Tensor:
         return self._load("reference", self.reference_files, size)
+
+    def eyes_show(self, size: int) -> float:
+        """The eyes row's show figure: the share of the reference faces with an eye with a pupil, at ``size``."""
+        key = ("eyes_show", size)
+        if key not in self._cache:
+            self._cache[key] = round(eyes_share(self.reference(size)), 3)
+        return self._cache[key]
 
     def others(self, size: int) -> torch.Tensor:
         return self._load("others", self.other_files, size)
@@ -150,6 +163,8 @@ def c2st_of_generator(g_b: ResnetGenerator, pool: QualityPool, size: int, g_a: R
     fake = translate(g_b, photos)
     row = c2st(pool.reference(size), fake, seeds=seeds).to_dict()
     row["flat"] = round(flat_share(fake), 3)  # the show's crops: about 0.7 (report's flat_reference)
+    row["eyes"] = round(eyes_share(fake), 3)  # translations with >= 1 eye with a pupil, and the show's own share
+    row["eyes_show"] = pool.eyes_show(size)
     if g_a is not None:
         rec = translate(g_a, fake)
         row["cycle_l1"] = round(float((rec - photos).abs().mean() / 2), 4)
@@ -180,14 +195,18 @@ def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[
 
 
 def format_table(rows: list[dict], first: str) -> str:
-    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels | C2ST placement-blind |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels | C2ST placement-blind "
+             "| eyes | eyes, show |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         cycle, flat, blind = row.get("cycle_l1"), row.get("flat"), row.get("c2st_placement_blind")
+        eyes, eyes_show = row.get("eyes"), row.get("eyes_show")
         lines.append(f"| {row[first]} | {row['c2st']:.3f} ± {row['c2st_std']:.3f} | "
                      f"{', '.join(f'{a:.2f}' for a in row['c2st_per_seed'])} | "
                      f"{'' if cycle is None else f'{cycle:.4f}'} | {'' if flat is None else f'{float(flat):.2f}'} | "
-                     f"{'' if blind is None else f'{float(blind):.3f}'} |")
+                     f"{'' if blind is None else f'{float(blind):.3f}'} | "
+                     f"{'' if eyes is None else f'{float(eyes):.1%}'} | "
+                     f"{'' if eyes_show is None else f'{float(eyes_show):.1%}'} |")
     return "\n".join(lines)
 
 
@@ -360,7 +379,8 @@ def _write_index(out: Path, metrics: dict, pages) -> None:
         m = metrics[direction]
         if "c2st" in m:
             parts.append(f"<p><b>{direction} C2ST {m['c2st']:.3f} ± {m['c2st_std']:.3f}</b> on {m['n_per_set']} "
-                         "translated test faces against as many Simpsons faces (0.5: indistinguishable)</p>")
+                         "translated test faces against as many Simpsons faces (0.5: indistinguishable); eyes with a "
+                         f"pupil in {m['eyes']:.1%} of them (the show's faces: {m['eyes_show']:.1%})</p>")
         parts.append(f"<h2>{direction} ({'Simpsons → real' if direction == 'AtoB' else 'real → Simpsons'})</h2>")
         parts.append(f"<p>{m['count']} images · domain score {m['domain_score']:.1%} (grey-scale classifier; "
                      f"colour classifier {m['domain_score_colour']:.1%}) · cycle L1 {m['cycle_l1']:.4f}"
@@ -404,13 +424,13 @@ def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dic
         grid[f"{name} C2ST {by_name[name]['c2st']:.2f}"] = fake
     path = save_grid(out / "snapshots_gallery.png", grid, thumb=min(size, 96))
     table = "".join(f"<tr><td>{html.escape(r['snapshot'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}"
-                    f"<td>{r['cycle_l1']:.4f}" for r in rows)
+                    f"<td>{r['cycle_l1']:.4f}<td>{r['eyes']:.1%}<td>{r['eyes_show']:.1%}" for r in rows)
     checks = "".join(f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
                      f"<td>{'yes' if r['as_expected'] else 'NO'}" for r in sanity)
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>snapshots</title><style>body{font-family:sans-serif}</style>"
         "<h1>Snapshots ranked by C2ST (lower is better; 0.5 = indistinguishable from the show)</h1>"
-        f"<table border=1 cellpadding=4><tr><th>snapshot<th>C2ST<th>B→A cycle L1{table}</table>"
+        f"<table border=1 cellpadding=4><tr><th>snapshot<th>C2ST<th>B→A cycle L1<th>eyes<th>eyes, show{table}</table>"
         f"<h2>Sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok{checks}</table>"
         f"<h2>The same {GALLERY_FACES} test faces, every snapshot</h2><img src='{path.name}'>")
     return path
@@ -425,10 +445,11 @@ def companion_g_a(path: Path) -> Path | None:
 def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None,
                     seeds=SEEDS) -> dict:
     """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly); with
-    ``grid``, a picture of the first test photos as each model sees and translates them. A snapshot's G_B also
-    gets its B->A cycle L1, from the G_A saved beside it (``companion_g_a``)."""
+    ``grid``, a picture of the same first GALLERY_FACES test photos for every model: each framing's crops of them
+    once, then each model's translations. A snapshot's G_B also gets its B->A cycle L1, from the G_A saved beside it
+    (``companion_g_a``)."""
     pool = load_pool(data)
-    rows, pictures, sizes = [], {}, set()
+    rows, pictures, sizes, inputs = [], {}, set(), {}
     for i, path in enumerate(files):
         g_b, meta = load_generator(path)
         g_a = load_generator(companion)[0] if (companion := companion_g_a(path)) else None
@@ -438,10 +459,13 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
         row, fake = c2st_of_generator(g_b, pool, size, g_a=g_a, framing=framing, seeds=seeds)
         row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake, seeds=seeds).mean, 3)
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
-        show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES // 2], size=(128, 128), mode="bilinear",
+        show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES], size=(128, 128), mode="bilinear",
                                                    antialias=True, align_corners=False)
-        pictures[f"{i + 1}: input"] = show(pool.photos_framed(framing, size))
-        pictures[f"{i + 1}: C2ST {row['c2st']:.2f}"] = show(fake)
+        crop = (size, json.dumps(framing, sort_keys=True))  # models cropped alike share one row of inputs
+        if crop not in inputs:
+            inputs[crop] = f"input {size} px" + (f" {framing}" if len(inputs) else "")
+            pictures[inputs[crop]] = show(pool.photos_framed(framing, size))
+        pictures[f"{i + 1}: C2ST {row['c2st']:.2f} eyes {row['eyes']:.0%}"] = show(fake)
     if grid is not None:
         save_grid(grid, pictures, thumb=128)
     sizes = sorted(sizes)
@@ -558,7 +582,8 @@ def run(args: argparse.Namespace) -> int:
     summary = "; ".join(f"{d}: domain score {metrics[d]['domain_score']:.1%}, cycle L1 {metrics[d]['cycle_l1']:.4f}"
                         for d in directions if d in metrics)
     if "BtoA" in metrics and "c2st" in metrics["BtoA"]:
-        summary += f"; B->A C2ST {metrics['BtoA']['c2st']:.3f} ± {metrics['BtoA']['c2st_std']:.3f}"
+        summary += (f"; B->A C2ST {metrics['BtoA']['c2st']:.3f} ± {metrics['BtoA']['c2st_std']:.3f}, eyes with a "
+                    f"pupil {metrics['BtoA']['eyes']:.1%} (show {metrics['BtoA']['eyes_show']:.1%})")
     _print_sanity(metrics.get("sanity", []))
     print(f"test: step {info['step']}: {summary} (classifier accuracy {metrics['classifier_test_accuracy']:.1%}); "
           f"gallery {out / 'index.html'}")
@@ -592,6 +617,8 @@ def run_weights(args: argparse.Namespace) -> int:
     print(format_table(report["weights"], "weights"))
     print("flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
           + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items()))
+    print("eyes: share of translated faces where the show's eye finder (training/eyes.py) finds at least one eye "
+          "with a pupil; eyes, show: the same share on the Simpsons reference faces")
     print("C2ST placement-blind: both sets moved and scaled at random first (how much of the C2ST is the aligned "
           "crop's fixed eye positions rather than the drawing); the ship rule uses the plain C2ST.")
     _print_sanity(report["sanity"])

@@ -75,8 +75,12 @@ def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset
     assert 0 <= first["flat"] == second["flat"] <= 1 and 0 <= list(report["flat_reference"].values())[0] <= 1
     assert 0 <= first["c2st_placement_blind"] <= 1
     from PIL import Image
-    assert Image.open(tiny_dataset / "c2st_weights.png").height == 4 * 128  # input and result row per model
-    assert "C2ST" in capsys.readouterr().out
+    # the same faces for every model: one row of inputs (both are cropped alike), then one row per model
+    picture = Image.open(tiny_dataset / "c2st_weights.png")
+    assert picture.height == 3 * 128 and picture.width > 3 * 128
+    assert 0 <= first["eyes"] <= 1 and first["eyes_show"] == second["eyes_show"]
+    out = capsys.readouterr().out
+    assert "C2ST" in out and "| eyes | eyes, show |" in out
     assert main(["test", "--weights", str(tmp_path / "missing.safetensors"), "--data", str(tiny_dataset)]) == 2
 
 

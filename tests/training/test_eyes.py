@@ -93,3 +93,46 @@ def test_an_eye_is_a_small_json_record():
     eye = find_eyes(face())[0]
     record = eye.to_dict()
     assert set(record) == {"x", "y", "r", "pupil", "px", "py"} and Eye(**record).pupil is True
+
+
+# ------------------------------------------------------------------------- `simpsonize test`: the eyes row
+class Draws(torch.nn.Module):
+    """A 'generator' that answers every photo with the drawn face (eyes with pupils) or with the photo itself."""
+
+    def __init__(self, draws: bool) -> None:
+        super().__init__()
+        self.draws = draws
+
+    def forward(self, x):
+        if not self.draws:
+            return x
+        drawn = torch.from_numpy(np.array(face(side=x.shape[-1]))).permute(2, 0, 1).float() / 127.5 - 1
+        return drawn.expand(len(x), -1, -1, -1).clone()
+
+
+@pytest.fixture(scope="module")
+def drawn_dataset(tmp_path_factory):
+    """Simpsons side: 4 drawn faces with eyes, 4 without pupils; real test side: 3 noise photos."""
+    root = tmp_path_factory.mktemp("drawn")
+    for split in ("trainA", "testB"):
+        (root / split).mkdir()
+    for i in range(8):
+        face(pupil=4 if i % 2 else 0).save(root / "trainA" / f"{i}.png")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "testB" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("draws, expected", [(True, 1.0), (False, 0.0)])
+def test_the_eyes_row_counts_the_translations_with_pupils_beside_the_shows_share(drawn_dataset, draws, expected):
+    from training.evaluate import c2st_of_generator, format_table, load_pool
+
+    pool = load_pool(drawn_dataset)
+    row, fake = c2st_of_generator(Draws(draws), pool, 64, seeds=(0, 1, 2))
+    assert row["eyes"] == expected
+    # the reference: 3 of the 8 drawn faces, drawn from a seeded shuffle; its share is what the finder says of them
+    assert row["eyes_show"] == round(eyes_share(pool.reference(64)), 3)
+    assert 0 < row["eyes_show"] < 1  # both kinds of drawn face are among them (seed 0): the share is not a constant
+    table = format_table([{"weights": "w", **row}], "weights")
+    assert f"| {expected:.1%} | {row['eyes_show']:.1%} |" in table
