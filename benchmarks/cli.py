@@ -1,11 +1,12 @@
-"""`simpsonize bench WHAT`: the benchmarks (model, service, uploads, encode, gpu, browser, projected, train, full)."""
+"""`simpsonize bench WHAT`: the benchmarks (model, service, uploads, encode, gpu, browser, projected, train,
+composite, full), each printing its own figures."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import (browser_upload, encode_formats, gpu_bench, model_speed, projected_step, redis_full,
-                        service_latency, train_speed, upload_memory)
+from benchmarks import (browser_upload, composite_bench, encode_formats, gpu_bench, model_speed, projected_step,
+                        redis_full, service_latency, train_speed, upload_memory)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "worker draining queued jobs (JSON + markdown to $OUT)"))
     browser_upload.add_arguments(sub.add_parser("browser", help="bytes and time of a phone photo's upload from the page, "
                                                                 "shrunk in the browser or not, on a throttled link"))
+    composite_bench.add_arguments(sub.add_parser("composite", help="the composite's cost on a 12 MP photo with 1, 4 "
+                                                                   "and 8 faces: times, bytes, peak memory"))
     projected_step.add_arguments(sub.add_parser("projected", help="a training step's cost with the Projected GAN "
                                                                   "judge (train --d-projected), as ratios to without"))
     train_speed.add_arguments(sub.add_parser("train", help="images per second of a training step by batch, processes "
@@ -32,4 +35,4 @@ def run(args: argparse.Namespace) -> int:
     return {"model": model_speed, "service": service_latency, "uploads": upload_memory,
             "encode": encode_formats, "gpu": gpu_bench,
             "browser": browser_upload, "projected": projected_step, "train": train_speed,
-            "full": redis_full}[args.bench].run(args)
+            "composite": composite_bench, "full": redis_full}[args.bench].run(args)

@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export", "Export the real->Simpsons generator as served weights."),
     "bench": ("benchmarks.cli", "Measure model speed (`bench model`), service latency (`bench service`), web "
                                 "memory under big uploads (`bench uploads`), result encoding (`bench encode`), "
-                                "GPU throughput in one device call (`bench gpu`) or a phone photo's upload from the "
-                                "page (`bench browser`)."),
+                                "GPU throughput in one device call (`bench gpu`), a phone photo's upload from the "
+                                "page (`bench browser`) or the composite's cost (`bench composite`)."),
 }
 
 

@@ -300,3 +300,13 @@ def test_an_upright_rgb_photo_is_used_as_it_is_not_copied(astronaut):
     stored = Image.open(io.BytesIO(exif_rotated_jpeg(wide)))
     assert stored.size == (300, 512)
     assert open_image(stored).size == (512, 300)  # a rotation tag still turns it upright
+
+
+def test_a_group_of_middle_sized_faces_is_found_whole(astronaut):
+    """Four faces of 6 % of the shorter side: the quick search (faces of 15 % and more) found one of them, under
+    its floor; a face under the floor sends the photo to the full search, which finds all four."""
+    canvas = Image.new("RGB", (1600, 1200), (90, 110, 140))
+    tile = astronaut.resize((400, 400))
+    for cell in (0, 2, 5, 7):
+        canvas.paste(tile, ((cell % 4) * 400, (cell // 4) * 400))
+    assert len(detect_faces(canvas)) == 4

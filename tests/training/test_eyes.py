@@ -69,6 +69,11 @@ def test_a_grey_pupil_or_a_textured_white_is_not_the_show():
     for x in (43, 89):
         draw.ellipse([x - 4, 46, x + 4, 54], fill=(110, 110, 110))  # a photo's iris, not the show's black dot
     assert pupil_count(find_eyes(grey)) == 0
+    smudge = face()
+    draw = ImageDraw.Draw(smudge)
+    for x in (43, 89):
+        draw.ellipse([x - 4, 46, x + 4, 54], fill=(60, 60, 60))  # dark, but no black core: a blurred iris
+    assert pupil_count(find_eyes(smudge)) == 0
     noisy = np.asarray(face()).astype(np.float64)
     noisy += np.random.default_rng(0).normal(0, 30, noisy.shape) * (noisy.min(axis=2, keepdims=True) > 200)
     assert pupil_count(find_eyes(np.clip(noisy, 0, 255).astype(np.uint8))) == 0
@@ -136,3 +141,4 @@ def test_the_eyes_row_counts_the_translations_with_pupils_beside_the_shows_share
     assert 0 < row["eyes_show"] < 1  # both kinds of drawn face are among them (seed 0): the share is not a constant
     table = format_table([{"weights": "w", **row}], "weights")
     assert f"| {expected:.1%} | {row['eyes_show']:.1%} |" in table
+
