@@ -146,4 +146,5 @@ def test_nine_faces_give_eight(simpsonizer, astronaut):
     result = simpsonizer(grid)
     assert len(result.crop.other_faces) == 8  # all nine were found...
     assert result.face_count == 8  # ... and eight drawn
+    assert result.to_dict()["faces_found"] == 9
     assert len({(round(f.crop.center[0]), round(f.crop.center[1])) for f in result.faces}) == 8
