@@ -39,7 +39,7 @@ from training.patchnce import (PatchHeads, encode, feature_layers, layer_channel
 from training.regularizers import face_region_weights, r1_penalty, total_variation, weighted_l1
 
 LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
-              "D_B_coarse", "G_B_coarse", "r1", "D_B_proj", "G_B_proj")
+              "D_B_coarse", "G_B_coarse", "r1", "D_B_proj", "G_B_proj", "D_eye", "G_eye")
 OBJECTIVES = ("cyclegan", "cut")
 # --d-projected: the Projected GAN judge (training/projected.py) of the Simpsons side: none, instead of the
 # Simpsons-side PatchGAN, or beside it.
@@ -108,6 +108,9 @@ class TrainConfig:
     # "with-patch" (beside it, its loss added to the generator's). A judge that starts from pretrained eyes
     # instead of learning to see from ~2,500 faces.
     d_projected: str = "off"
+    # Weight of the eye judge's push on G_B (training/eye_judge.py: a small PatchGAN on the eye patches of the
+    # real->Simpsons translations, cut at the person's eye positions, against the show's eye patches); 0: off.
+    eye_judge: float = 0.0
     lambda_nce: float = 1.0
     nce_patches: int = 256
     # Decay of a moving average of the generators' weights (training/averaging.py), kept beside them and saved with
@@ -406,6 +409,16 @@ def check_projected(config: TrainConfig) -> None:
                              "would shape; use --d-projected with-patch to keep it.")
 
 
+def check_eye_judge(config: TrainConfig, world_size: int) -> None:
+    if config.eye_judge < 0:
+        raise ValueError(f"--eye-judge must be 0 (off) or a positive weight, not {config.eye_judge:g}.")
+    if config.eye_judge and config.objective != "cyclegan":
+        raise ValueError("--eye-judge works with the cyclegan objective only.")
+    if config.eye_judge and world_size > 1:
+        # Its discriminator sits outside the DDP-wrapped modules, so its gradients would not be averaged over ranks.
+        raise ValueError("--eye-judge runs in one process only (not yet under DDP).")
+
+
 def check_cycle_weights(config: TrainConfig) -> None:
     if not 0 <= config.cycle_surround <= 1:
         raise ValueError(f"--cycle-surround must be between 0 and 1 (1: the uniform cycle), "
@@ -426,6 +439,7 @@ class Trainer:
         check_decay(config.ema_decay)
         self.config = config
         self.dist = dist_info or Distributed()
+        check_eye_judge(config, self.dist.world_size)
         if device in (None, "", "auto"):
             device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -437,7 +451,9 @@ class Trainer:
         self.out = Path(config.out)
 
         torch.manual_seed(config.seed)  # same initial weights on every rank
-        self.dataset = UnpairedFaces(config.data, "train", config.size, seed=config.seed)
+        # With the eye judge, the samples also say which files they are and how they were cut (the same images).
+        self.dataset = UnpairedFaces(config.data, "train", config.size, seed=config.seed,
+                                     positions=config.eye_judge > 0)
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
@@ -484,6 +500,15 @@ class Trainer:
         if self.projected:
             self.opt_D_projected = torch.optim.Adam(self.D.D_B_projected.parameters(), lr=lr_d, betas=betas)
             self.sched_D_projected = torch.optim.lr_scheduler.LambdaLR(self.opt_D_projected, schedule)
+        # The eye judge (training/eye_judge.py): its own network, from its own seed, and its own optimiser.
+        self.eye_judge = None
+        if config.eye_judge:
+            from training.eye_judge import EyeJudge
+
+            self.eye_judge = EyeJudge(Path(config.data), self.dataset.files_a, self.dataset.files_b,
+                                      self.dataset.load_size, config.size, seed=config.seed).to(self.device)
+            self.opt_D_eye = torch.optim.Adam(self.eye_judge.parameters(), lr=lr_d, betas=betas)
+            self.sched_D_eye = torch.optim.lr_scheduler.LambdaLR(self.opt_D_eye, schedule)
         self.one_sided_G: OneSided | None = None
         if self.one_sided:
             self.one_sided_G = OneSided(self.G.G_B, config.nce_patches).to(self.device)
@@ -528,8 +553,12 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, eyes: dict | None = None) -> dict[str, float]:
+        """One step of every network. ``eyes``: the batch's file indices and crops (``UnpairedFaces(positions=True)``),
+        needed by the eye judge only."""
         c = self.config
+        if self.eye_judge is not None and eyes is None:
+            raise ValueError("the eye judge needs the batch's positions (A_index, A_crop, B_index, B_crop)")
         if self.channels_last:
             real_A = real_A.contiguous(memory_format=torch.channels_last)
             real_B = real_B.contiguous(memory_format=torch.channels_last)
@@ -541,11 +570,14 @@ class Trainer:
         # the generators only translate (for D's fakes and the loss log).
         warming_up = self.step < c.d_warmup
         self.D.requires_grad_(False)
+        if self.eye_judge is not None:
+            self.eye_judge.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         with self.autocast(), torch.no_grad() if warming_up else nullcontext():
             out = self.G_train(real_A, real_B, identity)
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
             loss_G_B, loss_G_B_coarse, loss_G_B_proj = self.simpsons_generator_loss(out["fake_A"])
+            loss_G_eye = self.eye_generator_loss(out["fake_A"], eyes)
         l1 = nn.functional.l1_loss
         loss_cycle_A = l1(out["rec_A"].float(), real_A) * c.lambda_cycle
         loss_cycle_B = weighted_l1(out["rec_B"].float(), real_B, self.cycle_weights_B) * c.lambda_cycle
@@ -560,12 +592,16 @@ class Trainer:
         # the cycle and so change the balance of the recipe it is compared with.
         loss_G = (loss_G_A + loss_G_B + loss_G_B_coarse + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
                   + loss_tv + loss_G_B_proj)
+        if self.eye_judge is not None:  # only when on: off, the sum is the one before the flag, to the bit
+            loss_G = loss_G + loss_G_eye
         if not warming_up:
             loss_G.backward()
         self.opt_G.step()  # without gradients (warming up) Adam leaves the generators and its moments alone
 
         # Discriminators, on real images and on fakes drawn from the history pools.
         self.D.requires_grad_(True)
+        if self.eye_judge is not None:
+            self.eye_judge.requires_grad_(True)
         self.zero_discriminator_grads()
         fake_B = self.pool_A.query(out["fake_B"].detach().float())
         fake_A = self.pool_B.query(out["fake_A"].detach().float())
@@ -578,7 +614,11 @@ class Trainer:
             loss_D_B, loss_D_B_coarse = self.simpsons_discriminator_loss(real_a, fake_a)
             loss_D_B_proj = self.projected_discriminator_loss(real_proj, fake_proj)
         loss_r1 = self.simpsons_r1(real_A)
-        (loss_D_A + loss_D_B + loss_D_B_coarse + loss_r1 + loss_D_B_proj).backward()
+        loss_D = loss_D_A + loss_D_B + loss_D_B_coarse + loss_r1 + loss_D_B_proj
+        loss_D_eye = self.eye_discriminator_loss(real_A, out["fake_A"], eyes)
+        if self.eye_judge is not None:
+            loss_D = loss_D + loss_D_eye
+        loss_D.backward()
         self.step_discriminators()
 
         self.sched_G.step()
@@ -588,7 +628,25 @@ class Trainer:
         return {**losses, "nce": 0.0, "nce_idt": 0.0, "tv": float(loss_tv.detach()),
                 "D_B_coarse": float(loss_D_B_coarse.detach()), "G_B_coarse": float(loss_G_B_coarse.detach()),
                 "r1": float(loss_r1.detach()), "D_B_proj": float(loss_D_B_proj.detach()),
-                "G_B_proj": float(loss_G_B_proj.detach())}
+                "G_B_proj": float(loss_G_B_proj.detach()), "D_eye": float(loss_D_eye.detach()),
+                "G_eye": float(loss_G_eye.detach())}
+
+    def eye_generator_loss(self, fake_A: torch.Tensor, eyes: dict | None) -> torch.Tensor:
+        """The eye judge's weighted push on G_B: its eyes, at the person's eye positions, should pass for the show's
+        (0 when off)."""
+        if self.eye_judge is None:
+            return torch.zeros((), device=self.device)
+        boxes = self.eye_judge.person_boxes(eyes["B_index"], eyes["B_crop"])
+        return self.config.eye_judge * self.eye_judge.generator_loss(fake_A, boxes)
+
+    def eye_discriminator_loss(self, real_A: torch.Tensor, fake_A: torch.Tensor, eyes: dict | None) -> torch.Tensor:
+        """The eye judge's own loss: the show's eye patches against this step's generated ones (0 when off)."""
+        if self.eye_judge is None:
+            return torch.zeros((), device=self.device)
+        with self.autocast():
+            return self.eye_judge.discriminator_loss(
+                real_A, self.eye_judge.show_boxes(eyes["A_index"], eyes["A_crop"]),
+                fake_A, self.eye_judge.person_boxes(eyes["B_index"], eyes["B_crop"]))
 
     def simpsons_generator_loss(self, fake_A: torch.Tensor):
         """G_B's least-squares losses against the Simpsons-side judges: D_B's scale, the coarser scales (summed), and
@@ -631,6 +689,8 @@ class Trainer:
             self.opt_D_coarse.zero_grad(set_to_none=True)
         if self.projected:
             self.opt_D_projected.zero_grad(set_to_none=True)
+        if self.eye_judge is not None:
+            self.opt_D_eye.zero_grad(set_to_none=True)
 
     def step_discriminators(self) -> None:
         """The discriminators' optimiser steps, and their learning-rate schedules."""
@@ -642,6 +702,9 @@ class Trainer:
         if self.projected:
             self.opt_D_projected.step()
             self.sched_D_projected.step()
+        if self.eye_judge is not None:
+            self.opt_D_eye.step()
+            self.sched_D_eye.step()
 
     def flatness(self, fake_A: torch.Tensor) -> torch.Tensor:
         """The weighted total-variation prior on the Simpsons-side translations (0 when switched off)."""
@@ -711,6 +774,8 @@ class Trainer:
             **({"D_B_projected": self.D.D_B_projected[0].trained_state_dict(),
                 "opt_D_projected": self.opt_D_projected.state_dict(),
                 "sched_D_projected": self.sched_D_projected.state_dict()} if self.projected else {}),
+            **({"D_eye": self.eye_judge.state_dict(), "opt_D_eye": self.opt_D_eye.state_dict(),
+                "sched_D_eye": self.sched_D_eye.state_dict()} if self.eye_judge is not None else {}),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -740,6 +805,10 @@ class Trainer:
             self.D.D_B_projected[0].load_trained_state_dict(state["D_B_projected"])
             self.opt_D_projected.load_state_dict(state["opt_D_projected"])
             self.sched_D_projected.load_state_dict(state["sched_D_projected"])
+        if self.eye_judge is not None:
+            self.eye_judge.load_state_dict(state["D_eye"])
+            self.opt_D_eye.load_state_dict(state["opt_D_eye"])
+            self.sched_D_eye.load_state_dict(state["sched_D_eye"])
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -872,8 +941,11 @@ class Trainer:
         stopped_by_clock = False
         step_started = time.time()
         for batch in loader:
+            eyes = None
+            if self.eye_judge is not None:  # where the batch's eyes are: its files and crops
+                eyes = {k: batch[k] for k in ("A_index", "A_crop", "B_index", "B_crop")}
             losses = self.train_step(batch["A"].to(self.device, non_blocking=True),
-                                     batch["B"].to(self.device, non_blocking=True))
+                                     batch["B"].to(self.device, non_blocking=True), eyes)
             if self.G_ema is not None:
                 self.G_ema.update_parameters(self.G)
             now = time.time()
@@ -992,6 +1064,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a Projected GAN judge of the Simpsons side on frozen ImageNet EfficientNet-Lite0 "
                              "features (Sauer et al., 2021): alone (instead of the PatchGAN D_B) or with-patch (beside "
                              "it); default off")
+    parser.add_argument("--eye-judge", type=float, default=defaults.eye_judge, metavar="WEIGHT",
+                        help="a local judge of the eyes (training/eye_judge.py): G_B's eyes at the person's eye "
+                             "positions against the show's eye patches, its push on G_B weighted by WEIGHT, e.g. 1 "
+                             "(default 0: off)")
     parser.add_argument("--lambda-nce", type=float, default=defaults.lambda_nce, help="PatchNCE weight (--objective cut)")
     parser.add_argument("--lambda-tv", type=float, default=defaults.lambda_tv, metavar="WEIGHT",
                         help="total-variation prior on the real->Simpsons translations: flat colour fields with sharp "
@@ -1040,7 +1116,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         diff_augment=args.diff_augment, spectral_norm=args.spectral_norm, cycle_noise=args.cycle_noise,
         d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, d_warmup=args.d_warmup, r1_gamma=args.r1_gamma,
         r1_every=args.r1_every,
-        d_projected=args.d_projected,
+        d_projected=args.d_projected, eye_judge=args.eye_judge,
         objective=args.objective, lambda_nce=args.lambda_nce, lambda_tv=args.lambda_tv,
         cycle_surround=args.cycle_surround,
         cycle_eyes=args.cycle_eyes, ema_decay=args.ema_decay,

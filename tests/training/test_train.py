@@ -229,7 +229,7 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
     before = {k: v.clone() for k, v in trainer.G.G_B.state_dict().items()}
     losses = trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1])
     assert set(losses) == {"D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
-                            "D_B_coarse", "G_B_coarse", "r1", "D_B_proj", "G_B_proj"}
+                            "D_B_coarse", "G_B_coarse", "r1", "D_B_proj", "G_B_proj", "D_eye", "G_eye"}
     assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
     after = trainer.G.G_B.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it learned something
