@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model.composite import FaceSelection, composite, head_mask, paste_face
-from model.face import Face, FaceCrop, align_crop, crop_face
+from model.face import Face, align_crop, crop_face
 
 ASTRONAUT_FACE_CENTRE = (225, 120)
 
