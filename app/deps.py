@@ -7,6 +7,7 @@ from fastapi.templating import Jinja2Templates
 from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.concurrency import run_in_threadpool
 
+from app.capacity import BUSY, BUSY_RETRY_AFTER, Admission, StorageFull
 from app.guard import Busy, ClientLimits, UploadGate, client_key, with_deadline
 from app.jobstore import JobStore, QueueFull
 from app.settings import Settings
@@ -35,15 +36,17 @@ class ServiceUnavailable(Exception):
 async def submit_upload(request: Request) -> str:
     """Validate the request's upload and enqueue it; returns the job id.
 
-    In order, each step before any work of the next: the client's rate limit and job places (429), a free upload
-    slot (503), the body within ``upload_timeout`` (408) and its size (413), a decode when a decoder is free, then
-    the queue (503 when full). Raises ``UploadError`` (4xx), ``TooManyRequests`` (429) or ``ServiceUnavailable``
-    (503: busy, queue full or Redis unreachable).
+    In order, each step before any work of the next: the client's rate limit and job places (429), room in the
+    queue and in Redis's memory (503), a free upload slot (503), the body within ``upload_timeout`` (408) and its size
+    (413), a decode when a decoder is free, then room for this photo in Redis and the queue (503 when full). Raises
+    ``UploadError`` (4xx), ``TooManyRequests`` (429) or ``ServiceUnavailable`` (503: busy, queue or Redis full,
+    Redis unreachable).
     """
     store: JobStore = request.app.state.store
     settings: Settings = request.app.state.settings
     limits: ClientLimits = request.app.state.client_limits
     gate: UploadGate = request.app.state.upload_gate
+    admission: Admission = request.app.state.admission
     busy = ServiceUnavailable("Too many photos are waiting right now; please try again in a few seconds.",
                               settings.retry_after)
     client = client_key(request.client.host if request.client else None)
@@ -52,6 +55,7 @@ async def submit_upload(request: Request) -> str:
         await run_in_threadpool(limits.hit, client)
         token = await run_in_threadpool(limits.reserve, client)
         await run_in_threadpool(store.check_capacity)  # before reading the body: no work when full
+        await run_in_threadpool(admission.check)  # room in Redis for a photo of a usual size and its result
         async with gate.upload():
             try:
                 upload = await with_deadline(read_upload(request, settings.max_upload_bytes),
@@ -63,7 +67,9 @@ async def submit_upload(request: Request) -> str:
                                       max_side=settings.max_side,
                                       max_pixels_full_decode=settings.max_pixels_full_decode)
             del upload
+        await run_in_threadpool(admission.check, len(image.jpeg))  # and for this one
         job_id = await run_in_threadpool(store.submit, image.jpeg)
+        admission.stored(len(image.jpeg))
         await run_in_threadpool(limits.confirm, client, token, job_id)
         token = None
         return job_id
@@ -72,9 +78,9 @@ async def submit_upload(request: Request) -> str:
                                  "seconds.", settings.retry_after) from None
     except QueueFull:
         raise busy from None
-    except OutOfMemoryError as exc:
-        raise ServiceUnavailable("The service's storage is full right now; please try again in a minute.",
-                                 max(settings.retry_after, 60)) from exc
+    except (StorageFull, OutOfMemoryError) as exc:  # Redis is (nearly) full: room comes back as results go
+        request.app.state.metrics.memory_refusals.inc()
+        raise ServiceUnavailable(BUSY, max(settings.retry_after, BUSY_RETRY_AFTER)) from exc
     except RedisError as exc:
         raise ServiceUnavailable("The job queue is unreachable right now; please try again shortly.",
                                  settings.retry_after) from exc

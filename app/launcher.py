@@ -119,6 +119,11 @@ class WorkerPool:
     weights or settings), exit code 3 (Redis unreachable) from a first-generation worker, or ``MAX_QUICK_CRASHES``
     crashes in a row each within ``MIN_UPTIME`` seconds of starting. Quick crashes are retried after a pause that
     doubles each time (``RESTART_DELAY`` up to 30 s), so a crash loop does not eat the CPU.
+
+    A worker that exits while ``redis_trouble()`` says Redis is full or unreachable (``RedisWatch``) is not counted
+    as a crash: that clears by itself, as results are deleted or expire, and stopping the service for it would turn a
+    slow service into none. It is restarted after the same doubling pause, for as long as it takes; exit code 2
+    still stops the service.
     """
 
     MIN_UPTIME = 15.0
@@ -126,8 +131,10 @@ class WorkerPool:
     RESTART_DELAY = 1.0
 
     def __init__(self, commands: list[list[str]], env: dict[str, str], name_prefix: str | None = None,
-                 on_exit: Callable[[str], None] | None = None) -> None:
+                 on_exit: Callable[[str], None] | None = None,
+                 redis_trouble: Callable[[], str | None] | None = None) -> None:
         self.commands = commands
+        self.redis_trouble = redis_trouble
         self.env = env
         self.name_prefix = name_prefix
         self.on_exit = on_exit
@@ -136,6 +143,7 @@ class WorkerPool:
         self.started: list[float] = []
         self.generation: list[int] = []
         self.quick_crashes: list[int] = []
+        self.redis_exits: list[int] = []  # exits in a row while Redis was full or unreachable
         self.restart_at: list[float | None] = []
         self.stopping = False
 
@@ -157,6 +165,7 @@ class WorkerPool:
         n = len(self.commands)
         self.processes, self.names, self.started = [None] * n, [None] * n, [0.0] * n
         self.generation, self.quick_crashes, self.restart_at = [0] * n, [0] * n, [None] * n
+        self.redis_exits = [0] * n
         for i in range(n):
             self._spawn(i)
 
@@ -180,13 +189,22 @@ class WorkerPool:
                 if code == 2 or (code == 3 and self.generation[i] == 1):
                     _say(f"worker pid {process.pid} {how} while starting; stopping.")
                     return code
+                self.processes[i] = None
+                trouble = self.redis_trouble() if self.redis_trouble is not None else None
+                if trouble:
+                    self.redis_exits[i] += 1
+                    delay = min(30.0, self.RESTART_DELAY * 2 ** (self.redis_exits[i] - 1))
+                    _say(f"worker pid {process.pid} {how} while Redis is {trouble}; not a crash of the worker, so "
+                         f"serve stays up (uploads get 503 meanwhile); starting a new one in {delay:.0f} s.")
+                    self.restart_at[i] = now + delay
+                    continue
+                self.redis_exits[i] = 0
                 quick = now - self.started[i] < self.MIN_UPTIME
                 self.quick_crashes[i] = self.quick_crashes[i] + 1 if quick else 0
                 if self.quick_crashes[i] >= self.MAX_QUICK_CRASHES:
                     _say(f"worker pid {process.pid} {how}, the {self.quick_crashes[i]}th time in a row within "
                          f"{self.MIN_UPTIME:.0f} s of starting; stopping.")
                     return code if code > 0 else 1
-                self.processes[i] = None
                 if self.quick_crashes[i]:
                     delay = min(30.0, self.RESTART_DELAY * 2 ** (self.quick_crashes[i] - 1))
                     _say(f"worker pid {process.pid} {how}; starting a new one in {delay:.0f} s.")
@@ -279,6 +297,73 @@ class RedisSupervisor:
         return None
 
 
+class RedisWatch:
+    """Whether Redis is full (no room for one more job, as ``app.capacity`` admits them) or unreachable, for
+    ``WorkerPool``: asked on the supervisor's ticks, at most every ``INTERVAL`` seconds.
+
+    The probe runs on a thread of its own: a Redis that hangs (SIGSTOP, a stalled network) must not block the event
+    loop, and a probe still waiting after ``STALL`` seconds counts as unreachable. Trouble seen within the last
+    ``WINDOW`` seconds still counts, because a worker usually exits a moment after what made it exit.
+    """
+
+    INTERVAL = 1.0
+    STALL = 3.0
+    WINDOW = 10.0
+
+    def __init__(self, admission) -> None:  # app.capacity.Admission
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.admission = admission
+        self.trouble: str | None = None  # the latest trouble seen
+        self.trouble_at: float | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="redis-watch")
+        self._pending = None
+        self._pending_since = 0.0
+        self._last = float("-inf")
+
+    def _probe(self) -> str | None:
+        from redis.exceptions import RedisError
+
+        try:
+            return None if self.admission.room()[0] else "full"
+        except RedisError:
+            return "unreachable"
+
+    def _saw(self, trouble: str | None, now: float) -> None:
+        if trouble and trouble != self.trouble:
+            _say(f"Redis is {trouble}: uploads get 503 until it has room again.")
+        elif not trouble and self.trouble and self.trouble_at is not None:
+            _say("Redis has room again.")
+        self.trouble = trouble
+        if trouble:
+            self.trouble_at = now
+
+    def check(self) -> None:
+        """Never stops the service (a ``SupervisedServer`` check that returns None)."""
+        now = time.monotonic()
+        if self._pending is not None:
+            if not self._pending.done():
+                if now - self._pending_since > self.STALL:
+                    self._saw("unreachable", now)
+                return None
+            self._saw(self._pending.result(), now)
+            self._pending = None
+        if now - self._last >= self.INTERVAL:
+            self._last = now
+            self._pending = self._executor.submit(self._probe)
+            self._pending_since = now
+        return None
+
+    def current(self) -> str | None:
+        """'full' or 'unreachable' when seen within ``WINDOW`` seconds, else None."""
+        if self.trouble_at is not None and time.monotonic() - self.trouble_at <= self.WINDOW:
+            return self.trouble or "full or unreachable"
+        return None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 def worker_command(threads: int, weights: Path, device: str | None = None) -> list[str]:
     command = [sys.executable, "-m", "cli.main", "worker", "--threads", str(threads), "--weights", str(weights)]
     if device:
@@ -317,6 +402,7 @@ def run(args: argparse.Namespace) -> int:
     redis = EmbeddedRedis(args.data_dir or settings.data_dir, maxmemory=settings.redis_maxmemory)
     pool: WorkerPool | None = None
     server: SupervisedServer | None = None
+    watch: RedisWatch | None = None
     try:
         try:
             url = redis.start()
@@ -351,8 +437,10 @@ def run(args: argparse.Namespace) -> int:
             # goes to the default executor. Only this; the replacement worker was started in the main thread.
             asyncio.get_running_loop().run_in_executor(None, end_jobs_of, name)
 
-        pool = WorkerPool(commands, env, name_prefix=f"embedded-{os.getpid()}", on_exit=worker_exited)
-        server = SupervisedServer(_config(app, args), checks=[RedisSupervisor(redis).check, pool.check])
+        watch = RedisWatch(app.state.admission)
+        pool = WorkerPool(commands, env, name_prefix=f"embedded-{os.getpid()}", on_exit=worker_exited,
+                          redis_trouble=watch.current)
+        server = SupervisedServer(_config(app, args), checks=[RedisSupervisor(redis).check, watch.check, pool.check])
         pool.start()
         _say(f"http://{args.host}:{args.port} with {workers} worker(s), {threads} thread(s) each, "
              f"embedded Redis at {url}. Ctrl-C stops everything.")
@@ -365,6 +453,8 @@ def run(args: argparse.Namespace) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda signum, frame: pool.kill())
             pool.stop(WORKER_STOP_TIMEOUT)
+        if watch is not None:
+            watch.close()
         redis.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

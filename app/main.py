@@ -20,6 +20,7 @@ from starlette.routing import Match
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import metrics
+from app.capacity import Admission, JobFootprint
 from app.guard import ClientLimits, UploadGate
 from app.http_security import CrossSiteGuard, SecurityHeaders, TrustedHosts, docs_csp
 from app.jobstore import JobStore, connect
@@ -77,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.waiter = waiter
     app.state.store = JobStore(settings, connect(settings.redis_url))
     app.state.client_limits = ClientLimits(settings, app.state.store.redis)
+    app.state.admission = Admission(app.state.store.queue, settings.key_prefix,
+                                    JobFootprint.for_settings(settings.composite_lossless))
     app.state.upload_gate = UploadGate(settings)
     app.state.templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")

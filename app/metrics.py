@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Mount
@@ -54,7 +54,7 @@ METRICS_TTL = 30 * 24 * 3600  # seconds; renewed by every job
 # encode ~0.01 s (0.1-0.6 s with a lossless composite).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STAGES = ("detect", "generate", "composite", "encode")
-FAILURE_REASONS = ("photo", "timeout", "out_of_memory", "error", "worker_stopped")
+FAILURE_REASONS = ("photo", "timeout", "out_of_memory", "full", "error", "worker_stopped")
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route label of a request no route answers (404s, redirects to a slash)
@@ -101,6 +101,8 @@ def record(redis: Redis | Pipeline, prefix: str, queue_name: str, outcome: str, 
 
 def failure_reason(exc: BaseException) -> str:
     """Which of ``FAILURE_REASONS`` an exception out of the job function is (by class name: no model import)."""
+    if isinstance(exc, OutOfMemoryError):  # redis's: Redis refused to store the result (app.capacity)
+        return "full"
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "SimpsonizeError" in names:
         return "photo"  # no face, unreadable, input gone: the photo's fault, explained to the user
@@ -164,6 +166,7 @@ class RedisCollector:
             queued = store.redis.llen(store.queue.key)
             running = store.redis.zcard(store.queue.started_job_registry.key)
             workers = store.live_workers()
+            memory = store.redis.info("memory")
         except RedisError as exc:
             log.warning("Metrics: Redis is not reachable (%s).", exc)
             up.add_metric([], 0)
@@ -182,8 +185,8 @@ class RedisCollector:
         finished.add_metric([], number("finished"))
         yield finished
         failed = CounterMetricFamily("simpsonize_jobs_failed", "Jobs that failed (all workers), by reason: photo (no "
-                                     "face, unreadable), timeout, out_of_memory, error (a bug), worker_stopped "
-                                     "(its worker died).", labels=["reason"])
+                                     "face, unreadable), timeout, out_of_memory, full (Redis had no room for the "
+                                     "result), error (a bug), worker_stopped (its worker died).", labels=["reason"])
         for reason in FAILURE_REASONS:
             failed.add_metric([reason], number(f"failed:{reason}"))
         yield failed
@@ -214,6 +217,11 @@ class RedisCollector:
                                 value=running)
         yield GaugeMetricFamily("simpsonize_workers_live", "Workers of this queue whose heartbeat is at most 2 "
                                 "heartbeat intervals old (as /readyz counts them).", value=workers)
+        yield GaugeMetricFamily("simpsonize_redis_used_memory_bytes", "Redis's used_memory (INFO memory).",
+                                value=int(memory.get("used_memory", 0)))
+        yield GaugeMetricFamily("simpsonize_redis_max_memory_bytes", "Redis's maxmemory (0: no limit); uploads are "
+                                "refused before used memory gets there (app.capacity).",
+                                value=int(memory.get("maxmemory", 0)))
 
 
 class WebMetrics:
@@ -226,6 +234,9 @@ class WebMetrics:
         self.latency = Histogram("simpsonize_http_request_duration_seconds", "Time to answer HTTP requests (long "
                                  "polls included: ?wait= holds the request), by method and route template.",
                                  ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
+        self.memory_refusals = Counter("simpsonize_uploads_refused_memory", "Uploads this web process refused "
+                                       "with 503 because Redis had no room for one more job (app.capacity).",
+                                       registry=self.registry)
         ProcessCollector(registry=self.registry)
         self.registry.register(RedisCollector(store))
 

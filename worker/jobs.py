@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import OutOfMemoryError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from app import keys, metrics
+from app import capacity, keys, metrics
 from app.jobstore import GENERIC_FAILURE
 from app.settings import get_settings
 from model.errors import SimpsonizeError
@@ -193,15 +194,23 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
         if redis.exists(keys.deleted_key(key_prefix, job_id)):
             return {"deleted": True}
         result_key = keys.result_key(key_prefix, job_id)
-        with redis.pipeline() as pipe:
-            pipe.hset(result_key, mapping={**output.fields(), "meta": json.dumps(meta)})
-            pipe.expire(result_key, result_ttl)
-            pipe.execute()
+
+        def store() -> None:
+            with redis.pipeline() as pipe:
+                pipe.hset(result_key, mapping={**output.fields(), "meta": json.dumps(meta)})
+                pipe.expire(result_key, result_ttl)
+                pipe.execute()
+
+        capacity.with_room(store)  # a full Redis gets room back as other results are deleted or expire
         if redis.exists(keys.deleted_key(key_prefix, job_id)):  # deleted while we were storing
             redis.delete(result_key)
         return meta
     except SimpsonizeError as exc:
         _record_failure(job, str(exc), started)
+        raise
+    except OutOfMemoryError:  # Redis stayed full through every retry: this job's result cannot be kept
+        redis.delete(input_key)  # first, so that the failure's own record has room
+        _record_failure(job, capacity.FULL_FAILURE, started)
         raise
     except JobTimeoutException:
         _record_failure(job, f"Simpsonizing took longer than {job.timeout} seconds. Please try again later.",
@@ -222,13 +231,14 @@ OUT_OF_MEMORY = ("The server ran out of memory while working on this photo. Plea
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, or torch's (CUDA/MPS) OutOfMemoryError, recognised by name: no torch import needed here."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    return isinstance(exc, MemoryError) or (type(exc).__name__ == "OutOfMemoryError"
+                                            and not isinstance(exc, OutOfMemoryError))  # redis's: Redis is full
 
 
 def _record_failure(job, message: str, started: float) -> None:
     job.meta["error"] = message
     job.meta["timings"] = {"job": round(time.perf_counter() - started, 4)}
     try:
-        job.save_meta()
-    except Exception:  # Redis gone: RQ will fail the job anyway, with the generic sentence
+        capacity.with_room(job.save_meta)
+    except Exception:  # Redis gone or full: RQ will fail the job anyway, with the generic sentence
         pass

@@ -29,13 +29,15 @@ import time
 from collections import deque
 from pathlib import Path
 
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError, TimeoutError as RedisTimeoutError
+from redis.exceptions import (ConnectionError as RedisConnectionError, OutOfMemoryError, RedisError,
+                              TimeoutError as RedisTimeoutError)
 from rq import Queue, SimpleWorker
+from rq.job import JobStatus
 from rq.timeouts import JobTimeoutException
 from rq.worker import WorkerStatus
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from app import keys, liveness
+from app import capacity, keys, liveness, metrics
 from app.cpu import limited_cpus
 from app.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from app.longpoll import notify_done
@@ -43,6 +45,9 @@ from app.settings import get_settings
 
 log = logging.getLogger("simpsonize.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# Redis is gone for a moment, or full (noeviction: it refuses writes until results are deleted or expire). Neither
+# is this worker's fault, and both pass: RQ's bookkeeping steps that meet one must not end the worker process.
+REDIS_TROUBLE = (*REDIS_DOWN, OutOfMemoryError)
 AUTO_BATCH_CUDA = 16  # SIMPSONIZE_WORKER_BATCH=auto on CUDA
 # auto on a CPU: 2 for a worker with several torch threads, else 1. Measured on a 2-core EPYC, bursts of 16,
 # interleaved runs: one 2-thread worker did 7.7-8.9 photos/s with batches of 2 against 6.0-7.9 one by one
@@ -133,14 +138,22 @@ class ModelWorker(SimpleWorker):
             for job_id in liveness.reap(queue, self.key_prefix, 4 * self.heartbeat_interval):
                 self.log.warning("Worker %s: failed job %s, whose worker stopped.", self.name, job_id)
 
-    # RQ's work loop quits on a Redis error anywhere but in its dequeue (which retries). These steps of the loop
-    # ride out a Redis restart instead: the next dequeue waits for Redis to come back.
+    # -- the one adapter between RQ's bookkeeping and a Redis that is briefly gone or full ---------------------------
+    # RQ's work loop quits on a Redis error anywhere but in its dequeue (which retries), and its teardown then raises
+    # again: the worker process exits. A Redis restart or a full Redis (it refuses writes once at maxmemory, with
+    # noeviction) would turn into a crash loop of every worker. So: the writes that end a job (start, success,
+    # failure) are retried while Redis refuses them for memory, and end the job as failed (reason full, with
+    # capacity.FULL_FAILURE) if they never fit; the writes that only keep RQ's books (heartbeats, worker state,
+    # maintenance, the death notice) are skipped with a warning; the next dequeue waits for Redis.
     def execute_job(self, job, queue):
         try:
             if self.batch_size > 1:
                 self._execute_batch(job, queue)
             else:
                 super().execute_job(job, queue)
+        except OutOfMemoryError as exc:  # RQ could not even start or end the job, through every retry
+            log.warning("Redis is full; failing job %s: %s", job.id, exc)
+            self._fail_for_room(job, queue)
         except REDIS_DOWN as exc:
             log.warning("Lost Redis while finishing job %s (%s); its state is gone with that Redis.", job.id, exc)
         finally:
@@ -222,7 +235,26 @@ class ModelWorker(SimpleWorker):
     def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
         if job.id in self._prestarted:  # started with its batch already; RQ's perform_job calls this again
             return
-        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        capacity.with_room(lambda: super(ModelWorker, self).prepare_job_execution(job,
+                                                                                   remove_from_intermediate_queue))
+
+    def prepare_execution(self, job):
+        return capacity.with_room(lambda: super(ModelWorker, self).prepare_execution(job))
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl):
+        try:  # ended_at, and a heartbeat of the job: the end itself is recorded next
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not mark job %s as ending: %s", job.id, exc)
+
+    def _fail_for_room(self, job, queue) -> None:
+        """End ``job`` as failed because Redis stayed full before or after its job function ran."""
+        self._explain_full(job)
+        try:
+            metrics.record(self.connection, self.key_prefix, job.origin, "failed", "full")
+        except RedisError as exc:
+            log.warning("Could not record job metrics: %s", exc)
+        self.handle_job_failure(job, queue, exc_string="OutOfMemoryError: Redis stayed full.")
 
     def _restore_start(self, job) -> None:
         """perform_job stamps ``started_at`` again; a batched job started when its batch did."""
@@ -232,11 +264,11 @@ class ModelWorker(SimpleWorker):
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """RQ retries a lost connection inside its blocking pop only; its bookkeeping just before (worker state,
-        heartbeat) raises instead, and the work loop then quits. Wait for Redis here instead."""
+        heartbeat) raises instead, and the work loop then quits. Wait for Redis (or for room in it) here instead."""
         while True:
             try:
                 dequeued = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            except REDIS_DOWN as exc:
+            except REDIS_TROUBLE as exc:
                 if self._stop_requested:
                     return None  # the work loop ends
                 log.warning("Waiting for Redis: %s", exc)
@@ -254,25 +286,37 @@ class ModelWorker(SimpleWorker):
     def run_maintenance_tasks(self):
         try:
             super().run_maintenance_tasks()
-        except REDIS_DOWN as exc:
+        except REDIS_TROUBLE as exc:
             log.warning("Skipped RQ's maintenance: %s", exc)
 
     def check_for_suspension(self, burst: bool):
         try:
             super().check_for_suspension(burst)
-        except REDIS_DOWN as exc:
+        except REDIS_TROUBLE as exc:
             log.warning("Could not check for suspension: %s", exc)
 
     # RQ records a job's end after the job function returns; long polls are woken only once it is recorded, so that
     # they read 'finished' or 'failed', never 'started'.
+    # A full Redis refuses RQ's record of a job's end too. Success raises (perform_job then fails the job: see
+    # handle_exception); RQ's failure path only logs it, which would leave the job 'started' for good, so it is
+    # retried here until the job reads as failed (the record is one MULTI: all of it lands or none).
     def handle_job_success(self, job, queue, *args, **kwargs):
         self._restore_start(job)
-        super().handle_job_success(job, queue, *args, **kwargs)
+        capacity.with_room(lambda: super(ModelWorker, self).handle_job_success(job, queue, *args, **kwargs))
         self._notify_done(job)
 
     def handle_job_failure(self, job, queue, *args, **kwargs):
         self._restore_start(job)
-        super().handle_job_failure(job, queue, *args, **kwargs)
+
+        def record() -> None:
+            super(ModelWorker, self).handle_job_failure(job, queue, *args, **kwargs)
+            if self.connection.hget(job.key, "status") == JobStatus.STARTED.value.encode():  # not persisted
+                raise OutOfMemoryError("RQ could not record the failure of the job.")
+
+        try:
+            capacity.with_room(record)
+        except (RedisError, *REDIS_TROUBLE) as exc:
+            log.error("Could not record the failure of job %s: %s", job.id, exc)
         self._notify_done(job)
 
     def _notify_done(self, job) -> None:
@@ -287,15 +331,52 @@ class ModelWorker(SimpleWorker):
         if isinstance(exc_info[1], SimpsonizeError):  # the photo's fault, already explained to the user
             self.log.info("Worker %s: job %s failed: %s", self.name, job.id, exc_info[1])
             return
+        if isinstance(exc_info[1], OutOfMemoryError):  # Redis full: not a bug, and the user gets a sentence
+            self.log.warning("Worker %s: job %s failed, Redis is full: %s", self.name, job.id, exc_info[1])
+            if not job.meta.get("error"):  # RQ could not record its start or its success: the result is not kept
+                self._explain_full(job)
+            return
         super().handle_exception(job, *exc_info)
+
+    def _explain_full(self, job) -> None:
+        """The job fails for a full Redis: drop its result if it was stored (room for the failure's record) and
+        give it the sentence."""
+        try:
+            self.connection.delete(keys.result_key(self.key_prefix, job.id), keys.input_key(self.key_prefix, job.id))
+            job.meta["error"] = capacity.FULL_FAILURE
+            capacity.with_room(job.save_meta)
+        except RedisError as exc:
+            log.warning("Could not explain the failure of job %s: %s", job.id, exc)
 
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is not None:
             return self._heartbeat(timeout, pipeline)
         try:
             self._heartbeat(timeout, pipeline)
-        except REDIS_DOWN as exc:  # the work loop's next dequeue waits for Redis to come back
+        except REDIS_TROUBLE as exc:  # the work loop's next dequeue waits for Redis to come back, or for room
             log.warning("Heartbeat failed: %s", exc)
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is not None:
+            return super().set_state(state, pipeline)
+        try:  # idle/busy, for `rq info`: nothing of ours reads it
+            super().set_state(state, pipeline)
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not record the worker's state: %s", exc)
+
+    def register_birth(self, *args, **kwargs):
+        while True:  # a full Redis refuses the registration: wait for room, as the work loop does, instead of exiting
+            try:
+                return super().register_birth(*args, **kwargs)
+            except OutOfMemoryError as exc:
+                log.warning("Redis is full; waiting for room to register this worker: %s", exc)
+                time.sleep(1.0)
+
+    def register_death(self):
+        try:  # the worker's key expires on its own; a full or absent Redis must not turn a stop into a crash
+            super().register_death()
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not register this worker's end: %s", exc)
 
     def _heartbeat(self, timeout=None, pipeline=None):
         super().heartbeat(timeout, pipeline)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
+from app.capacity import FULL_READINESS
 from app.deps import get_store
 from app.jobstore import JobStore
 from app.schemas import Health
@@ -18,8 +20,13 @@ def healthz():
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}},
-            summary="Redis is reachable and at least one worker is alive.")
-def readyz(store: JobStore = Depends(get_store)):
+            summary="Redis is reachable and has room, and at least one worker is alive.")
+def readyz(request: Request, store: JobStore = Depends(get_store)):
     ready, detail = store.readiness()
+    try:
+        if ready and not request.app.state.admission.room()[0]:  # uploads are refused for memory (app.capacity)
+            ready, detail = False, FULL_READINESS
+    except RedisError as exc:  # gone since the ping
+        ready, detail = False, f"Redis is not reachable ({type(exc).__name__})."
     return JSONResponse({"status": "ready" if ready else "not ready", "detail": detail},
                         status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})

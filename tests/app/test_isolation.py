@@ -9,7 +9,8 @@ from service_support import REPO_ROOT, child_env
 
 PROBE = """
 import sys
-import app.deps, app.embedded, app.jobstore, app.keys, app.launcher, app.main, app.schemas, app.settings, app.uploads
+import app.capacity, app.deps, app.embedded, app.jobstore, app.keys, app.launcher, app.main, app.schemas, app.settings
+import app.uploads
 from app.main import create_app
 from app.settings import Settings
 app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))

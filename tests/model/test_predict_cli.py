@@ -82,16 +82,20 @@ def test_a_photo_too_small_for_the_detector_is_a_sentence_not_a_traceback(tiny_w
     assert not (tmp_path / "x.png").exists()
 
 
-def test_composite_writes_the_photo_and_each_face_beside_it(astronaut, tiny_weights, tmp_path):
+def test_composite_writes_the_photo_and_each_face_beside_it(astronaut, tiny_weights, tmp_path, capsys):
+    """In this process (cli.main.main), not a subprocess: the exit paths are covered above, and a fresh torch import
+    would cost this test most of its time."""
     from skimage import data
+
+    from cli.main import main
 
     pair = Image.new("RGB", (1536, 768))
     pair.paste(astronaut.resize((768, 768), Image.LANCZOS), (0, 0))
     pair.paste(Image.fromarray(data.camera()).convert("RGB").resize((768, 768), Image.LANCZOS), (768, 0))
     pair.save(tmp_path / "pair.jpg", quality=92)
     out = tmp_path / "out" / "pair_simpson.png"
-    done = predict(tmp_path / "pair.jpg", "--output", out, "--composite", "--weights", tiny_weights, "--device", "cpu")
-    assert done.returncode == 0, done.stderr
+    assert main(["predict", str(tmp_path / "pair.jpg"), "--output", str(out), "--composite", "--weights",
+                 str(tiny_weights), "--device", "cpu"]) == 0
     assert Image.open(out).size == (1536, 768)
     assert [Image.open(out.with_name(f"pair_simpson_face{n}.png")).size for n in (1, 2)] == [(256, 256)] * 2
-    assert "2 faces" in done.stdout
+    assert "2 faces" in capsys.readouterr().out
