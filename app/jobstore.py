@@ -77,6 +77,7 @@ class JobView:
     timings: dict[str, float] | None = None
     face: dict[str, Any] | None = None
     face_count: int | None = None  # faces drawn (finished only)
+    faces_found: int | None = None  # faces found, drawn or not (over SIMPSONIZE_MAX_FACES, or too small)
     has_composite: bool = False  # a composite was stored (jobs finished before composites existed have none)
     created_at: str | None = None
     started_at: str | None = None
@@ -189,6 +190,7 @@ class JobStore:
             view.status = "finished"
             view.face = meta.get("face")
             view.face_count = int(meta.get("face_count", 1))
+            view.faces_found = int(meta.get("faces_found", view.face_count))
             view.has_composite = bool(meta.get("composite"))
             timings.update(meta.get("timings", {}))
         elif rq_status == JobStatus.STARTED:
@@ -264,5 +266,6 @@ def job_view_dict(view: JobView, base: str = "/api/v1/jobs") -> dict[str, Any]:
     if view.status == "finished":
         data["face"] = view.face
         data["face_count"] = view.face_count
+        data["faces_found"] = view.faces_found
         data["composite_url"] = f"{base}/{view.id}/composite" if view.has_composite else None
     return data

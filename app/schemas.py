@@ -34,6 +34,9 @@ class JobState(BaseModel):
     face_count: int | None = Field(default=None, description="How many faces were found and drawn (status "
                                                              "'finished'); ?face=N (1 to face_count) on result_url and "
                                                              "input_url gives each one.")
+    faces_found: int | None = Field(default=None, description="How many faces were found (status 'finished'): more "
+                                                               "than face_count when some were too small or over "
+                                                               "the limit.")
     composite_url: str | None = Field(default=None, description="The photo with the drawn heads pasted back (PNG; "
                                                                 "?format=jpeg for a lighter copy), once status is "
                                                                 "'finished'.")

@@ -296,7 +296,8 @@ def markdown(report: dict) -> str:
     lines = [f"CPU: {report['cpu']}, {report['cores']} cores, torch {report['torch']}; medians of "
              f"{report['steps']} steps after {report['warmup']} warm-up; baseline (the README's command) "
              f"{first:.2f} images/s first, {last:.2f} last",
-             "", "| variant | s / step | images / s | ratio to baseline | first step s |", "| --- | --- | --- | --- | --- |"]
+             "", "| variant | s / step | images / s | ratio to baseline | first step s |",
+             "| --- | --- | --- | --- | --- |"]
     for row in report["rows"]:
         lines.append(f"| {row['label']} | {row['seconds_per_step']:.3f} | {row['images_per_second']:.2f} | "
                      f"{row['ratio_to_baseline']:.2f} | {row['first_step_seconds']:.2f} |")

@@ -13,7 +13,7 @@ feathered ellipse around the face box, grown upwards and sideways to take in the
 nothing to do with the photo's. Parts of the square that lie past the photo's edge (the crop filled them with a flat
 border colour) get no weight at all.
 
-No torch here: numpy and PIL only, so the composite can be made wherever the drawings are.
+The pasting itself is numpy and PIL: no torch call, so it costs the same wherever the generator ran.
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ class SimpsonizeResult:
         """JSON-ready summary (no pixels)."""
         summary = {"face": self.crop.to_dict(), "timings": {k: round(v, 4) for k, v in self.timings.items()},
                    "size": list(self.image.size), "face_count": self.face_count,
+                   "faces_found": 1 + len(self.crop.other_faces),
                    "faces": [{"box": f.crop.face.to_dict()["box"], "angle": round(f.crop.angle, 2)}
                              for f in self.faces]}
         if self.composite is not None:

@@ -61,7 +61,7 @@ def test_a_group_photo_gives_every_face(client, pair_jpeg):
     job_id = submit(client, pair_jpeg).json()["id"]
     state = wait_for_job(client, job_id)
     assert state["status"] == "finished", state
-    assert state["face_count"] == 2
+    assert state["face_count"] == 2 and state["faces_found"] == 2
     drawings = [client.get(state["result_url"], params={"face": n}) for n in (1, 2)]
     crops = [client.get(state["input_url"], params={"face": n}) for n in (1, 2)]
     for response in drawings:
@@ -94,4 +94,4 @@ def test_openapi_lists_the_composite_and_the_face_count(client):
     for path in ("/api/v1/jobs/{job_id}/result", "/api/v1/jobs/{job_id}/input"):
         assert "face" in {p["name"] for p in schema["paths"][path]["get"]["parameters"]}
     state = schema["components"]["schemas"]["JobState"]["properties"]
-    assert {"face_count", "composite_url"} <= set(state)
+    assert {"face_count", "faces_found", "composite_url"} <= set(state)

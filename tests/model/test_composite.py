@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model.composite import FaceSelection, composite, head_mask, paste_face
-from model.face import Face, FaceCrop, align_crop, crop_face
+from model.face import Face, align_crop, crop_face
 
 ASTRONAUT_FACE_CENTRE = (225, 120)
 
@@ -146,4 +146,5 @@ def test_nine_faces_give_eight(simpsonizer, astronaut):
     result = simpsonizer(grid)
     assert len(result.crop.other_faces) == 8  # all nine were found...
     assert result.face_count == 8  # ... and eight drawn
+    assert result.to_dict()["faces_found"] == 9
     assert len({(round(f.crop.center[0]), round(f.crop.center[1])) for f in result.faces}) == 8
