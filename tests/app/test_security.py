@@ -527,7 +527,8 @@ def test_the_page_says_what_is_kept_and_for_how_long(client, service_settings):
     footer = " ".join(client.get("/").text.split("<footer>", 1)[1].split())
     minutes = round(service_settings.result_ttl / 60)
     assert "photo you upload is deleted" in footer
-    assert f"face crop and the result are kept for {minutes} minutes" in footer
+    # the composite (issue 28) is kept exactly as long as the crops and drawings
+    assert f"face crops, their drawings and your photo with the drawn heads are kept for {minutes} minutes" in footer
 
 
 # -- 7. deployment defaults of the embedded service -----------------------------------------------------------------
@@ -575,7 +576,8 @@ def test_a_full_embedded_redis_refuses_uploads_and_evicts_nothing():
             with TestClient(create_app(make_settings(server.url, max_queue=50))) as client:
                 response = upload(client)
             assert response.status_code == 503 and int(response.headers["retry-after"]) >= 60
-            assert "storage is full" in response.json()["detail"]
+            # admission by memory (app/capacity.py) refuses before Redis is asked to store anything
+            assert response.json()["detail"] == "The service is busy; try again in a minute."
             assert sum(1 for _ in redis.scan_iter("filler:*")) == 20  # noeviction: nothing was dropped
             redis.close()
     finally:
