@@ -98,17 +98,10 @@ def _make_trainer(variant: Variant, data: Path, out: Path, networks: dict, dist_
 
     config = TrainConfig(data=str(data), out=str(out), upsampling="resize_conv", epochs=1, epochs_decay=0,
                          steps_per_epoch=1000, batch_size=variant.batch, precision=variant.precision,
+                         channels_last="on" if variant.channels_last else "off",
                          **{**RECIPES[variant.recipe], **networks})
     trainer = Trainer(config, device="cpu", num_workers=0, dist_info=dist_info,
                       precision=(variant.precision == "bf16", "bench"))
-    if trainer.channels_last != variant.channels_last:
-        # The trainer ties channels_last to bf16; the bench takes them apart to measure each.
-        import torch
-
-        fmt = torch.channels_last if variant.channels_last else torch.contiguous_format
-        trainer.G.to(memory_format=fmt)
-        trainer.D.to(memory_format=fmt)
-        trainer.channels_last = variant.channels_last
     if variant.compile:
         for network in (trainer.G.G_A, trainer.G.G_B, trainer.D.D_A, trainer.D.D_B):
             network.compile()  # in place: the trainer calls these modules as before
