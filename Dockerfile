@@ -5,7 +5,9 @@
 #                   (PyPI's Linux torch wheels bundle CUDA; the host needs the NVIDIA driver + container toolkit)
 #
 #   Everything in one container (embedded Redis + workers + web):
-#       docker run -p 127.0.0.1:8000:8000 --stop-timeout 150 -v "$PWD/weights:/srv/simpsonize/weights:ro" simpsonize:cpu
+#       docker run -p 127.0.0.1:8000:8000 --stop-timeout 150 \
+#           -v "$PWD/simpsonize/weights:/srv/simpsonize/models:ro" -e SIMPSONIZE_WEIGHTS=/srv/simpsonize/models/simpsonize.safetensors simpsonize:cpu
+#   (the image holds the shipped weights already: the mount only swaps in another model)
 #   (--stop-timeout: workers finish the photo in hand on SIGTERM; a reverse proxy goes in front, see README)
 #   Scaled out (Redis + web + N workers): see docker-compose.yml.
 ARG PYTHON_VERSION=3.11
@@ -28,10 +30,10 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.
 
 # Dependencies in their own layer: only pyproject.toml changes invalidate it.
 COPY pyproject.toml README.md* ./
-RUN mkdir -p app worker model training cli \
- && touch README.md \
+RUN mkdir -p simpsonize \
+ && touch README.md simpsonize/__init__.py \
  && pip install -e . \
- && rm -rf app worker model training cli *.egg-info
+ && rm -rf simpsonize *.egg-info
 
 COPY . .
 RUN pip install --no-deps -e . \

@@ -46,8 +46,8 @@ def tiny_weights(tmp_path_factory) -> Path:
     """A real (untrained, seeded) generator small enough for fast tests: ngf 4, 1 block, 64x64 input."""
     import torch
 
-    from model.networks import GeneratorConfig, ResnetGenerator, init_weights
-    from model.weights import save_generator
+    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator, init_weights
+    from simpsonize.model.weights import save_generator
 
     torch.manual_seed(0)
     generator = init_weights(ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1, upsampling="resize_conv")))

@@ -35,7 +35,7 @@ def dockerfile_commands() -> list[list[str]]:
 
 
 def assert_cli_accepts(argv: list[str]) -> None:
-    from cli.main import COMMANDS, build_parser
+    from simpsonize.cli import COMMANDS, build_parser
 
     assert argv[0] == "simpsonize", argv
     command = argv[1]
@@ -141,7 +141,7 @@ def test_one_compose_service_per_gpu():
 
 
 def test_compose_workers_get_time_to_finish_a_photo_and_are_health_checked():
-    from app.settings import Settings
+    from simpsonize.settings import Settings
 
     def seconds(value: str) -> int:
         match = re.fullmatch(r"(\d+)(s|m)", value)

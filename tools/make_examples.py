@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-OUT = REPO_ROOT / "static" / "examples"
+OUT = REPO_ROOT / "simpsonize" / "web" / "static" / "examples"  # package data: the page shows them
 SIDE = 720  # the longest side written: enough for the page's column (52 rem), small in the repository
 QUALITY = 85
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from PIL import Image
 
-    from model.pipeline import Simpsonizer
+    from simpsonize.model.pipeline import Simpsonizer
 
     simpsonizer = Simpsonizer(weights=args.weights, device="cpu")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         sources.append(f"- `{name}_before.jpg` / `{name}_after.jpg` ({result.face_count} face"
                        f"{'s' if result.face_count != 1 else ''} drawn): {credit}")
         print(f"{name}: {result.face_count} face(s), {size[0]}x{size[1]}")
-    sources += ["", "The drawings are made by the shipped model (weights/simpsonize.safetensors; its licence: "
+    sources += ["", "The drawings are made by the shipped model (simpsonize/weights/simpsonize.safetensors; its licence: "
                     "non-commercial use only, see weights/README.md) with tools/make_examples.py.", ""]
     (args.out / "examples.json").write_text(json.dumps(listed, indent=1) + "\n")
     (args.out / "SOURCES.md").write_text("\n".join(sources))

@@ -228,7 +228,7 @@ def _sideways_photo(width: int = 4000, height: int = 3000) -> bytes:
     shots), and a red square in the stored top-left corner: upright, that corner is the top right."""
     from PIL import Image
 
-    from benchmarks.browser_upload import photo_like
+    from simpsonize.bench.browser_upload import photo_like
 
     image = photo_like(width, height, grain=70)
     image.paste(Image.new("RGB", (width // 10, width // 10), MARKER), (0, 0))

@@ -1,7 +1,7 @@
 """Every documented error exit of `simpsonize predict/train/test/export/prepare`: a non-zero code and one sentence
 starting with "error:" (or, for a photo that fails among others, "failed: PATH: ..."), never a traceback.
 
-In-process through ``cli.main.main`` (a raised exception fails the test, so "no traceback" is checked too); the
+In-process through ``simpsonize.cli.main`` (a raised exception fails the test, so "no traceback" is checked too); the
 predict subprocess tests are in tests/model/test_predict_cli.py.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
+from simpsonize.cli import main
 
 TINY = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1", "--epochs-decay", "0",
         "--steps-per-epoch", "1", "--device", "cpu", "--num-workers", "0", "--precision", "fp32"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from model.composite import FaceSelection, composite, head_mask, paste_face
-from model.face import Face, align_crop, crop_face
+from simpsonize.model.composite import FaceSelection, composite, head_mask, paste_face
+from simpsonize.model.face import Face, align_crop, crop_face
 
 ASTRONAUT_FACE_CENTRE = (225, 120)
 
@@ -113,7 +113,7 @@ def test_selection_keeps_big_faces_up_to_the_limit_largest_first_and_always_one(
 
 @pytest.fixture(scope="module")
 def simpsonizer(tiny_weights):
-    from model.pipeline import Simpsonizer
+    from simpsonize.model.pipeline import Simpsonizer
 
     return Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
 

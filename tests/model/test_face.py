@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.errors import NoFaceFound, UnreadableImage
-from model.face import Framing, crop_face, detect_faces
-from model.imaging import open_image
+from simpsonize.model.errors import NoFaceFound, UnreadableImage
+from simpsonize.model.face import Framing, crop_face, detect_faces
+from simpsonize.model.imaging import open_image
 
 # Eileen Collins' face in skimage's astronaut (512x512), measured by hand: eyes at about (205,102) and (247,104).
 ASTRONAUT_FACE_CENTRE = (225, 120)
@@ -87,7 +87,7 @@ def test_unreadable_bytes_raise_a_sentence():
 
 
 def test_looser_framing_shows_more_of_the_head_and_reports_crop_outside_the_photo(astronaut):
-    from model.face import Framing
+    from simpsonize.model.face import Framing
 
     tight = crop_face(astronaut, size=128)
     loose = crop_face(astronaut, size=128, framing=Framing(scale=3.0, eye_line=0.42))
@@ -123,7 +123,7 @@ def _corners(crop) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["astronaut 512", "tilted", "1600x1200", "4000x3000"])
 def test_the_quick_search_crops_as_the_full_search_does(astronaut, name):
-    import model.face as face
+    import simpsonize.model.face as face
 
     photo = _photos(astronaut)[name]
     detector_side = min(max(photo.size), face.DETECT_MAX_SIDE)
@@ -143,7 +143,7 @@ def test_the_quick_search_crops_as_the_full_search_does(astronaut, name):
 
 def test_a_small_face_in_a_big_photo_is_found_by_the_full_search(astronaut):
     """A face 3 % of the photo's side (a group photo, a face far off): too small for the quick search."""
-    import model.face as face
+    import simpsonize.model.face as face
 
     photo = Image.new("RGB", (3000, 3000), (120, 120, 120))
     photo.paste(astronaut.resize((500, 500), Image.BICUBIC), (1800, 300))  # her face ~90 px
@@ -283,7 +283,7 @@ def test_a_big_photo_is_shrunk_only_where_the_crop_reads_it(phone_photo, monkeyp
 
     face = detect_faces(phone_photo)[0]
     monkeypatch.setattr(Image.Image, "resize", counting_resize)
-    from model.face import align_crop
+    from simpsonize.model.face import align_crop
 
     crop = align_crop(phone_photo, face, 256)
     assert crop.side > 2 * 256  # the shrink path ran

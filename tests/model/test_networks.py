@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
+from simpsonize.model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
                             init_weights)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_cyclegan_generator_keys.json"

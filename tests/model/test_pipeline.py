@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-import model.pipeline as pipeline
-from model.errors import MissingWeights, NoFaceFound
-from model.pipeline import Simpsonizer
+import simpsonize.model.pipeline as pipeline
+from simpsonize.model.errors import MissingWeights, NoFaceFound
+from simpsonize.model.pipeline import Simpsonizer
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,9 @@ def test_warm_up_runs_detector_and_generator(tiny_weights, monkeypatch):
 
 def test_serving_crops_with_the_framing_the_weights_were_trained_with(tmp_path, astronaut):
     """Train and serve must crop alike: the framing travels in the weights' metadata."""
-    from model.face import Framing
-    from model.networks import GeneratorConfig, ResnetGenerator
-    from model.weights import save_generator
+    from simpsonize.model.face import Framing
+    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
+    from simpsonize.model.weights import save_generator
 
     generator = ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1))
     loose = tmp_path / "loose.safetensors"
@@ -114,7 +114,7 @@ def test_the_generator_gives_each_crop_the_same_output_in_a_batch(simpsonizer, a
 def test_bf16_is_served_only_within_40_db_of_fp32(tiny_weights, monkeypatch):
     import math
 
-    from model.errors import SimpsonizeError
+    from simpsonize.model.errors import SimpsonizeError
 
     x = pipeline.check_input(64)
     assert x.shape == (2, 3, 64, 64) and x.min() >= -1 and x.max() <= 1

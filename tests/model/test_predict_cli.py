@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def predict(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "cli.main", "predict", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "simpsonize.cli", "predict", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
@@ -83,11 +83,11 @@ def test_a_photo_too_small_for_the_detector_is_a_sentence_not_a_traceback(tiny_w
 
 
 def test_composite_writes_the_photo_and_each_face_beside_it(astronaut, tiny_weights, tmp_path, capsys):
-    """In this process (cli.main.main), not a subprocess: the exit paths are covered above, and a fresh torch import
+    """In this process (simpsonize.cli.main), not a subprocess: the exit paths are covered above, and a fresh torch import
     would cost this test most of its time."""
     from skimage import data
 
-    from cli.main import main
+    from simpsonize.cli import main
 
     pair = Image.new("RGB", (1536, 768))
     pair.paste(astronaut.resize((768, 768), Image.LANCZOS), (0, 0))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cli.main import main
-from model.weights import DEFAULT_WEIGHTS, read_metadata
+from simpsonize.cli import main
+from simpsonize.model.weights import DEFAULT_WEIGHTS, read_metadata
 
 
 def test_default_weights_ship_with_a_model_card():

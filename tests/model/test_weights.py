@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.errors import MissingWeights, WeightsError
-from model.networks import GeneratorConfig, ResnetGenerator, init_weights
-from model.weights import infer_config, load_generator, read_metadata, save_generator
+from simpsonize.model.errors import MissingWeights, WeightsError
+from simpsonize.model.networks import GeneratorConfig, ResnetGenerator, init_weights
+from simpsonize.model.weights import infer_config, load_generator, read_metadata, save_generator
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_cyclegan_generator_keys.json"
 

@@ -23,7 +23,7 @@ def tiny_dataset(tmp_path_factory):
 
 def tiny_trainer(data, out, size: int = 32, steps_per_epoch: int = 2, **options):
     """A Trainer on the tiny dataset with the smallest networks, fp32, on the CPU; ``options`` go to TrainConfig."""
-    from training.train import TrainConfig, Trainer
+    from simpsonize.training.train import TrainConfig, Trainer
 
     config = TrainConfig(data=str(data), out=str(out), size=size, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
                          steps_per_epoch=steps_per_epoch, precision="fp32", **options)
@@ -60,9 +60,9 @@ TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--
 @pytest.fixture(autouse=True)
 def quick_c2st(monkeypatch):
     """The C2ST's own tests check its figures; elsewhere a few classifier steps are enough to test the plumbing."""
-    import training.c2st
+    import simpsonize.training.c2st
 
-    monkeypatch.setattr(training.c2st, "STEPS", 20)
+    monkeypatch.setattr(simpsonize.training.c2st, "STEPS", 20)
 
 
 class TinyFeatures(torch.nn.Module):
@@ -98,6 +98,6 @@ class TinyFeatures(torch.nn.Module):
 @pytest.fixture
 def tiny_projected_features(monkeypatch):
     """`--d-projected` judges through TinyFeatures instead of the real Lite0 weights (one test loads those)."""
-    import training.projected
+    import simpsonize.training.projected
 
-    monkeypatch.setattr(training.projected, "pretrained_features", lambda input_size=None: TinyFeatures())
+    monkeypatch.setattr(simpsonize.training.projected, "pretrained_features", lambda input_size=None: TinyFeatures())

@@ -1,12 +1,12 @@
-"""The training tricks in ``training.augment``: each one small function, tested on its own and where it is wired in."""
+"""The training tricks in ``simpsonize.training.augment``: each one small function, tested on its own and where it is wired in."""
 
 import pytest
 import torch
 from torch import nn
 
-from model.networks import GeneratorConfig
-from training.augment import cycle_noise, diff_augment
-from training.train import Generators
+from simpsonize.model.networks import GeneratorConfig
+from simpsonize.training.augment import cycle_noise, diff_augment
+from simpsonize.training.train import Generators
 
 
 def test_cycle_noise_off_returns_the_translation_unchanged():

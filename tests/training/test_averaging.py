@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from cli.main import main
-from model.weights import load_generator
+from simpsonize.cli import main
+from simpsonize.model.weights import load_generator
 from tests.training.conftest import TINY_TRAIN, tiny_trainer
-from training.averaging import ema_decay_at
-from training.evaluate import load_run_generators
+from simpsonize.training.averaging import ema_decay_at
+from simpsonize.training.evaluate import load_run_generators
 
 
 def weights(module):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.c2st import c2st, sanity_sets, two_sample_accuracy, yellow_tint
+from simpsonize.training.c2st import c2st, sanity_sets, two_sample_accuracy, yellow_tint
 
 
 def blobs(n, colour, seed, size=32):
@@ -50,7 +50,7 @@ def test_sanity_rows_cover_the_four_checks():
 
 
 def test_jitter_placement_moves_each_image_its_own_way_and_repeats_per_seed():
-    from training.c2st import jitter_placement
+    from simpsonize.training.c2st import jitter_placement
 
     images = torch.zeros(4, 3, 32, 32)
     images[:, :, 14:18, 14:18] = 1.0  # a dot at the same place in every image
@@ -69,7 +69,7 @@ def test_zoomed_sanity_row_is_cropped_from_the_stored_faces_so_it_keeps_their_sh
     import numpy as np
     from PIL import Image
 
-    from training.evaluate import QualityPool
+    from simpsonize.training.evaluate import QualityPool
 
     files = []
     for i in range(3):

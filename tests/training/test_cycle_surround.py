@@ -2,9 +2,9 @@
 
 import torch
 
-from cli.main import main
+from simpsonize.cli import main
 from tests.training.conftest import TINY_TRAIN, tiny_trainer
-from training.regularizers import face_region_weights, weighted_l1
+from simpsonize.training.regularizers import face_region_weights, weighted_l1
 
 SHIPPED_FRAMING = {"scale": 2.3, "eye_line": 0.33}
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from cli.main import main
+from simpsonize.cli import main
 from tests.training.conftest import TINY_TRAIN, tiny_trainer
 
 

@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from cli.main import main
-from model.weights import load_generator, read_metadata
+from simpsonize.cli import main
+from simpsonize.model.weights import load_generator, read_metadata
 from tests.training.conftest import TINY_TRAIN
-from training.evaluate import pick_best
-from training.export import psnr
+from simpsonize.training.evaluate import pick_best
+from simpsonize.training.export import psnr
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astron
 
     from PIL import Image
 
-    from model.pipeline import Simpsonizer
+    from simpsonize.model.pipeline import Simpsonizer
 
     # the run's dataset, with the record `prepare` writes: its counts and framing must reach the weights
     data = tmp_path / "data"
@@ -148,7 +148,7 @@ def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astron
 
 
 def test_images_seen_counts_every_ddp_process_in_each_session():
-    from training.export import images_seen
+    from simpsonize.training.export import images_seen
 
     # 100 steps alone, then resumed under torchrun with 2 processes; exported at step 150
     sessions = [{"start_step": 100, "world_size": 2}, {"start_step": 0, "world_size": 1}]
@@ -171,7 +171,7 @@ def test_export_best_needs_a_ranking_first(trained_run, tmp_path, capsys):
 
 
 def test_export_from_reference_folder(tmp_path):
-    from model.networks import GeneratorConfig, ResnetGenerator
+    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
 
     reference = tmp_path / "ref"
     reference.mkdir()
@@ -202,7 +202,7 @@ def test_export_writes_an_examples_grid_for_the_model_card(trained_run, tmp_path
 
 
 def test_grayscale_classifier_cannot_see_colour():
-    from training.evaluate import DomainClassifier
+    from simpsonize.training.evaluate import DomainClassifier
 
     classifier = DomainClassifier(grayscale=True).eval()
     yellow = torch.zeros(1, 3, 32, 32)
@@ -224,7 +224,7 @@ def _stored_dtypes(path) -> set[str]:
 @pytest.mark.parametrize(("measured", "stored"), [(39.99, "F32"), (40.0, "F16"), (55.0, "F16"), (12.0, "F32")])
 def test_export_stores_fp16_only_at_40_db_or_more(trained_run, tmp_path, monkeypatch, measured, stored):
     """--precision auto: fp16 when the fp16 weights reproduce the fp32 outputs at PSNR >= 40 dB, else fp32."""
-    import training.export as export
+    import simpsonize.training.export as export
 
     seen = []
 
@@ -246,7 +246,7 @@ def test_export_stores_fp16_only_at_40_db_or_more(trained_run, tmp_path, monkeyp
 
 @pytest.mark.parametrize(("precision", "stored"), [("fp16", "F16"), ("fp32", "F32")])
 def test_export_precision_flag_overrides_the_measure(trained_run, tmp_path, monkeypatch, precision, stored):
-    import training.export as export
+    import simpsonize.training.export as export
 
     monkeypatch.setattr(export, "fp16_psnr", lambda generator, images: 30.0 if precision == "fp16" else 60.0)
     out = tmp_path / "w.safetensors"
@@ -255,8 +255,8 @@ def test_export_precision_flag_overrides_the_measure(trained_run, tmp_path, monk
 
 
 def test_fp16_psnr_measures_the_rounding_of_the_weights():
-    from model.networks import GeneratorConfig, ResnetGenerator
-    from training.export import fp16_psnr
+    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
+    from simpsonize.training.export import fp16_psnr
 
     torch.manual_seed(0)
     generator = ResnetGenerator(GeneratorConfig(ngf=4, n_blocks=1)).eval()

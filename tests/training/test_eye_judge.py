@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
-from model.networks import GeneratorConfig, ResnetGenerator
+from simpsonize.cli import main
+from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
 from tests.training.conftest import TINY_TRAIN, assert_same_networks
 from tests.training.test_eyes import face
-from training.data import UnpairedFaces
-from training.eye_judge import (EyeJudge, EyePatchDiscriminator, cut_patches, eye_boxes, eyes_from_landmarks, lsgan,
+from simpsonize.training.data import UnpairedFaces
+from simpsonize.training.eye_judge import (EyeJudge, EyePatchDiscriminator, cut_patches, eye_boxes, eyes_from_landmarks, lsgan,
                                 real_eyes, simpsons_eyes, to_crop)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def test_roi_patches_are_cut_around_the_boxes(dotted_dataset):
 
 
 def test_the_person_eyes_follow_from_the_landmarks_as_align_crop_places_them():
-    from model.face import Face, Framing, align_crop
+    from simpsonize.model.face import Face, Framing, align_crop
 
     photo = Image.new("RGB", (400, 400), (90, 90, 90))
     pixels = np.asarray(photo).copy()
@@ -154,7 +154,7 @@ def test_the_judges_gradients_reach_the_generator_through_the_patches():
 
 
 def test_in_training_it_learns_and_pushes_only_the_simpsons_generator(eyed_dataset, tmp_path):
-    from training.train import TrainConfig, Trainer
+    from simpsonize.training.train import TrainConfig, Trainer
 
     def trainer(weight):
         config = TrainConfig(data=str(eyed_dataset), out=str(tmp_path / f"w{weight}"), size=32, ngf=4, n_blocks=1,
@@ -227,10 +227,10 @@ def test_off_trains_exactly_as_the_trainer_before_the_flag(eyed_dataset, tmp_pat
         trainer.fit(max_steps=3)  # through the data loader, as a run trains
         return torch.load(out / "checkpoint.pt", weights_only=False), rows(out)
 
-    import training.train
+    import simpsonize.training.train
 
     old, old_rows = run(before, tmp_path / "before")
-    new, new_rows = run(training.train, tmp_path / "now")
+    new, new_rows = run(simpsonize.training.train, tmp_path / "now")
     assert_same_networks(old, new, ("G_A", "G_B", "D_A", "D_B"))
     assert [{k: v for k, v in r.items() if k in old_rows[0]} for r in new_rows] == old_rows
     assert all(float(r["D_eye"]) == float(r["G_eye"]) == 0 for r in new_rows)

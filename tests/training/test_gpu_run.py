@@ -2,8 +2,8 @@
 
 import json
 
-from model.weights import load_generator
-from training.gpu_run import main
+from simpsonize.model.weights import load_generator
+from tools.gpu_run import main
 
 TINY = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--batch-size", "2", "--device", "cpu",
         "--num-workers", "0", "--max-steps", "3", "--minutes", "5"]
@@ -44,8 +44,8 @@ def test_without_the_average_the_trained_weights_come_back(tiny_dataset, tmp_pat
 
 
 def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):
-    import training.gpu_run as gpu_run
-    from model.networks import GeneratorConfig, ResnetGenerator
+    import tools.gpu_run as gpu_run
+    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
 
     monkeypatch.setattr(gpu_run, "MAX_RETURN_BYTES", 20_000)  # a tiny limit forces several shards
     generator = ResnetGenerator(GeneratorConfig(ngf=8, n_blocks=2))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.train import ImagePool, TrainConfig, Trainer, lsgan
+from simpsonize.training.train import ImagePool, TrainConfig, Trainer, lsgan
 
 
 def test_lsgan_pulls_real_to_one_and_fake_to_zero():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.lite0 import (FEATURE_CHANNELS, IMAGENET_SIZE, EfficientNetLite0, Lite0Features, SameConv2d,
+from simpsonize.training.lite0 import (FEATURE_CHANNELS, IMAGENET_SIZE, EfficientNetLite0, Lite0Features, SameConv2d,
                             load_pretrained, weights_path)
 
 TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967

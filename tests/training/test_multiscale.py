@@ -4,11 +4,11 @@ import csv
 
 import torch
 
-from cli.main import main
-from model.networks import DiscriminatorConfig, halve
+from simpsonize.cli import main
+from simpsonize.model.networks import DiscriminatorConfig, halve
 from tests.training.conftest import (TINY_TRAIN, assert_same_networks,
                                      assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer)
-from training.train import Discriminators
+from simpsonize.training.train import Discriminators
 
 # 48 px: the coarse scale is 24 px, the smallest side a 70x70 PatchGAN still answers.
 MULTI_SCALE = [*TINY_TRAIN, "--size", "48", "--d-scales", "2"]

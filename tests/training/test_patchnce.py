@@ -4,10 +4,10 @@ import csv
 
 import torch
 
-from cli.main import main
-from model.networks import GeneratorConfig, ResnetGenerator
+from simpsonize.cli import main
+from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
 from tests.training.conftest import TINY_TRAIN, assert_same_networks
-from training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
+from simpsonize.training.patchnce import (PatchHeads, encode, feature_layers, layer_channels, patch_nce_loss,
                                sample_positions)
 
 
@@ -116,7 +116,7 @@ def test_cut_under_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--objective", "cut",
+         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--objective", "cut",
          "--max-steps", "2"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]

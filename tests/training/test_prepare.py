@@ -3,8 +3,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from cli.main import main
-from training.prepare import split_count
+from simpsonize.cli import main
+from simpsonize.training.prepare import split_count
 
 
 def test_split_rule_is_ten_percent_capped_at_25():
@@ -53,8 +53,8 @@ def test_prepare_refuses_a_missing_folder(tmp_path, capsys):
 
 def test_test_photos_can_be_cropped_again_at_another_framing(tmp_path, astronaut):
     """Models trained on different framings are measured on the same photos, each cropped as it was trained."""
-    from model.face import Framing
-    from training.evaluate import load_pool
+    from simpsonize.model.face import Framing
+    from simpsonize.training.evaluate import load_pool
 
     simpsons, real = tmp_path / "simpsons", tmp_path / "real"
     simpsons.mkdir()

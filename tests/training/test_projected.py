@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli.main import main
-from model.networks import GeneratorConfig, ResnetGenerator
+from simpsonize.cli import main
+from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
 from tests.training.conftest import (TINY_TRAIN, TinyFeatures, assert_same_networks,
                                      assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer)
-from training.projected import ProjectedDiscriminator, RandomProjection, projected_lsgan
+from simpsonize.training.projected import ProjectedDiscriminator, RandomProjection, projected_lsgan
 
 REPO = Path(__file__).resolve().parents[2]
 # The trainer as it was before --d-projected existed: with the flag off, training must be the same to the bit.
@@ -160,7 +160,7 @@ def test_a_bad_flag_value_exits_2_with_a_sentence(tiny_dataset, tmp_path, capsys
 
 
 def test_bf16_and_channels_last_train_with_it(tiny_dataset, tmp_path):
-    from training.train import Trainer, TrainConfig
+    from simpsonize.training.train import Trainer, TrainConfig
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          epochs=1, epochs_decay=0, steps_per_epoch=2, d_projected="with-patch")
@@ -194,10 +194,10 @@ def test_off_trains_exactly_as_the_trainer_before_the_flag(tiny_dataset, tmp_pat
         losses = [trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1]) for _ in range(2)]
         return trainer.state_dict(), losses
 
-    import training.train
+    import simpsonize.training.train
 
     old, old_losses = two_steps(before, tmp_path / "before")
-    new, new_losses = two_steps(training.train, tmp_path / "now")
+    new, new_losses = two_steps(simpsonize.training.train, tmp_path / "now")
     assert_same_networks(old, new, ("G_A", "G_B", "D_A", "D_B"))
     assert [{k: v for k, v in step.items() if k in old_losses[0]} for step in new_losses] == old_losses
     assert all(step["D_B_proj"] == step["G_B_proj"] == 0 for step in new_losses)

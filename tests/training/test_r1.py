@@ -4,10 +4,10 @@ import csv
 
 import torch
 
-from cli.main import main
+from simpsonize.cli import main
 from tests.training.conftest import TINY_TRAIN
-from training.regularizers import r1_penalty
-from training.train import Trainer, TrainConfig
+from simpsonize.training.regularizers import r1_penalty
+from simpsonize.training.train import Trainer, TrainConfig
 
 
 def test_r1_is_the_squared_gradient_of_the_score_at_real_images():

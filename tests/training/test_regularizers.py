@@ -4,9 +4,9 @@ import csv
 
 import torch
 
-from cli.main import main
+from simpsonize.cli import main
 from tests.training.conftest import TINY_TRAIN
-from training.regularizers import total_variation
+from simpsonize.training.regularizers import total_variation
 
 
 def test_flat_colour_costs_nothing_and_noise_costs_a_lot():
@@ -33,7 +33,7 @@ def _rows(run):
 
 
 def test_lambda_tv_adds_the_weighted_prior_to_the_generator_loss(tiny_dataset, tmp_path):
-    from training.train import Trainer, TrainConfig
+    from simpsonize.training.train import Trainer, TrainConfig
 
     run = tmp_path / "run"
     assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--lambda-tv", "3",
@@ -51,7 +51,7 @@ def test_lambda_tv_adds_the_weighted_prior_to_the_generator_loss(tiny_dataset, t
 
 
 def test_flat_share_counts_the_flat_neighbours():
-    from training.regularizers import flat_share
+    from simpsonize.training.regularizers import flat_share
 
     flat = torch.zeros(2, 3, 8, 8)
     assert flat_share(flat) == 1.0

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from cli.main import main
-from model.networks import DiscriminatorConfig, ThumbnailDiscriminator
+from simpsonize.cli import main
+from simpsonize.model.networks import DiscriminatorConfig, ThumbnailDiscriminator
 from tests.training.conftest import (TINY_TRAIN, assert_same_networks,
                                      assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer)
-from training.train import Discriminators
+from simpsonize.training.train import Discriminators
 
 
 def train(data, out, *extra):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli.main import main
+from simpsonize.cli import main
 from tests.training.conftest import TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "cli.main", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2",
+         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2",
          "--r1-gamma", "10", "--r1-every", "1",  # R1's own forward, outside DDP, joins the reduced backward
          "--ema-decay", "0.9", "--snapshot-every", "2"],  # only rank 0 keeps the average; it must not hang the others
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
@@ -113,8 +113,8 @@ def test_resume_can_add_a_decay_to_the_schedule(tiny_dataset, tmp_path, capsys):
 
 
 def test_precision_auto_picks_bf16_only_with_hardware_or_a_faster_probe(monkeypatch):
-    from training import train as train_module
-    from training.train import TrainConfig, choose_precision
+    from simpsonize.training import train as train_module
+    from simpsonize.training.train import TrainConfig, choose_precision
 
     config = TrainConfig(data="", out="")
     cpu = torch.device("cpu")
@@ -131,7 +131,7 @@ def test_precision_auto_picks_bf16_only_with_hardware_or_a_faster_probe(monkeypa
 
 
 def test_probe_times_both_precisions_without_touching_the_run_rng():
-    from training.train import TrainConfig, probe_step_seconds
+    from simpsonize.training.train import TrainConfig, probe_step_seconds
 
     torch.manual_seed(123)
     expected = torch.rand(3)
@@ -202,8 +202,8 @@ def test_resume_is_exact_with_the_history_pools_full(tiny_dataset, tmp_path):
 
 
 def test_pool_size_is_a_flag_and_the_default_is_the_papers(tiny_dataset, tmp_path):
-    from cli.main import build_parser
-    import training.train as train_module
+    from simpsonize.cli import build_parser
+    import simpsonize.training.train as train_module
 
     args = build_parser({"train": train_module}).parse_args(["train", "--out", "x", "--data", "y"])
     assert train_module.config_from_args(args).pool_size == 50
@@ -216,7 +216,7 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
     """The GPU recipe's precision and memory format, run once on a tiny model."""
     from torch import nn
 
-    from training.train import Trainer, TrainConfig
+    from simpsonize.training.train import Trainer, TrainConfig
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          epochs=1, epochs_decay=0, steps_per_epoch=2)
@@ -241,7 +241,7 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
                  "--max-steps", "2", "--snapshot-every", "2"]) == 0
     assert json.loads((run / "sessions.json").read_text())[-1]["precision"] == "bf16"
     assert torch.load(run / "checkpoint.pt", weights_only=False)["precision"]["bf16"] is True
-    from model.weights import load_generator
+    from simpsonize.model.weights import load_generator
 
     generator, _ = load_generator(run / "snapshots" / "step_0000002" / "G_B.safetensors")
     with torch.no_grad():
@@ -251,7 +251,7 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
 
 def test_init_from_starts_with_the_other_runs_networks_and_adam_moments_on_a_fresh_schedule(tiny_dataset, tmp_path):
     """Fine-tuning: the four networks and Adam's moments come from the source run; lr, step and pools start anew."""
-    from training.train import TrainConfig, Trainer
+    from simpsonize.training.train import TrainConfig, Trainer
 
     source = tmp_path / "source"
     assert train(tiny_dataset, source) == 0  # ends with lr decayed to 0
@@ -305,7 +305,7 @@ def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, 
     (bench train found bf16 faster without it on a Zen 4), and a step trains either way."""
     from torch import nn
 
-    from training.train import TrainConfig, Trainer
+    from simpsonize.training.train import TrainConfig, Trainer
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          epochs=1, epochs_decay=0, steps_per_epoch=2, channels_last=choice)
@@ -318,7 +318,7 @@ def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, 
 
 
 def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsys):
-    from training.train import TrainConfig, Trainer
+    from simpsonize.training.train import TrainConfig, Trainer
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          channels_last="sometimes")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from app import keys
-from app.jobstore import GENERIC_FAILURE, JobStore
-from app.uploads import normalise
+from simpsonize.queue import keys
+from simpsonize.queue.jobstore import GENERIC_FAILURE, JobStore
+from simpsonize.web.uploads import normalise
 from service_support import REPO_ROOT, child_env, make_settings
 
 NO_FACE = "No face found in the photo."
@@ -26,7 +26,7 @@ NO_FACE = "No face found in the photo."
 @pytest.fixture()
 def fresh_model(monkeypatch, tiny_weights):
     """This process's model, freshly loaded from the tiny weights (fp32, CPU); nothing prepared."""
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     monkeypatch.setattr(jobs, "_model", None)
     monkeypatch.setattr(jobs, "_model_loads", 0)
@@ -51,7 +51,7 @@ def photos(astronaut, coffee):
 
 
 def run_worker(store: JobStore, batch_size: int, **work) -> object:
-    from worker.process import ModelWorker
+    from simpsonize.worker.process import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis)
     worker.batch_size = batch_size
@@ -64,8 +64,8 @@ def pixels(png: bytes) -> np.ndarray:
 
 
 def test_batch_setting():
-    from app.settings import Settings
-    from worker.process import batch_size_for
+    from simpsonize.settings import Settings
+    from simpsonize.worker.process import batch_size_for
 
     assert batch_size_for("auto", "cuda") == 16 and batch_size_for("auto", "cpu") == 1
     # a CPU worker that owns several threads pairs photos up; one with a single thread does not
@@ -86,7 +86,7 @@ def test_batch_setting():
 
 def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(fresh_model, restore_signals, redis_url,
                                                                     redis_client, tiny_weights, photos):
-    from worker.jobs import simpsonize_bytes
+    from simpsonize.worker.jobs import simpsonize_bytes
 
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
@@ -185,8 +185,8 @@ def test_max_jobs_counts_jobs_not_batches(fresh_model, restore_signals, redis_ur
 
 
 def test_bf16_falls_back_to_fp32_below_40_db(tiny_weights, monkeypatch):
-    import model.pipeline as pipeline
-    from worker import jobs
+    import simpsonize.model.pipeline as pipeline
+    from simpsonize.worker import jobs
 
     monkeypatch.setattr(jobs, "_model", None)
     monkeypatch.setattr(jobs, "_model_loads", 0)
@@ -203,7 +203,7 @@ def test_bf16_falls_back_to_fp32_below_40_db(tiny_weights, monkeypatch):
 
 def test_gpu_bench_quick_runs_on_a_cpu(tmp_path, tiny_weights):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_bench", "--quick", "--weights", str(tiny_weights)],
+    result = subprocess.run([sys.executable, "-m", "tools.gpu_bench", "--quick", "--weights", str(tiny_weights)],
                             cwd=REPO_ROOT, env=child_env(OUT=str(out), OMP_NUM_THREADS="1"), capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,9 +10,9 @@ from PIL import Image
 
 
 def test_the_result_png_holds_exactly_the_models_pixels(tiny_weights, astronaut_jpeg):
-    from model.imaging import png_bytes
-    from model.pipeline import Simpsonizer
-    from worker.jobs import simpsonize_bytes
+    from simpsonize.model.imaging import png_bytes
+    from simpsonize.model.pipeline import Simpsonizer
+    from simpsonize.worker.jobs import simpsonize_bytes
 
     model = Simpsonizer(tiny_weights, device="cpu", num_threads=1)
     expected = model.simpsonize(astronaut_jpeg)
@@ -29,7 +29,7 @@ def test_the_result_png_holds_exactly_the_models_pixels(tiny_weights, astronaut_
 
 
 def test_the_encode_benchmark_compares_lossless_and_lossy_formats(astronaut):
-    from benchmarks.encode_formats import measure
+    from simpsonize.bench.encode_formats import measure
 
     rows = {name: (seconds, size, lossless) for name, seconds, size, lossless in measure(astronaut.resize((64, 64)), 1)}
     assert all(rows[f"PNG level {level}"][2] for level in range(1, 7))

@@ -7,15 +7,15 @@ import signal
 
 import pytest
 
-from app.jobstore import GENERIC_FAILURE, JobStore
+from simpsonize.queue.jobstore import GENERIC_FAILURE, JobStore
 from service_support import make_settings
 
 
 @pytest.fixture()
 def burst(redis_url, redis_client, tiny_weights, monkeypatch):
     """Submit one job to a fresh queue and run it in this process with a broken model that raises ``error``."""
-    from worker import jobs
-    from worker.process import ModelWorker
+    from simpsonize.worker import jobs
+    from simpsonize.worker.process import ModelWorker
 
     def run(error: BaseException):
         def broken(data, simpsonizer=None):
@@ -38,7 +38,7 @@ def burst(redis_url, redis_client, tiny_weights, monkeypatch):
 
 @pytest.mark.parametrize("error", [MemoryError(), type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory")])
 def test_running_out_of_memory_is_named(burst, error):
-    from worker.jobs import OUT_OF_MEMORY
+    from simpsonize.worker.jobs import OUT_OF_MEMORY
 
     view = burst(error)
     assert view.status == "failed" and view.error == OUT_OF_MEMORY

@@ -1,5 +1,5 @@
 """A job's life through the API with the real worker class run in this process: seen `started`, deleted while
-started, stopped by the job timeout, expired in the queue. (A job whose input is gone: tests/app/test_edge_uploads.)
+started, stopped by the job timeout, expired in the queue. (A job whose input is gone: tests/web/test_edge_uploads.)
 
 The worker runs in burst mode in the test's main thread (RQ's job timeout is a SIGALRM there); the job function's
 model call is replaced where a test must act while the job runs, and the API is asked from inside it.
@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from rq.job import Job
 
-from app import keys
-from app.jobstore import SERIALIZER, JobStore
-from app.main import create_app
+from simpsonize.queue import keys
+from simpsonize.queue.jobstore import SERIALIZER, JobStore
+from simpsonize.web.main import create_app
 from service_support import make_settings
 
 NOT_FOUND_START = "No such job"
@@ -24,7 +24,7 @@ NOT_FOUND_START = "No such job"
 @pytest.fixture()
 def loaded_model(tiny_weights, monkeypatch):
     """The worker process's model, loaded as `simpsonize worker` does; forgotten after the test."""
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     monkeypatch.setattr(jobs, "_model", None)
     monkeypatch.setattr(jobs, "_model_loads", 0)
@@ -32,7 +32,7 @@ def loaded_model(tiny_weights, monkeypatch):
 
 
 def run_burst(store: JobStore) -> None:
-    from worker.process import ModelWorker
+    from simpsonize.worker.process import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis)
     worker.key_prefix = store.prefix
@@ -47,7 +47,7 @@ def upload(client: TestClient, photo: bytes) -> str:
 
 def test_a_running_job_is_started_and_delete_forgets_it(redis_url, redis_client, tiny_weights, astronaut_jpeg,
                                                          loaded_model, restore_signals, monkeypatch):
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     settings = make_settings(redis_url, tiny_weights)
     prefix = settings.key_prefix
@@ -89,7 +89,7 @@ def test_a_running_job_is_started_and_delete_forgets_it(redis_url, redis_client,
 
 def test_a_job_over_the_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
         redis_url, redis_client, tiny_weights, astronaut_jpeg, loaded_model, restore_signals, monkeypatch):
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     settings = make_settings(redis_url, tiny_weights, job_timeout=1)
     prefix = settings.key_prefix
@@ -121,7 +121,7 @@ def test_a_job_over_the_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
 def test_a_job_left_in_the_queue_past_its_ttl_is_gone_and_skipped(redis_url, redis_client, tiny_weights,
                                                                   astronaut_jpeg, loaded_model, restore_signals,
                                                                   monkeypatch):
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     settings = make_settings(redis_url, tiny_weights, queue_ttl=1)
     prefix = settings.key_prefix

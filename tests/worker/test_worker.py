@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from rq.job import Job
 
-from app import keys
-from app.jobstore import JobStore
-from app.uploads import normalise
+from simpsonize.queue import keys
+from simpsonize.queue.jobstore import JobStore
+from simpsonize.web.uploads import normalise
 from service_support import REPO_ROOT, child_env, make_settings
 
 NO_FACE = "No face found in the photo."
@@ -23,24 +23,24 @@ NO_FACE = "No face found in the photo."
 @pytest.fixture()
 def fresh_model_state(monkeypatch):
     """Forget this process's model and count Simpsonizer constructions."""
-    import model.pipeline
-    from worker import jobs
+    import simpsonize.model.pipeline
+    from simpsonize.worker import jobs
 
     constructed = []
 
-    class CountingSimpsonizer(model.pipeline.Simpsonizer):
+    class CountingSimpsonizer(simpsonize.model.pipeline.Simpsonizer):
         def __init__(self, *args, **kwargs):
             constructed.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(model.pipeline, "Simpsonizer", CountingSimpsonizer)
+    monkeypatch.setattr(simpsonize.model.pipeline, "Simpsonizer", CountingSimpsonizer)
     monkeypatch.setattr(jobs, "_model", None)
     monkeypatch.setattr(jobs, "_model_loads", 0)
     return constructed
 
 
 def run_burst(store: JobStore, bookkeeping_ttl: int = 7200) -> None:
-    from worker.process import ModelWorker
+    from simpsonize.worker.process import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis)
     worker.bookkeeping_ttl = bookkeeping_ttl
@@ -48,9 +48,9 @@ def run_burst(store: JobStore, bookkeeping_ttl: int = 7200) -> None:
 
 
 def test_simpsonize_bytes_returns_a_png_a_jpeg_crop_and_timings(tiny_weights, astronaut_jpeg, coffee_jpeg):
-    from model.errors import NoFaceFound
-    from model.pipeline import Simpsonizer
-    from worker.jobs import simpsonize_bytes
+    from simpsonize.model.errors import NoFaceFound
+    from simpsonize.model.pipeline import Simpsonizer
+    from simpsonize.worker.jobs import simpsonize_bytes
 
     model = Simpsonizer(tiny_weights, device="cpu")
     output = simpsonize_bytes(astronaut_jpeg, model)
@@ -65,7 +65,7 @@ def test_simpsonize_bytes_returns_a_png_a_jpeg_crop_and_timings(tiny_weights, as
 
 def test_model_is_loaded_once_for_many_jobs(fresh_model_state, restore_signals, redis_url, redis_client,
                                             tiny_weights, astronaut_jpeg, coffee_jpeg):
-    from worker.jobs import load_model, model_loads
+    from simpsonize.worker.jobs import load_model, model_loads
 
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
@@ -93,7 +93,7 @@ def test_a_job_deleted_while_running_stores_no_result(fresh_model_state, restore
     store = JobStore(settings, redis_client)
     job_id = store.submit(normalise(astronaut_jpeg, max_pixels=10**8, max_side=1600).jpeg)
     redis_client.set(keys.deleted_key(settings.key_prefix, job_id), b"1", ex=60)  # as DELETE does mid-run
-    from worker.jobs import load_model
+    from simpsonize.worker.jobs import load_model
 
     load_model(tiny_weights, device="cpu")
     run_burst(store)
@@ -105,8 +105,8 @@ def test_a_job_deleted_while_running_stores_no_result(fresh_model_state, restore
 
 def test_unexpected_errors_fail_with_a_generic_sentence(fresh_model_state, restore_signals, redis_url,
                                                         redis_client, tiny_weights, monkeypatch):
-    from app.jobstore import GENERIC_FAILURE
-    from worker import jobs
+    from simpsonize.queue.jobstore import GENERIC_FAILURE
+    from simpsonize.worker import jobs
 
     def broken(data, simpsonizer=None):
         raise RuntimeError("CUDA out of memory (internal detail)")
@@ -124,7 +124,7 @@ def test_unexpected_errors_fail_with_a_generic_sentence(fresh_model_state, resto
 
 
 def test_worker_refuses_to_start_without_weights(tmp_path, redis_url):
-    result = subprocess.run([sys.executable, "-m", "cli.main", "worker", "--redis-url", redis_url,
+    result = subprocess.run([sys.executable, "-m", "simpsonize.cli", "worker", "--redis-url", redis_url,
                              "--weights", str(tmp_path / "none.safetensors")], cwd=REPO_ROOT, env=child_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -1,6 +1,6 @@
-"""`simpsonize worker` itself (worker.process.run), in this process: it serves a queue and stops in burst mode, and
+"""`simpsonize worker` itself (simpsonize.worker.process.run), in this process: it serves a queue and stops in burst mode, and
 each way it cannot start is an exit code with one sentence. (As a subprocess: the service fixtures and
-test_recovery.py; its health check: tests/app/test_security.py.)"""
+test_recovery.py; its health check: tests/web/test_security.py.)"""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import uuid
 
 import pytest
 
-from app import keys
-from app.jobstore import JobStore
-from app.uploads import normalise
-from cli.main import main
+from simpsonize.queue import keys
+from simpsonize.queue.jobstore import JobStore
+from simpsonize.web.uploads import normalise
+from simpsonize.cli import main
 from service_support import make_settings
 
 
 @pytest.fixture()
 def isolated_worker_process(monkeypatch):
     """Restore what `simpsonize worker` sets for its whole process: signal handlers and the loaded model."""
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     monkeypatch.setattr(jobs, "_model", None)
     monkeypatch.setattr(jobs, "_model_loads", 0)
@@ -57,8 +57,8 @@ def test_the_worker_command_serves_the_queue_and_stops_when_it_is_empty(
 
 
 def test_the_worker_command_needs_a_redis_url(monkeypatch, capsys):
-    from app.settings import Settings
-    from worker import process
+    from simpsonize.settings import Settings
+    from simpsonize.worker import process
 
     monkeypatch.setattr(process, "get_settings", lambda: Settings(redis_url=None))
     assert main(["worker"]) == 2
@@ -98,9 +98,9 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
     from rq.executions import Execution
     from rq.utils import utcformat
 
-    from app.jobstore import SERIALIZER
-    from app.liveness import WORKER_STOPPED
-    from worker.process import ModelWorker
+    from simpsonize.queue.jobstore import SERIALIZER
+    from simpsonize.queue.liveness import WORKER_STOPPED
+    from simpsonize.worker.process import ModelWorker
 
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from app import capacity, keys, metrics
-from app.embedded import EmbeddedRedis
-from app.jobstore import JobStore, connect
+from simpsonize.queue import capacity, keys, metrics
+from simpsonize.serve.embedded import EmbeddedRedis
+from simpsonize.queue.jobstore import JobStore, connect
 from service_support import make_settings
 
 MAXMEMORY = 6 * 1024 * 1024
@@ -64,7 +64,7 @@ def unfill(redis) -> None:
 @pytest.fixture()
 def setup(small_redis, tiny_weights, monkeypatch, restore_signals):
     """A store on the small Redis, and a model that returns a result at once."""
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     redis = connect(small_redis)
     redis.flushall()
@@ -84,7 +84,7 @@ def setup(small_redis, tiny_weights, monkeypatch, restore_signals):
 
 
 def work(store) -> None:
-    from worker.process import ModelWorker
+    from simpsonize.worker.process import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis)
     worker.key_prefix = store.prefix
@@ -101,7 +101,7 @@ def test_a_result_that_a_full_redis_refuses_fails_its_job_as_full_and_the_worker
     """The model fills Redis while it works: storing the result is refused, retried with backoff, and the job fails
     with the 'full' sentence (its input deleted first, so that the failure itself is recorded). Once there is room
     again, the next job finishes, in the same worker."""
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     store = setup
     plain = jobs.simpsonize_bytes
@@ -130,7 +130,7 @@ def test_when_rq_cannot_record_a_success_the_job_fails_as_full_instead_of_stayin
     """Redis fills between the job function's return and RQ's record of its success: the record is retried, then the
     job ends as failed with the sentence, its stored result dropped. The worker's own end (its death notice) is
     refused too, and the worker still returns normally."""
-    from worker import jobs
+    from simpsonize.worker import jobs
 
     store = setup
     plain = jobs.process_job

@@ -1,0 +1,484 @@
+"""`simpsonize worker`: an RQ worker process that loads the Simpsonizer once and serves every job with it.
+
+RQ's default ``Worker`` forks a fresh work horse per job, which would reload the model (or at best re-fault its
+pages) for every photo. ``ModelWorker`` is a ``SimpleWorker``: jobs run in this process, the model is loaded before
+the first job and reused. Job timeouts still work (SIGALRM in the main thread).
+
+Batches (``SIMPSONIZE_WORKER_BATCH``, default ``auto``: 16 on CUDA; on a CPU 2 for a worker with several threads,
+else 1). With a batch size above 1, each job RQ's work loop dequeues takes up to that many more with it: whatever
+else is queued, waiting at most ``SIMPSONIZE_WORKER_BATCH_WAIT_MS`` for more to arrive. All of them are marked
+started at once (so the registries, ``/readyz`` and the reaper see them as this worker's), their photos go through
+MTCNN and the generator together (``simpsonize.worker.jobs.prepare_batch``), and then RQ performs and records each job on its
+own, exactly as for one job: its own result or failure sentence, timeout, end-of-job signal for long polls, tombstone
+check. Why in the worker and not in the job function: only the worker can take jobs off the queue and register them
+as started the way RQ does; a job function that pulled other jobs' ids would leave them queued in RQ's eyes, or would
+have to reimplement RQ's bookkeeping, while here RQ's own dequeue, start, perform, success and failure steps run
+unchanged for every job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from redis.exceptions import (ConnectionError as RedisConnectionError, OutOfMemoryError, RedisError,
+                              TimeoutError as RedisTimeoutError)
+from rq import Queue, SimpleWorker
+from rq.job import JobStatus
+from rq.timeouts import JobTimeoutException
+from rq.worker import WorkerStatus
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+
+from simpsonize.queue import capacity, keys, liveness, metrics
+from simpsonize.cpu import limited_cpus
+from simpsonize.queue.jobstore import SERIALIZER, connect, refresh_rq_ttls
+from simpsonize.queue.longpoll import notify_done
+from simpsonize.settings import get_settings
+
+log = logging.getLogger("simpsonize.worker")
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+# Redis is gone for a moment, or full (noeviction: it refuses writes until results are deleted or expire). Neither
+# is this worker's fault, and both pass: RQ's bookkeeping steps that meet one must not end the worker process.
+REDIS_TROUBLE = (*REDIS_DOWN, OutOfMemoryError)
+AUTO_BATCH_CUDA = 16  # SIMPSONIZE_WORKER_BATCH=auto on CUDA
+# auto on a CPU: 2 for a worker with several torch threads, else 1. Measured on a 2-core EPYC, bursts of 16,
+# interleaved runs: one 2-thread worker did 7.7-8.9 photos/s with batches of 2 against 6.0-7.9 one by one
+# (saturation 0.90-1.05 against 0.83-0.92); two 1-thread workers were slower with batches (10.1-11.1 against
+# 11.2-12.3). Two photos keep both threads of a worker busy through MTCNN's single-threaded stretches, and RQ's
+# bookkeeping is paid once per batch.
+AUTO_BATCH_CPU_MULTITHREADED = 2
+MAX_BATCH = 64
+
+
+def batch_size_for(setting: str | int | None, device_type: str, threads: int | None = 1) -> int:
+    """``SIMPSONIZE_WORKER_BATCH`` ("auto" or a number from 1 to MAX_BATCH) for a model on ``device_type`` running
+    ``threads`` torch threads (None: torch's default, as the worker then leaves it)."""
+    value = str(setting if setting is not None else "auto").strip().lower()
+    if value in ("", "auto"):
+        if device_type == "cuda":
+            return AUTO_BATCH_CUDA
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
+        return AUTO_BATCH_CPU_MULTITHREADED if threads >= 2 else 1
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_BATCH:
+        raise ValueError(f"the worker batch must be 'auto' or a number from 1 to {MAX_BATCH}, not {setting!r}")
+    return size
+
+
+class ModelWorker(SimpleWorker):
+    """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one, heartbeats from a thread
+    every ``heartbeat_interval`` seconds (RQ's own heartbeat stops while a job runs in a SimpleWorker, and comes
+    every 6.75 minutes when idle), ends the jobs of dead workers (``simpsonize.queue.liveness.reap``), and reconnects within
+    ``max_connection_wait_time`` seconds once Redis is back after a restart."""
+
+    bookkeeping_ttl = 7200
+    heartbeat_interval = 5.0
+    key_prefix = "simpsonize"
+    # RQ doubles its reconnect wait up to 60 s; a restarted Redis must see this worker again within seconds.
+    max_connection_wait_time = 2.0
+
+    batch_size = 1  # jobs taken at once; 1 is RQ's own one-job path, unchanged
+    batch_wait = 0.005  # seconds to wait for more queued jobs to fill a batch
+
+    def __init__(self, *args, serializer=SERIALIZER, **kwargs):
+        super().__init__(*args, serializer=serializer, **kwargs)  # JSON: a job from Redis never unpickles code
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches' sizes (tests, logs)
+        self._prestarted: dict[str, object] = {}  # job id -> started_at, for the jobs of the running batch
+        self._jobs_left: int | None = None  # what is left of work(max_jobs=...), counted in jobs, not batches
+
+    def work(self, *args, **kwargs):
+        self._jobs_left = kwargs.get("max_jobs")
+        return super().work(*args, **kwargs)
+
+    def bootstrap(self, *args, **kwargs):
+        super().bootstrap(*args, **kwargs)
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._beat_thread.start()
+
+    def teardown(self):
+        beating = getattr(self, "_beating", None)
+        if beating is not None:
+            beating.set()
+            self._beat_thread.join(self.heartbeat_interval + 5)
+        super().teardown()
+
+    def _beat(self) -> None:
+        """The heartbeat thread: runs while the main thread waits for a job or runs one (torch frees the GIL)."""
+        while not self._beating.wait(self.heartbeat_interval):
+            try:
+                self.heartbeat()
+                self._reap()
+            except RedisError as exc:  # Redis restarting: the main loop reconnects, and so do we next time
+                log.warning("Reaping failed: %s", exc)
+            except Exception:  # never let the thread die: /readyz would call this worker dead
+                log.exception("Heartbeat failed.")
+
+    def _reap(self) -> None:
+        """Once per interval per queue across its workers (a Redis lock per queue: workers of other queues on the
+        same Redis must not starve this one's), fail the jobs of workers that went silent."""
+        for queue in self.queues:
+            lock = f"{self.key_prefix}:reaper-lock:{queue.name}"
+            if not self.connection.set(lock, self.name, nx=True, ex=max(1, int(self.heartbeat_interval))):
+                continue
+            for job_id in liveness.reap(queue, self.key_prefix, 4 * self.heartbeat_interval):
+                self.log.warning("Worker %s: failed job %s, whose worker stopped.", self.name, job_id)
+
+    # -- the one adapter between RQ's bookkeeping and a Redis that is briefly gone or full ---------------------------
+    # RQ's work loop quits on a Redis error anywhere but in its dequeue (which retries), and its teardown then raises
+    # again: the worker process exits. A Redis restart or a full Redis (it refuses writes once at maxmemory, with
+    # noeviction) would turn into a crash loop of every worker. So: the writes that end a job (start, success,
+    # failure) are retried while Redis refuses them for memory, and end the job as failed (reason full, with
+    # capacity.FULL_FAILURE) if they never fit; the writes that only keep RQ's books (heartbeats, worker state,
+    # maintenance, the death notice) are skipped with a warning; the next dequeue waits for Redis.
+    def execute_job(self, job, queue):
+        try:
+            if self.batch_size > 1:
+                self._execute_batch(job, queue)
+            else:
+                super().execute_job(job, queue)
+        except OutOfMemoryError as exc:  # RQ could not even start or end the job, through every retry
+            log.warning("Redis is full; failing job %s: %s", job.id, exc)
+            self._fail_for_room(job, queue)
+        except REDIS_DOWN as exc:
+            log.warning("Lost Redis while finishing job %s (%s); its state is gone with that Redis.", job.id, exc)
+        finally:
+            try:
+                refresh_rq_ttls(queue, self.bookkeeping_ttl)
+            except RedisError:
+                log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+
+    # -- batches ------------------------------------------------------------------------------------------------
+    def _execute_batch(self, job, queue) -> None:
+        """``job`` and up to ``batch_size - 1`` more from ``queue``: started together, their photos run as one batch,
+        then each performed and recorded by RQ on its own (``perform_job``), in the order they were queued."""
+        from simpsonize.worker import jobs as job_functions
+
+        room = self.batch_size if self._jobs_left is None else max(1, min(self.batch_size, self._jobs_left))
+        batch = [job, *self._dequeue_more(queue, room - 1)]
+        self.batch_sizes.append(len(batch))
+        executions = {}
+        try:
+            for member in batch:
+                executions[member.id] = self.prepare_execution(member)
+                self.prepare_job_execution(member, remove_from_intermediate_queue=len(self.queues) == 1)
+                self._prestarted[member.id] = member.started_at
+            photos = [m for m in batch if m.func_name == keys.JOB_FUNCTION and len(m.args) >= 2 and m.args[0] == m.id]
+            if len(photos) > 1:
+                self._run_batch(photos)
+            for member in batch:
+                self.perform_job(member, queue, executions[member.id])
+        finally:
+            job_functions.discard_prepared([member.id for member in batch])
+            for member in batch:
+                self._prestarted.pop(member.id, None)
+            self.set_state(WorkerStatus.IDLE)
+        if self._jobs_left is not None:
+            self._jobs_left -= len(batch)
+            if self._jobs_left <= 0:
+                self._stop_requested = True  # RQ's loop counts this batch as one job; it stops on its next turn
+
+    def _dequeue_more(self, queue, room: int) -> list:
+        """Up to ``room`` more jobs from ``queue`` through RQ's own non-blocking dequeue, waiting at most
+        ``batch_wait`` seconds for the queue to hold them."""
+        more: list = []
+        deadline = time.monotonic() + self.batch_wait
+        while len(more) < room and not self._stop_requested:
+            try:
+                result = self.queue_class.dequeue_any([queue], None, connection=self.connection,
+                                                      job_class=self.job_class, serializer=self.serializer,
+                                                      death_penalty_class=self.death_penalty_class)
+            except Exception as exc:  # Redis gone, an unreadable job: run what we have; RQ's loop meets it next
+                log.warning("Stopped filling a batch: %s", exc)
+                break
+            if result is None:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+                continue
+            self.log.info("Worker %s: %s: %s (batched)", self.name, queue.name, result[0].id)
+            more.append(result[0])
+        return more
+
+    def _run_batch(self, photos: list) -> None:
+        """Their photos through the model together, under the shortest of their timeouts. Each job then finishes with
+        its own outcome; a timeout fails them all (their time is up); any other error leaves each job to run its
+        photo alone, so that only the photo that causes it fails."""
+        from simpsonize.worker import jobs as job_functions
+
+        started = time.perf_counter()
+        ids = [job.id for job in photos]
+        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in photos)
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=ids[0]):
+                job_functions.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
+        except JobTimeoutException as exc:
+            job_functions.fail_batch(ids, exc, started)
+        except Exception:
+            log.warning("A batch of %d photos failed; running them one by one.", len(photos), exc_info=True)
+            job_functions.discard_prepared(ids)
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
+        if job.id in self._prestarted:  # started with its batch already; RQ's perform_job calls this again
+            return
+        capacity.with_room(lambda: super(ModelWorker, self).prepare_job_execution(job,
+                                                                                   remove_from_intermediate_queue))
+
+    def prepare_execution(self, job):
+        return capacity.with_room(lambda: super(ModelWorker, self).prepare_execution(job))
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl):
+        try:  # ended_at, and a heartbeat of the job: the end itself is recorded next
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not mark job %s as ending: %s", job.id, exc)
+
+    def _fail_for_room(self, job, queue) -> None:
+        """End ``job`` as failed because Redis stayed full before or after its job function ran."""
+        self._explain_full(job)
+        try:
+            metrics.record(self.connection, self.key_prefix, job.origin, "failed", "full")
+        except RedisError as exc:
+            log.warning("Could not record job metrics: %s", exc)
+        self.handle_job_failure(job, queue, exc_string="OutOfMemoryError: Redis stayed full.")
+
+    def _restore_start(self, job) -> None:
+        """perform_job stamps ``started_at`` again; a batched job started when its batch did."""
+        started_at = self._prestarted.get(job.id)
+        if started_at is not None:
+            job.started_at = started_at
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ retries a lost connection inside its blocking pop only; its bookkeeping just before (worker state,
+        heartbeat) raises instead, and the work loop then quits. Wait for Redis (or for room in it) here instead."""
+        while True:
+            try:
+                dequeued = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except REDIS_TROUBLE as exc:
+                if self._stop_requested:
+                    return None  # the work loop ends
+                log.warning("Waiting for Redis: %s", exc)
+                time.sleep(1.0)
+                continue
+            # RQ moves each id it pops into an intermediate list, and leaves there the id of a job that expired in the
+            # queue (until its maintenance, every 10 minutes, if a worker is still running): give that list a TTL.
+            for queue in self.queues:
+                try:
+                    refresh_rq_ttls(queue, self.bookkeeping_ttl)
+                except RedisError:
+                    log.warning("Could not refresh the TTLs of RQ's registries.", exc_info=True)
+            return dequeued
+
+    def run_maintenance_tasks(self):
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_TROUBLE as exc:
+            log.warning("Skipped RQ's maintenance: %s", exc)
+
+    def check_for_suspension(self, burst: bool):
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not check for suspension: %s", exc)
+
+    # RQ records a job's end after the job function returns; long polls are woken only once it is recorded, so that
+    # they read 'finished' or 'failed', never 'started'.
+    # A full Redis refuses RQ's record of a job's end too. Success raises (perform_job then fails the job: see
+    # handle_exception); RQ's failure path only logs it, which would leave the job 'started' for good, so it is
+    # retried here until the job reads as failed (the record is one MULTI: all of it lands or none).
+    def handle_job_success(self, job, queue, *args, **kwargs):
+        self._restore_start(job)
+        capacity.with_room(lambda: super(ModelWorker, self).handle_job_success(job, queue, *args, **kwargs))
+        self._notify_done(job)
+
+    def handle_job_failure(self, job, queue, *args, **kwargs):
+        self._restore_start(job)
+
+        def record() -> None:
+            super(ModelWorker, self).handle_job_failure(job, queue, *args, **kwargs)
+            if self.connection.hget(job.key, "status") == JobStatus.STARTED.value.encode():  # not persisted
+                raise OutOfMemoryError("RQ could not record the failure of the job.")
+
+        try:
+            capacity.with_room(record)
+        except RedisError as exc:
+            log.error("Could not record the failure of job %s: %s", job.id, exc)
+        self._notify_done(job)
+
+    def _notify_done(self, job) -> None:
+        try:
+            notify_done(self.connection, self.key_prefix, job.id)
+        except RedisError as exc:  # the waiters get the state when their wait runs out
+            log.warning("Could not announce the end of job %s: %s", job.id, exc)
+
+    def handle_exception(self, job, *exc_info):
+        from simpsonize.model.errors import SimpsonizeError
+
+        if isinstance(exc_info[1], SimpsonizeError):  # the photo's fault, already explained to the user
+            self.log.info("Worker %s: job %s failed: %s", self.name, job.id, exc_info[1])
+            return
+        if isinstance(exc_info[1], OutOfMemoryError):  # Redis full: not a bug, and the user gets a sentence
+            self.log.warning("Worker %s: job %s failed, Redis is full: %s", self.name, job.id, exc_info[1])
+            if not job.meta.get("error"):  # RQ could not record its start or its success: the result is not kept
+                self._explain_full(job)
+            return
+        super().handle_exception(job, *exc_info)
+
+    def _explain_full(self, job) -> None:
+        """The job fails for a full Redis: drop its result if it was stored (room for the failure's record) and
+        give it the sentence."""
+        try:
+            self.connection.delete(keys.result_key(self.key_prefix, job.id), keys.input_key(self.key_prefix, job.id))
+            job.meta["error"] = capacity.FULL_FAILURE
+            capacity.with_room(job.save_meta)
+        except RedisError as exc:
+            log.warning("Could not explain the failure of job %s: %s", job.id, exc)
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        if pipeline is not None:
+            return self._heartbeat(timeout, pipeline)
+        try:
+            self._heartbeat(timeout, pipeline)
+        except REDIS_TROUBLE as exc:  # the work loop's next dequeue waits for Redis to come back, or for room
+            log.warning("Heartbeat failed: %s", exc)
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is not None:
+            return super().set_state(state, pipeline)
+        try:  # idle/busy, for `rq info`: nothing of ours reads it
+            super().set_state(state, pipeline)
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not record the worker's state: %s", exc)
+
+    def register_birth(self, *args, **kwargs):
+        while True:  # a full Redis refuses the registration: wait for room, as the work loop does, instead of exiting
+            try:
+                return super().register_birth(*args, **kwargs)
+            except OutOfMemoryError as exc:
+                log.warning("Redis is full; waiting for room to register this worker: %s", exc)
+                time.sleep(1.0)
+
+    def register_death(self):
+        try:  # the worker's key expires on its own; a full or absent Redis must not turn a stop into a crash
+            super().register_death()
+        except REDIS_TROUBLE as exc:
+            log.warning("Could not register this worker's end: %s", exc)
+
+    def _heartbeat(self, timeout=None, pipeline=None):
+        super().heartbeat(timeout, pipeline)
+        # RQ adds a worker to its registration sets once, at birth, and never expires the sets. Re-adding ourselves
+        # on every heartbeat lets the sets carry a TTL: they expire only when no worker is left to refresh them.
+        connection = pipeline if pipeline is not None else self.connection
+        ttl = max(int(timeout or 0), self.worker_ttl + 60)
+        for key in [REDIS_WORKER_KEYS, *(WORKERS_BY_QUEUE_KEY % name for name in self.queue_names())]:
+            connection.sadd(key, self.key)
+            connection.expire(key, ttl)
+
+
+def default_name() -> str:
+    """Unique (a restarted container keeps its hostname and often its pid) and tied to the host, for ``check``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def check(redis_url: str, queue_name: str, max_age: float) -> int:
+    """0 when a worker named after this host has a heartbeat at most ``max_age`` seconds old, else 1."""
+    host = socket.gethostname()
+    try:
+        alive = liveness.live_workers(Queue(queue_name, connection=connect(redis_url), serializer=SERIALIZER), max_age)
+    except RedisError as exc:
+        print(f"unhealthy: Redis is not reachable ({type(exc).__name__}).")
+        return 1
+    mine = [name for name in alive if name.startswith(f"{host}-")]
+    print(f"healthy: {', '.join(mine)}" if mine else f"unhealthy: no worker of host {host} has a heartbeat within "
+                                                       f"{max_age:g} s.")
+    return 0 if mine else 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", help="Redis to take jobs from (default: $REDIS_URL).")
+    parser.add_argument("--queue", help="Queue name (default: $SIMPSONIZE_QUEUE_NAME or 'simpsonize').")
+    parser.add_argument("--weights", type=Path, help="Generator weights (default: $SIMPSONIZE_WEIGHTS or the shipped "
+                                                     "weights/simpsonize.safetensors).")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU).")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
+                                                    "cgroup CPU quota when one is set, else torch's default; give "
+                                                    "cores / workers when several run on one machine).")
+    parser.add_argument("--batch", help="Jobs taken at once, their photos run as one batch: 'auto' (16 on CUDA; on a "
+                                        "CPU 2 with several threads, else 1) or 1 to 64 (default: "
+                                        "$SIMPSONIZE_WORKER_BATCH or auto).")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        help="Generator precision: bf16 where its output stays within 40 dB PSNR of fp32, checked at "
+                             "start-up, else fp32; auto tries bf16 on CUDA only (default: "
+                             "$SIMPSONIZE_WORKER_PRECISION or auto).")
+    parser.add_argument("--name", help="Worker name (default: HOSTNAME-PID-RANDOM, which --check recognises).")
+    parser.add_argument("--check", action="store_true",
+                        help="Health check (containers): exit 0 if a worker of this host has a recent heartbeat in "
+                             "Redis, else 1. Loads no model.")
+    parser.add_argument("--burst", action="store_true", help="Quit when the queue is empty.")
+    parser.add_argument("--max-jobs", type=int, help="Quit after this many jobs.")
+    parser.add_argument("--log-level", default="INFO", help="Logging level (default INFO).")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    redis_url = args.redis_url or settings.redis_url
+    if not redis_url:
+        print("simpsonize worker: REDIS_URL is not set; point the worker at the Redis the web service uses, "
+              "e.g. REDIS_URL=redis://localhost:6379/0.", file=sys.stderr)
+        return 2
+    if args.check:
+        return check(redis_url, args.queue or settings.queue_name, 2 * settings.worker_heartbeat)
+    weights = Path(args.weights or settings.weights)
+    if not weights.is_file():
+        print(f"simpsonize worker: the weights file {weights} does not exist; export trained weights there "
+              "(simpsonize export) or set SIMPSONIZE_WEIGHTS to a weights file.", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from simpsonize.model.errors import SimpsonizeError
+    from simpsonize.worker.jobs import load_model
+
+    from simpsonize.model.pipeline import pick_device
+
+    try:
+        device = args.device or settings.device
+        threads = args.threads or settings.worker_threads or limited_cpus()
+        batch_size = batch_size_for(args.batch or settings.worker_batch, pick_device(device).type, threads)
+        model = load_model(weights, device=device, num_threads=threads,
+                           precision=args.precision or settings.worker_precision, batch_size=batch_size)
+    except (SimpsonizeError, ValueError) as exc:
+        print(f"simpsonize worker: {exc}", file=sys.stderr)
+        return 2
+    log.info("Loaded %s on %s (pid %d), %s, batches of up to %d.", weights, model.device, os.getpid(),
+             model.precision if model.bf16_psnr is None else f"{model.precision} (bf16 at {model.bf16_psnr:.1f} dB)",
+             batch_size)
+
+    redis = connect(redis_url)
+    try:
+        redis.ping()
+    except RedisError as exc:
+        print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
+        return 3  # distinct from 2 (bad weights/settings): `serve` retries it once the service has been up
+    queue = Queue(args.queue or settings.queue_name, connection=redis, serializer=SERIALIZER)
+    worker = ModelWorker([queue], connection=redis, name=args.name or default_name())
+    worker.bookkeeping_ttl = settings.bookkeeping_ttl
+    worker.heartbeat_interval = settings.worker_heartbeat
+    worker.key_prefix = settings.key_prefix
+    worker.batch_size = batch_size
+    worker.batch_wait = settings.worker_batch_wait_ms / 1000
+    worker.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
+    return 0

@@ -1,0 +1,19 @@
+import pytest
+
+from simpsonize.bench.common import cpu_name, percentile
+
+
+def test_percentile_interpolates_between_the_nearest_ranks():
+    # The two copies this replaced disagreed: the median of [1, 2, 3, 4] was 2 in one and 3 in the other.
+    assert percentile([4.0, 1.0, 3.0, 2.0], 0.5) == pytest.approx(2.5)
+    values = [0.1 * i for i in range(1, 21)]  # 0.1 .. 2.0
+    assert percentile(values, 0.5) == pytest.approx(1.05)
+    assert percentile(values, 0.95) == pytest.approx(1.905)
+    assert percentile(values, 0.0) == pytest.approx(0.1) and percentile(values, 1.0) == pytest.approx(2.0)
+    assert percentile([3.0], 0.95) == 3.0
+    assert percentile([], 0.5) is None
+
+
+def test_cpu_name_names_family_model_and_vector_extensions():
+    name = cpu_name()
+    assert "family" in name and "model" in name

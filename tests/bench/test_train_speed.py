@@ -1,0 +1,63 @@
+"""`simpsonize bench train`: the variants it compares, and a real run on tiny networks (plumbing and arithmetic
+only; the figures themselves are for an idle machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from simpsonize.bench.train_speed import BASELINE, Variant, variants
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_baseline_is_the_readmes_command_and_every_other_variant_changes_one_thing():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "--nproc-per-node 2" in readme and "OMP_NUM_THREADS=1" in readme and "--precision bf16" in readme
+    assert (BASELINE.procs, BASELINE.threads, BASELINE.batch, BASELINE.precision) == (2, 1, 1, "bf16")
+    chosen = variants()
+    assert chosen[0] == BASELINE and len(set(chosen)) == len(chosen)
+    for variant in chosen[1:]:
+        base = Variant(recipe=variant.recipe)
+        if variant == base:  # another recipe's own baseline
+            assert variant.recipe != BASELINE.recipe
+            continue
+        changed = {k for k, v in asdict(variant).items() if asdict(base)[k] != v}
+        # one change, or the two that go together: 1 process x 2 threads (+ a batch), fp32 without channels_last
+        assert changed and changed in ({"batch"}, {"procs", "threads"}, {"procs", "threads", "batch"},
+                                       {"precision", "channels_last"}, {"channels_last"}, {"compile"}), changed
+    assert {v.batch for v in chosen} == {1, 2, 4, 8} and {v.recipe for v in chosen} == {"shipped", "projected"}
+    assert any(v.compile for v in chosen) and not any(v.compile for v in variants(compile_=False))
+
+
+@pytest.mark.slow
+def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
+    out = tmp_path / "train.json"
+    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", "bench", "train", "--quick", "--json", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "family" in report["cpu"] and "| variant |" in done.stdout
+    ddp, single = report["rows"]
+    assert ddp["variant"]["procs"] == 2 and single["variant"]["procs"] == 1
+    for row in (ddp, single):
+        v = row["variant"]
+        assert row["images_per_second"] == pytest.approx(v["batch"] * v["procs"] / row["seconds_per_step"])
+        parts = row["breakdown_ms"]
+        assert {"forward G_A", "forward G_B", "forward D_A", "forward D_B", "backward (all networks)",
+                "optimizers"} <= parts.keys()
+        named = sum(ms for part, ms in parts.items() if part != "step")
+        assert all(ms >= 0 for ms in parts.values()) and named == pytest.approx(parts["step"], rel=0.02)
+    assert parts.keys().isdisjoint({"DDP all-reduce"})  # one process: nothing to reduce
+    assert ddp["breakdown_ms"]["DDP all-reduce"] > 0
+
+
+def test_an_unknown_recipe_is_refused_with_a_sentence():
+    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", "bench", "train", "--recipes", "nope"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown recipe nope" in done.stdout
