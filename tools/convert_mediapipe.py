@@ -71,9 +71,6 @@ class Source:
             raise FileNotFoundError(f"{file} is missing: unpack {member} from the {WHEEL_NAME} wheel into {self.path}.")
         return file.read_bytes()
 
-    def describe(self) -> str:
-        return self.path.name if self._zip is not None else f"{WHEEL_NAME} (unpacked)"
-
 
 # -- reading a .tflite graph -----------------------------------------------------------------------------------------
 
@@ -273,7 +270,7 @@ def convert(network: Network, source: Source, out_dir: Path) -> dict[str, Any]:
         **spec,
         "name": network.name,
         "purpose": network.purpose,
-        "source": {"wheel": source.describe(), "member": network.member, "sha256": hashlib.sha256(data).hexdigest()},
+        "source": {"wheel": WHEEL_NAME, "member": network.member, "sha256": hashlib.sha256(data).hexdigest()},
         "dtype": "float16" if use_half else "float32",
         "licence": "Apache-2.0 (LICENSE beside this file)",
     }
