@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(str(files("simpsonize")))
 
 SHIPPED_WEIGHTS = PACKAGE_DIR / "weights" / "simpsonize.safetensors"  # the served generator; its card is beside it
-MEDIAPIPE_DIR = PACKAGE_DIR / "weights" / "mediapipe"  # MediaPipe's networks as safetensors (tools/convert_mediapipe.py)
+MEDIAPIPE_DIR = PACKAGE_DIR / "weights" / "mediapipe"  # MediaPipe's networks (written by tools/convert_mediapipe.py)
 TEMPLATES_DIR = PACKAGE_DIR / "web" / "templates"
 STATIC_DIR = PACKAGE_DIR / "web" / "static"
 EXAMPLES_INDEX = STATIC_DIR / "examples" / "examples.json"  # written by tools/make_examples.py

@@ -273,7 +273,13 @@ def load_graph(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         raise WeightsError(f"{path} is not a converted MediaPipe graph (no {METADATA_KEY!r} metadata).")
     graph = TfliteGraph(json.loads(metadata[METADATA_KEY]), load_file(str(path)))
     graph.requires_grad_(False)
-    return graph.eval().to(device)
+    graph = graph.eval().to(device)
+    if torch.device(device).type == "cpu":
+        # Channels-last weights make the convolutions hand channels-last tensors on, which torch's CPU kernels (max
+        # pooling above all) run faster: with one thread the mesh took ~5 ms instead of ~7, the segmenter ~7 instead
+        # of ~14 (best of 40 runs on a busy 2-core machine), with the same outputs to 1e-4.
+        graph = graph.to(memory_format=torch.channels_last)
+    return graph
 
 
 # -- the user-facing helpers -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MediaPipe's networks in torch (simpsonize/model/landmarks.py) against the official TFLite interpreter, and on a photo.
+"""MediaPipe's networks in torch (simpsonize/model/landmarks.py) beside the official TFLite interpreter, and on a photo.
 
 The reference outputs (tests/fixtures/mediapipe_reference.json) come from ai-edge-litert via
 tools/mediapipe_reference.py; the converter's own test needs the mediapipe wheel's .tflite files, which CI lacks.
