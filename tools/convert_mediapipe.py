@@ -106,14 +106,15 @@ class _Graph:
         return [int(v) for v in self.sub.Tensors(index).ShapeAsNumpy()]
 
     def constant(self, index: int) -> np.ndarray | None:
-        tensor = self.sub.Tensors(self.dequantized.get(index, index))
+        """The tensor's stored value (an fp16 one for a DEQUANTIZE output), or None for a computed tensor."""
+        index = self.dequantized.get(index, index)
+        tensor = self.sub.Tensors(index)
         data = self.model.Buffers(tensor.Buffer()).DataAsNumpy()
         if isinstance(data, int) or len(data) == 0:
             return None
         if tensor.Type() not in self.dtypes:
             raise ConversionError(f"tensor {tensor.Name().decode()} has unsupported type {tensor.Type()}")
-        return np.frombuffer(data.tobytes(), dtype=self.dtypes[tensor.Type()]).reshape(self.shape(
-            self.dequantized.get(index, index)))
+        return np.frombuffer(data.tobytes(), dtype=self.dtypes[tensor.Type()]).reshape(self.shape(index))
 
     def options(self, op, kind: str):
         import importlib
@@ -137,7 +138,7 @@ def read_graph(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     sub = graph.sub
     ops: list[dict[str, Any]] = []
     weights: dict[str, np.ndarray] = {}
-    produced = {graph.name(i) for i in sub.InputsAsNumpy()}
+    produced = {_module_key(graph.name(i)) for i in sub.InputsAsNumpy()}
 
     for position in range(sub.OperatorsLength()):
         op = sub.Operators(position)
@@ -216,15 +217,17 @@ def read_graph(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         missing = [name for name in spec["inputs"] if name not in produced]
         if missing:
             raise ConversionError(f"{key} reads {missing}, which no earlier op writes (a constant operand?)")
+        if key in produced:
+            raise ConversionError(f"two tensors are named {key!r} once made usable as module names")
         produced.add(key)
         ops.append(spec)
 
-    spec = {
+    wiring = {
         "inputs": [{"name": _module_key(graph.name(i)), "shape_nhwc": graph.shape(i)} for i in sub.InputsAsNumpy()],
         "outputs": [_module_key(graph.name(i)) for i in sub.OutputsAsNumpy()],
         "ops": ops,
     }
-    return spec, weights
+    return wiring, weights
 
 
 def _fused(code: int, key: str) -> str:
