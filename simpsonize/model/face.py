@@ -6,7 +6,8 @@ eye-to-mouth distance are each ~0.45 of the crop side, the eyes sit at ~0.22 of 
 crops are as tight (the face fills the frame) but their eyes sit lower, so we keep UTKFace's scale
 (side = 2.3 x the mean of those two distances) and put the eyes at 0.33 of the height. A looser crop was
 tried first: the face then filled only ~60 % of the frame, unlike the Simpsons side, and UTKFace crops
-gained flat borders where the crop ran past their edges.
+gained flat borders where the crop ran past their edges. ``Framing`` (``simpsonize.model.framing``) says how much
+of the head a crop shows; its ``head`` mode frames the whole head (``simpsonize.model.head``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import numpy as np
 from PIL import Image
 
 from simpsonize.model.errors import NoFaceFound, SimpsonizeError
+from simpsonize.model.framing import CROP_SCALE, EYE_LINE, Framing  # noqa: F401 (re-exported)
 from simpsonize.model.imaging import ImageSource, open_image
 
-CROP_SCALE = 2.3  # crop side / mean(eye distance, eye-to-mouth distance)
-EYE_LINE = 0.33  # height of the eye line in the crop, as a fraction of its side
 MIN_CONFIDENCE = 0.90
 # Detection costs what it needs. The full search runs MTCNN on a copy up to DETECT_MAX_SIDE px, for faces down to
 # MTCNN_MIN_FACE px: an image pyramid from 12/20 of that copy down to 12 px. Selfies have big faces, which only the
@@ -38,22 +38,6 @@ FAST_MIN_FACE = 0.15  # selfies' faces are 30-60 % of the shorter side; 0.15 hal
 
 _detectors: dict[str, object] = {}
 _detectors_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Framing:
-    """How much of the head a crop shows. Stored in the weights' metadata so serving crops as training did."""
-
-    scale: float = CROP_SCALE  # crop side / mean(eye distance, eye-to-mouth distance)
-    eye_line: float = EYE_LINE  # height of the eye line in the crop, as a fraction of its side
-
-    def to_dict(self) -> dict:
-        return {"scale": self.scale, "eye_line": self.eye_line}
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "Framing":
-        data = data or {}
-        return cls(scale=float(data.get("scale", CROP_SCALE)), eye_line=float(data.get("eye_line", EYE_LINE)))
 
 
 @dataclass(frozen=True)
@@ -221,6 +205,10 @@ def crop_face(source: ImageSource, size: int = 256, device: str = "cpu", framing
 
 def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Face, ...] = (),
                framing: Framing = Framing()) -> FaceCrop:
+    if framing.mode == "head":  # this face's own scale and eye line, from the face mesh and the person mask
+        from simpsonize.model.head import head_framing  # lazy: those networks load on first use
+
+        framing = head_framing(image, face, framing, crop=align_crop)
     left_eye, right_eye, _nose, mouth_left, mouth_right = (np.asarray(p, dtype=np.float64) for p in face.landmarks)
     eyes = (left_eye + right_eye) / 2
     mouth = (mouth_left + mouth_right) / 2

@@ -36,7 +36,7 @@ from PIL import Image
 from torch import nn
 
 from simpsonize.model.errors import MissingWeights, WeightsError
-from simpsonize.model.face import Framing
+from simpsonize.model.framing import Framing
 from simpsonize.resources import MEDIAPIPE_DIR
 
 METADATA_KEY = "mediapipe_graph"

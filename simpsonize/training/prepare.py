@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from simpsonize.model.errors import NoFaceFound, SimpsonizeError
-from simpsonize.model.face import CROP_SCALE, EYE_LINE, Framing
+from simpsonize.model.framing import CROP_SCALE, EYE_LINE, FRAMING_MODES, Framing
 from simpsonize.model.imaging import IMAGE_SUFFIXES, open_image
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-max-real", type=int, default=None,
                         help="at most this many real test images (default: --test-max); the real test split is "
                              "the evaluation pool of `simpsonize test`, so it wants a few hundred")
+    parser.add_argument("--framing", choices=FRAMING_MODES, default="eyes",
+                        help="eyes: a fixed multiple of the eye and mouth distances (--framing-scale, --eye-line); "
+                             "head: the whole head, hair to chin, from MediaPipe's face mesh and person mask (tight "
+                             "source crops such as UTKFace's then run far past their edges: see --max-outside)")
     parser.add_argument("--framing-scale", type=float, default=CROP_SCALE,
                         help="crop side / mean(eye distance, eye-to-mouth distance); larger shows more head and hair")
     parser.add_argument("--eye-line", type=float, default=EYE_LINE, help="height of the eyes in the crop (0-1)")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         held_out = json.loads(info.read_text())["test_sources"]
     summary = prepare(args.simpsons, args.real, args.out, size=args.size, test_fraction=args.test_fraction,
                       test_max=args.test_max, test_max_real=args.test_max_real, limit=args.limit, seed=args.seed,
-                      device=args.device, framing=Framing(args.framing_scale, args.eye_line),
+                      device=args.device, framing=Framing(args.framing_scale, args.eye_line, mode=args.framing),
                       faces_from=args.faces_from, max_outside=args.max_outside, held_out=held_out)
     counts = summary["counts"]
     print(f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
