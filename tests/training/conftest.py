@@ -23,7 +23,8 @@ def tiny_dataset(tmp_path_factory):
 
 def tiny_trainer(data, out, size: int = 32, steps_per_epoch: int = 2, **options):
     """A Trainer on the tiny dataset with the smallest networks, fp32, on the CPU; ``options`` go to TrainConfig."""
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(data), out=str(out), size=size, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
                          steps_per_epoch=steps_per_epoch, precision="fp32", **options)
