@@ -25,8 +25,6 @@ ARMS: dict[str, list[str]] = {
     "small": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32"],
     "small_da": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
                  "--diff-augment", "color,translation,cutout"],
-    "small_da_sn": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
-                    "--diff-augment", "color,translation,cutout", "--spectral-norm"],
     "mid_da": ["--size", "96", "--ngf", "24", "--n-blocks", "6", "--ndf", "48",
                "--diff-augment", "color,translation,cutout"],
     "small_da_b4": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu-minutes", type=float, default=12.0, help="CPU time per arm")
-    parser.add_argument("--arms", nargs="+", default=["baseline", "small", "small_da", "small_da_sn"],
+    parser.add_argument("--arms", nargs="+", default=["baseline", "small", "small_da"],
                         choices=sorted(ARMS))
     parser.add_argument("--parallel", type=int, default=2, help="arms at once, each pinned to a core (1: in turn)")
     parser.add_argument("--measure-only", action="store_true", help="only measure arms that already ran")

@@ -1,4 +1,4 @@
-"""CycleGAN networks: the ResNet generator, the 70x70 PatchGAN discriminator and a thumbnail discriminator.
+"""CycleGAN networks: the ResNet generator and the 70x70 PatchGAN discriminator.
 
 The generator's ``state_dict()`` matches the layout saved by the reference CycleGAN code
 (``ResnetGenerator`` with instance norm, no dropout), so its ``latest_net_G_B.pth`` loads as is.

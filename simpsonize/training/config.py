@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping
 
-from simpsonize.model.networks import GeneratorConfig
+if TYPE_CHECKING:
+    from simpsonize.model.networks import GeneratorConfig
 
 UPSAMPLINGS = ("transpose", "resize_conv")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -91,6 +92,8 @@ class TrainConfig:
     checkpoint_minutes: float = option(10.0, "minutes between checkpoints", metavar="MINUTES", resumable=True)
 
     def generator_config(self) -> GeneratorConfig:
+        from simpsonize.model.networks import GeneratorConfig  # here, so that building the options needs no torch
+
         return GeneratorConfig(ngf=self.ngf, n_blocks=self.n_blocks, upsampling=self.upsampling)
 
     @classmethod

@@ -333,3 +333,70 @@ def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsy
     with pytest.raises(SystemExit):
         train(tiny_dataset, tmp_path / "cli", "--channels-last", "sometimes")
     assert "invalid choice" in capsys.readouterr().err
+
+
+# The last trainer in one file, with every trick that later lost its ablation (issue 29).
+BEFORE_THE_SPLIT = "f6bafa5"
+
+
+def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_trainer_trains_it(tiny_dataset,
+                                                                                                 tmp_path):
+    """The shipped recipe's options on tiny networks: a run that the trainer before the split took 2 of its 4 steps,
+    resumed here, ends with the same weights, average and loss log to the bit as this trainer's straight run, so
+    those first 2 steps were the same too. Its config.json names the removed options, at their defaults."""
+    from tests.training.conftest import checkout_of, run_in_checkout
+
+    recipe = ["--upsampling", "resize_conv", "--pool-size", "1", "--ema-decay", "0.9"]
+    root, _ = checkout_of(BEFORE_THE_SPLIT, tmp_path)
+    old = tmp_path / "old"
+    run_in_checkout(root, ["-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(old),
+                           *TINY_TRAIN, *recipe, "--max-steps", "2"])
+    saved = json.loads((old / "config.json").read_text())
+    assert (saved["lambda_tv"], saved["d_scales"], saved["objective"]) == (0.0, 1, "cyclegan")  # the old trainer's
+    assert main(["train", "--out", str(old), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
+    straight = tmp_path / "straight"
+    assert train(tiny_dataset, straight, *recipe) == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(old / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for net in ("G_A", "G_B", "D_A", "D_B", "G_ema"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs"
+    assert _loss_rows(old) == _loss_rows(straight)  # the resume drops the removed tricks' columns (all 0)
+    assert "lambda_tv" not in json.loads((old / "config.json").read_text())
+
+
+def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--max-steps", "1") == 0
+    original = torch.load(run / "checkpoint.pt", weights_only=False)
+    capsys.readouterr()
+    resume = ["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1"]
+    cases = [({"lambda_tv": 2.0}, "this run uses --lambda-tv 2, an option removed from the trainer after its "
+                                  "ablation lost (docs/experiments.md); commit f6bafa5 still has it."),
+             ({"objective": "cut", "spectral_norm": True, "r1_gamma": 10.0},
+              "this run uses --spectral-norm and --objective cut and --r1-gamma 10, options removed from the trainer "
+              "after their ablation lost (docs/experiments.md); commit f6bafa5 still has them.")]
+    for removed, sentence in cases:
+        torch.save({**original, "config": {**original["config"], **removed}}, run / "checkpoint.pt")
+        assert main(resume) == 2
+        assert capsys.readouterr().out.strip() == f"error: {sentence}"
+        assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1  # left as it was
+    # at the values that meant "off", and their settings that did nothing while off, they are no obstacle
+    off = {"lambda_tv": 0.0, "d_scales": 1, "objective": "cyclegan", "spectral_norm": False, "r1_every": 16,
+           "lambda_nce": 2.0, "nce_patches": 64}
+    torch.save({**original, "config": {**original["config"], **off}}, run / "checkpoint.pt")
+    assert main(resume) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_resume_changes_only_what_it_may_and_names_the_options_it_keeps(tiny_dataset, tmp_path, capsys):
+    """A run's whole command given again with --resume continues that run: the options that define it stay."""
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--max-steps", "1") == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1",
+                 "--lr", "1e-3", "--ngf", "4", "--sample-every", "5"]) == 0
+    assert "train: --resume keeps the run's own --lr" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["lr"], config["sample_every"]) == (2e-4, 5)
