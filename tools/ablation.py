@@ -41,7 +41,8 @@ COMMON = ["--upsampling", "resize_conv", "--epochs", "30", "--epochs-decay", "0"
 
 def launch(name: str, data: Path, out: Path, cpu_minutes: float, core: int | None, extra: list[str]):
     run = out / name
-    args = [sys.executable, "-m", "simpsonize.cli", "train", "--data", str(data), "--out", str(run), *ARMS[name], *COMMON,
+    args = [sys.executable, "-m", "simpsonize.cli", "train", "--data", str(data), "--out", str(run), *ARMS[name],
+            *COMMON,
             *extra, "--max-cpu-minutes", str(cpu_minutes), "--snapshot-every", "100000", "--sample-every", "100000",
             "--checkpoint-minutes", "1000"]
     env = dict(os.environ, OMP_NUM_THREADS="1" if core is not None else os.environ.get("OMP_NUM_THREADS", "2"),
@@ -68,7 +69,8 @@ def measure(names: list[str], out: Path, data_for) -> list[dict]:
         row, fake = c2st_of_generator(g_b, pool, int(config["size"]), g_a)
         log = (run / "losses.csv").read_text().splitlines()[1:]
         wall = sum(float(line.split(",")[-1]) for line in log)
-        rows.append({"arm": name, "pool": str(data_for(name)), "steps": info["step"], "seconds_per_step": round(wall / max(1, len(log)), 3),
+        rows.append({"arm": name, "pool": str(data_for(name)), "steps": info["step"],
+                     "seconds_per_step": round(wall / max(1, len(log)), 3),
                      "images_per_second": round(len(log) * int(config["batch_size"]) / max(wall, 1e-9), 2), **row})
         grid[f"{name} ({info['step']} steps)"] = torch.nn.functional.interpolate(fake[:12], size=(96, 96),
                                                                                   mode="bilinear", antialias=True)
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         while pending:
             batch, pending = pending[:args.parallel], pending[args.parallel:]
             started = time.time()
-            procs = [launch(name, data_for(name), args.out, args.cpu_minutes, i if args.parallel > 1 else None, args.extra)
+            procs = [launch(name, data_for(name), args.out, args.cpu_minutes, i if args.parallel > 1 else None,
+                            args.extra)
                      for i, name in enumerate(batch)]
             codes = [p.wait() for p in procs]
             print(f"ablation: {', '.join(batch)} finished with {codes} in {(time.time() - started) / 60:.1f} min",

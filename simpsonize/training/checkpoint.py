@@ -14,7 +14,6 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,9 +23,6 @@ from simpsonize.model.weights import save_generator
 from simpsonize.training.config import TrainConfig, check_removed_options
 from simpsonize.training.losses import LOSS_NAMES
 from simpsonize.training.precision import cpu_name, hardware_name
-
-if TYPE_CHECKING:
-    from simpsonize.training.trainer import Trainer
 
 # Architecture fields that must match for another run's networks to load into this one.
 NETWORK_FIELDS = ("ngf", "n_blocks", "upsampling", "ndf")
@@ -47,15 +43,15 @@ def write_config(out: Path, config: TrainConfig) -> None:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def record_session(out: Path, trainer: Trainer, start_step: int) -> None:
+def record_session(out: Path, start_step: int, device: torch.device, world_size: int, bf16: bool,
+                   precision_reason: str) -> None:
     """Append where and how this stretch of training ran."""
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.exists() else []
-    device = trainer.device
     sessions.append({"start_step": start_step, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "device": f"{device.type}: {hardware_name(device)}", "threads": torch.get_num_threads(),
-                     "world_size": trainer.dist.world_size, "precision": "bf16" if trainer.bf16 else "fp32",
-                     "precision_reason": trainer.precision_reason, "torch": torch.__version__})
+                     "world_size": world_size, "precision": "bf16" if bf16 else "fp32",
+                     "precision_reason": precision_reason, "torch": torch.__version__})
     path.write_text(json.dumps(sessions, indent=2))
 
 
@@ -64,54 +60,21 @@ def device_description(device: torch.device) -> str:
 
 
 # ------------------------------------------------------------------------------------------ checkpoint.pt
-def trainer_state(trainer: Trainer) -> dict:
-    """Everything needed to continue ``trainer`` exactly where it is."""
-    t, D = trainer, trainer.D
-    state = {
-        "config": t.config.to_dict(),
-        "step": t.step,
-        "precision": {"bf16": t.bf16, "reason": t.precision_reason, "hardware": hardware_name(t.device)},
-        "G_A": t.G.G_A.state_dict(), "G_B": t.G.G_B.state_dict(), "D_A": D.D_A.state_dict(), "D_B": D.D_B.state_dict(),
-        "opt_G": t.opt_G.state_dict(), "opt_D": t.opt_D.state_dict(),
-        "sched_G": t.sched_G.state_dict(), "sched_D": t.sched_D.state_dict(),
-        "pool_A": t.pool_A.state_dict(), "pool_B": t.pool_B.state_dict(),
-    }
-    if t.G_ema is not None:
-        state["G_ema"] = t.G_ema.state_dict()
-    if t.projected:
-        state.update(D_B_projected=D.D_B_projected[0].trained_state_dict(),
-                     opt_D_projected=t.opt_D_projected.state_dict(), sched_D_projected=t.sched_D_projected.state_dict())
-    if t.eye_judge is not None:
-        state.update(D_eye=t.eye_judge.state_dict(), opt_D_eye=t.opt_D_eye.state_dict(),
-                     sched_D_eye=t.sched_D_eye.state_dict())
-    state["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    return state
+def save_checkpoint(out: Path, state: dict) -> Path:
+    path = out / "checkpoint.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    return path
 
 
-def restore(trainer: Trainer, state: dict) -> None:
-    """Put ``trainer`` back where ``trainer_state`` found it (the same run, resumed)."""
-    t = trainer
-    t.step = int(state["step"])
-    for name, module in _networks(t):
-        module.load_state_dict(state[name])
-    t.opt_G.load_state_dict(state["opt_G"])
-    t.opt_D.load_state_dict(state["opt_D"])
-    t.sched_G.load_state_dict(state["sched_G"])
-    t.sched_D.load_state_dict(state["sched_D"])
-    t.pool_A.load_state_dict(state["pool_A"], t.device)
-    t.pool_B.load_state_dict(state["pool_B"], t.device)
-    if t.G_ema is not None and "G_ema" in state:  # without it (--ema-decay added on resume) it starts here
-        t.G_ema.load_state_dict(state["G_ema"])
-    if t.projected:
-        t.D.D_B_projected[0].load_trained_state_dict(state["D_B_projected"])
-        t.opt_D_projected.load_state_dict(state["opt_D_projected"])
-        t.sched_D_projected.load_state_dict(state["sched_D_projected"])
-    if t.eye_judge is not None:
-        t.eye_judge.load_state_dict(state["D_eye"])
-        t.opt_D_eye.load_state_dict(state["opt_D_eye"])
-        t.sched_D_eye.load_state_dict(state["sched_D_eye"])
-    rng = state["rng"]
+def rng_state() -> dict:
+    """Every RNG a step draws from (DiffAugment and the initial weights: torch's; the pools have their own)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
@@ -119,73 +82,39 @@ def restore(trainer: Trainer, state: dict) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_checkpoint(trainer: Trainer) -> Path:
-    path = trainer.out / "checkpoint.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(trainer_state(trainer), tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
-    return path
-
-
-def load_networks(trainer: Trainer, source: str | Path) -> int:
-    """Start from the four networks of another run (a run folder or its checkpoint.pt); return its step.
-
-    Fine-tuning a trained run with a changed objective costs a fraction of training from scratch, and gives an
-    ablation that compares changes from the same starting point. Adam's moments come along, so the optimisation
-    continues rather than restarts; the learning rates follow this run's schedule, not the end of the other run's.
-    (Both with and without the moments, a trained CycleGAN diverged within five steps when its rate jumped to 2e-4;
-    5e-5 held.)
-    """
+def read_source(source: str | Path, config: TrainConfig) -> dict:
+    """The checkpoint of another run (a run folder or its checkpoint.pt) for ``--init-from``: ValueError (one
+    sentence) if it is missing or its networks are not this config's."""
     path = Path(source)
     path = path / "checkpoint.pt" if path.is_dir() else path
     if not path.is_file():
         raise ValueError(f"{path} does not exist.")
     state = torch.load(path, map_location="cpu", weights_only=False)
     theirs = state.get("config") or {}
-    ours = trainer.config.to_dict()
+    ours = config.to_dict()
     different = [f"{name} {theirs.get(name)!r} (this run {ours[name]!r})"
                  for name in NETWORK_FIELDS if theirs.get(name, ours[name]) != ours[name]]
     if theirs.get("spectral_norm"):  # a removed option that changed the discriminators' layers
         different.append("spectral_norm True (this trainer has none)")
     if different:
         raise ValueError(f"{path} has a different architecture: {', '.join(different)}.")
-    for name, module in _networks(trainer):
-        module.load_state_dict(state[name])
-    parts = [(trainer.opt_G, trainer.sched_G, "opt_G"), (trainer.opt_D, trainer.sched_D, "opt_D")]
-    # A run with the projected judge continued: its heads too; from a run without one they start fresh.
-    if trainer.projected and "D_B_projected" in state:
-        trainer.D.D_B_projected[0].load_trained_state_dict(state["D_B_projected"])
-        parts.append((trainer.opt_D_projected, trainer.sched_D_projected, "opt_D_projected"))
-    for optimizer, scheduler, name in parts:
-        optimizer.load_state_dict(state[name])
-        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
-            group["lr"] = lr
-            group["initial_lr"] = scheduler.base_lrs[0]
-    return int(state["step"])
+    return state
 
 
-def _networks(trainer: Trainer) -> tuple[tuple[str, nn.Module], ...]:
-    return (("G_A", trainer.G.G_A), ("G_B", trainer.G.G_B), ("D_A", trainer.D.D_A), ("D_B", trainer.D.D_B))
+def continue_optimiser(optimizer: torch.optim.Optimizer, scheduler, state: dict) -> None:
+    """Another run's Adam moments, at this run's learning rate (its schedule, not the end of the other run's)."""
+    optimizer.load_state_dict(state)
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr
+        group["initial_lr"] = scheduler.base_lrs[0]
 
 
 # ---------------------------------------------------------------------------------------- snapshots, losses
-def save_snapshot(trainer: Trainer) -> Path:
-    """Both generators at this step, as served-weights files, so `test --all-snapshots` can rank them; with
-    --ema-decay their moving average too, in a folder of its own (step_N_ema), ranked beside them."""
-    folder = trainer.out / "snapshots" / f"step_{trainer.step:07d}"
-    _save_generators(trainer, folder, trainer.G)
-    if trainer.G_ema is not None:
-        _save_generators(trainer, folder.with_name(folder.name + "_ema"), trainer.G_ema.module,
-                         {"ema_decay": trainer.config.ema_decay})
-    return folder
-
-
-def _save_generators(trainer: Trainer, folder: Path, generators: nn.Module, extra: dict | None = None) -> None:
+def save_generators(folder: Path, generators: nn.Module, size: int, meta: dict) -> None:
+    """Both generators as served-weights files (``test --all-snapshots`` ranks them, ``export`` ships one)."""
     for name, generator, direction in (("G_A", generators.G_A, "AtoB"), ("G_B", generators.G_B, "BtoA")):
-        meta = {"direction": direction, "step": trainer.step,
-                "epoch": round(trainer.step / trainer.steps_per_epoch, 4), "run": str(trainer.out),
-                "framing": trainer.dataset.framing, **(extra or {})}
-        save_generator(folder / f"{name}.safetensors", generator, input_size=trainer.config.size, extra=meta)
+        save_generator(folder / f"{name}.safetensors", generator, input_size=size,
+                       extra={"direction": direction, **meta})
 
 
 class LossLog:

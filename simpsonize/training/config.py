@@ -185,7 +185,8 @@ def check_removed_options(saved: Mapping[str, Any]) -> None:
             if name in saved and saved[name] != off]
     if used:
         many = len(used) > 1
-        raise ValueError(f"this run uses {' and '.join(used)}, {'options' if many else 'an option'} removed from the "
+        listed = f"{', '.join(used[:-1])} and {used[-1]}" if many else used[0]
+        raise ValueError(f"this run uses {listed}, {'options' if many else 'an option'} removed from the "
                          f"trainer after {'their' if many else 'its'} ablation lost (docs/experiments.md); commit "
                          f"{LAST_COMMIT_WITH_REMOVED_OPTIONS} still has {'them' if many else 'it'}.")
 

@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         return 2
     if info.is_main:
         write_config(out, config)
-        record_session(out, trainer, state["step"] if state else 0)
+        record_session(out, state["step"] if state else 0, trainer.device, info.world_size, trainer.bf16,
+                       trainer.precision_reason)
     if state is not None:
         trainer.load_state_dict(state)
     elif config.init_from:

@@ -118,7 +118,8 @@ def checkout_of(commit: str, scratch: Path) -> tuple[Path, str]:
     ``simpsonize.training.train`` since the package move, ``training.train`` before it. Skips the test when the
     commit is not in this clone's history."""
     def has(path: str) -> bool:
-        return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=REPO, capture_output=True).returncode == 0
+        found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=REPO, capture_output=True)
+        return found.returncode == 0
 
     if has("simpsonize/training/train.py"):
         paths, module = ["simpsonize"], "simpsonize.training.train"

@@ -16,8 +16,8 @@ from tests.training.conftest import TINY_TRAIN, assert_same_networks, train_at_c
 from tests.training.trainer_entry import exercise
 from tests.training.test_eyes import face
 from simpsonize.training.data import UnpairedFaces
-from simpsonize.training.eye_judge import (EyeJudge, EyePatchDiscriminator, cut_patches, eye_boxes, eyes_from_landmarks, lsgan,
-                                real_eyes, simpsons_eyes, to_crop)
+from simpsonize.training.eye_judge import (EyeJudge, EyePatchDiscriminator, cut_patches, eye_boxes,
+                                           eyes_from_landmarks, lsgan, real_eyes, simpsons_eyes, to_crop)
 
 BEFORE_THE_FLAG = "84a4894"  # the trainer as it was before --eye-judge existed
 DOT = (0.3, 0.4)  # where the red dot sits in every stored image of the dotted dataset (fractions)

@@ -153,7 +153,8 @@ def test_a_bad_flag_value_exits_2_with_a_sentence(tiny_dataset, tmp_path, capsys
         train(tiny_dataset, tmp_path / "bad", "--d-projected", "yes")
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --d-projected: invalid choice: 'yes'" in err and all(m in err for m in ("off", "alone", "with-patch"))
+    assert "argument --d-projected: invalid choice: 'yes'" in err
+    assert all(mode in err for mode in ("off", "alone", "with-patch"))
 
 
 def test_bf16_and_channels_last_train_with_it(tiny_dataset, tmp_path):

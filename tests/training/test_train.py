@@ -87,7 +87,8 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2",
+         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN,
+         "--max-steps", "2",
          "--diff-augment", "color,translation,cutout",
          "--ema-decay", "0.9", "--snapshot-every", "2"],  # only rank 0 keeps the average; it must not hang the others
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
@@ -138,7 +139,8 @@ def test_probe_times_both_precisions_without_touching_the_run_rng():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    fp32, bf16 = probe_step_seconds(TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4), torch.device("cpu"))
+    config = TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4)
+    fp32, bf16 = probe_step_seconds(config, torch.device("cpu"))
     assert fp32 > 0 and bf16 > 0
     assert torch.equal(torch.rand(3), expected)
 
@@ -375,7 +377,7 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
     cases = [({"lambda_tv": 2.0}, "this run uses --lambda-tv 2, an option removed from the trainer after its "
                                   "ablation lost (docs/experiments.md); commit f6bafa5 still has it."),
              ({"objective": "cut", "spectral_norm": True, "r1_gamma": 10.0},
-              "this run uses --spectral-norm and --objective cut and --r1-gamma 10, options removed from the trainer "
+              "this run uses --spectral-norm, --objective cut and --r1-gamma 10, options removed from the trainer "
               "after their ablation lost (docs/experiments.md); commit f6bafa5 still has them.")]
     for removed, sentence in cases:
         torch.save({**original, "config": {**original["config"], **removed}}, run / "checkpoint.pt")
