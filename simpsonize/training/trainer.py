@@ -64,6 +64,14 @@ class Trainer:
         if self.channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
+        self.projected = config.d_projected != "off"
+        # The eye judge (training/eye_judge.py): its own network, from its own seed.
+        self.eye_judge = None
+        if config.eye_judge:
+            from simpsonize.training.eye_judge import EyeJudge
+
+            self.eye_judge = EyeJudge(Path(config.data), self.dataset.files_a, self.dataset.files_b,
+                                      self.dataset.load_size, config.size, seed=config.seed).to(self.device)
         self._build_optimisers()
         # Only the main process saves, and DDP keeps every rank's generators identical, so only it averages.
         self.G_ema = generator_average(self.G, config.ema_decay) if config.ema_decay and self.dist.is_main else None
@@ -103,16 +111,9 @@ class Trainer:
         self.opt_G, self.sched_G = scheduled(self.G.parameters(), c.lr)
         self.opt_D, self.sched_D = scheduled([*self.D.D_A.parameters(), *self.D.D_B.parameters()], lr_d)
         # The projected judge's frozen parts are buffers: its optimiser sees only its heads.
-        self.projected = c.d_projected != "off"
         if self.projected:
             self.opt_D_projected, self.sched_D_projected = scheduled(self.D.D_B_projected.parameters(), lr_d)
-        # The eye judge (training/eye_judge.py): its own network, from its own seed, and its own optimiser.
-        self.eye_judge = None
-        if c.eye_judge:
-            from simpsonize.training.eye_judge import EyeJudge
-
-            self.eye_judge = EyeJudge(Path(c.data), self.dataset.files_a, self.dataset.files_b,
-                                      self.dataset.load_size, c.size, seed=c.seed).to(self.device)
+        if self.eye_judge is not None:
             self.opt_D_eye, self.sched_D_eye = scheduled(self.eye_judge.parameters(), lr_d)
 
     def _discriminator_optimisers(self) -> list[tuple[torch.optim.Optimizer, object]]:
@@ -152,11 +153,10 @@ class Trainer:
             loss_G_eye = self._eye_generator_loss(out["fake_A"], eyes)
         l1 = cycle_and_identity(out, real_A, real_B, c.lambda_cycle, c.lambda_identity)
         # Each judge pushes with its full weight (summed, not averaged): an average would halve the PatchGAN's push
-        # against the cycle and so change the balance of the recipe the judges are compared with.
+        # against the cycle and so change the balance of the recipe the judges are compared with. A judge that is
+        # off adds an exact 0, so without it the sum is the published objective's to the bit.
         loss_G = (loss_G_A + loss_G_B + l1["cycle_A"] + l1["cycle_B"] + l1["idt_A"] + l1["idt_B"]
-                  + loss_G_B_proj)
-        if self.eye_judge is not None:
-            loss_G = loss_G + loss_G_eye
+                  + loss_G_B_proj + loss_G_eye)
         loss_G.backward()
         self.opt_G.step()
 
@@ -175,11 +175,8 @@ class Trainer:
             loss_D_B = discriminator_lsgan(real_a, fake_a) if real_a is not None else zero
             loss_D_B_proj = (0.5 * (projected_lsgan(real_proj, True) + projected_lsgan(fake_proj, False))
                              if self.projected else zero)
-        loss_D = loss_D_A + loss_D_B + loss_D_B_proj
         loss_D_eye = self._eye_discriminator_loss(real_A, out["fake_A"], eyes)
-        if self.eye_judge is not None:
-            loss_D = loss_D + loss_D_eye
-        loss_D.backward()
+        (loss_D_A + loss_D_B + loss_D_B_proj + loss_D_eye).backward()
         for optimizer, scheduler in self._discriminator_optimisers():
             optimizer.step()
             scheduler.step()
