@@ -25,8 +25,6 @@ ARMS: dict[str, list[str]] = {
     "small": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32"],
     "small_da": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
                  "--diff-augment", "color,translation,cutout"],
-    "small_da_sn": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
-                    "--diff-augment", "color,translation,cutout", "--spectral-norm"],
     "mid_da": ["--size", "96", "--ngf", "24", "--n-blocks", "6", "--ndf", "48",
                "--diff-augment", "color,translation,cutout"],
     "small_da_b4": ["--size", "96", "--ngf", "16", "--n-blocks", "6", "--ndf", "32",
@@ -43,7 +41,8 @@ COMMON = ["--upsampling", "resize_conv", "--epochs", "30", "--epochs-decay", "0"
 
 def launch(name: str, data: Path, out: Path, cpu_minutes: float, core: int | None, extra: list[str]):
     run = out / name
-    args = [sys.executable, "-m", "simpsonize.cli", "train", "--data", str(data), "--out", str(run), *ARMS[name], *COMMON,
+    args = [sys.executable, "-m", "simpsonize.cli", "train", "--data", str(data), "--out", str(run), *ARMS[name],
+            *COMMON,
             *extra, "--max-cpu-minutes", str(cpu_minutes), "--snapshot-every", "100000", "--sample-every", "100000",
             "--checkpoint-minutes", "1000"]
     env = dict(os.environ, OMP_NUM_THREADS="1" if core is not None else os.environ.get("OMP_NUM_THREADS", "2"),
@@ -70,7 +69,8 @@ def measure(names: list[str], out: Path, data_for) -> list[dict]:
         row, fake = c2st_of_generator(g_b, pool, int(config["size"]), g_a)
         log = (run / "losses.csv").read_text().splitlines()[1:]
         wall = sum(float(line.split(",")[-1]) for line in log)
-        rows.append({"arm": name, "pool": str(data_for(name)), "steps": info["step"], "seconds_per_step": round(wall / max(1, len(log)), 3),
+        rows.append({"arm": name, "pool": str(data_for(name)), "steps": info["step"],
+                     "seconds_per_step": round(wall / max(1, len(log)), 3),
                      "images_per_second": round(len(log) * int(config["batch_size"]) / max(wall, 1e-9), 2), **row})
         grid[f"{name} ({info['step']} steps)"] = torch.nn.functional.interpolate(fake[:12], size=(96, 96),
                                                                                   mode="bilinear", antialias=True)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu-minutes", type=float, default=12.0, help="CPU time per arm")
-    parser.add_argument("--arms", nargs="+", default=["baseline", "small", "small_da", "small_da_sn"],
+    parser.add_argument("--arms", nargs="+", default=["baseline", "small", "small_da"],
                         choices=sorted(ARMS))
     parser.add_argument("--parallel", type=int, default=2, help="arms at once, each pinned to a core (1: in turn)")
     parser.add_argument("--measure-only", action="store_true", help="only measure arms that already ran")
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         while pending:
             batch, pending = pending[:args.parallel], pending[args.parallel:]
             started = time.time()
-            procs = [launch(name, data_for(name), args.out, args.cpu_minutes, i if args.parallel > 1 else None, args.extra)
+            procs = [launch(name, data_for(name), args.out, args.cpu_minutes, i if args.parallel > 1 else None,
+                            args.extra)
                      for i, name in enumerate(batch)]
             codes = [p.wait() for p in procs]
             print(f"ablation: {', '.join(batch)} finished with {codes} in {(time.time() - started) / 60:.1f} min",

@@ -16,8 +16,10 @@ Back here::
 
     python -m tools.gpu_run merge OUT_FOLDER --out ~/.cache/simpsonize/runs/h200     # a run folder for `test`
 
-Defaults are the reference generator (ngf 64, 9 blocks) at 128 px, bf16 autocast, batch 8 and channels_last
-(the trainer turns both on for CUDA). The same command runs on the CPU with tiny options, which the tests do.
+``train`` takes every option of `simpsonize train` (built from the same ``TrainConfig`` fields) but the run's
+cadence; where its defaults differ, ``GPU_DEFAULTS`` says so: the reference generator (ngf 64, 9 blocks) with
+resize-conv upsampling at 128 px, batch 8, DiffAugment and the moving average; bf16 autocast and channels_last come
+with CUDA. The same command runs on the CPU with tiny options, which the tests do.
 """
 
 from __future__ import annotations
@@ -78,37 +80,42 @@ def _jpeg(image, quality: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------ train
+# Where this command's defaults differ from `simpsonize train`'s, on purpose: the reference generator with
+# resize-conv upsampling, batch 8 to fill the GPU, a 20,000-step schedule that an 8-minute budget cuts short,
+# DiffAugment, and the moving average that comes back instead of the last trained weights.
+GPU_DEFAULTS = {"upsampling": "resize_conv", "batch_size": 8, "epochs": 10, "epochs_decay": 10,
+                "steps_per_epoch": 1000, "diff_augment": "color,translation,cutout", "ema_decay": 0.999}
+# The run's cadence is this command's own: one sample grid and no checkpoint or snapshot on the way (nothing but
+# $OUT comes back, and only the end of the run is returned).
+NOT_OPTIONS_HERE = ("sample_every", "snapshot_every", "checkpoint_minutes")
+
+
 def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -> dict:
     """Train in a scratch run folder, then put what fits the return limits under ``out``."""
     import torch
 
-    from simpsonize.training.train import Trainer, TrainConfig
+    from simpsonize.training.config import TrainConfig, given_options
+    from simpsonize.training.trainer import Trainer
 
     out.mkdir(parents=True, exist_ok=True)
     run = Path(tempfile.mkdtemp(prefix="simpsonize_gpu_run_"))
-    config = TrainConfig(data=str(pack_dir), out=str(run), size=args.size, ngf=args.ngf, n_blocks=args.n_blocks,
-                         upsampling=args.upsampling, ndf=args.ndf, batch_size=args.batch_size, epochs=args.epochs,
-                         epochs_decay=args.epochs_decay, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
-                         precision=args.precision, diff_augment=args.diff_augment, seed=args.seed,
-                         d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, r1_gamma=args.r1_gamma,
-                         cycle_surround=args.cycle_surround, ema_decay=args.ema_decay,
-                         sample_every=10**9, checkpoint_minutes=10**6)
+    config = TrainConfig.from_options(str(pack_dir), str(run), given_options(args), GPU_DEFAULTS)
+    config.sample_every, config.checkpoint_minutes = 10**9, 10**6
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
     trainer = Trainer(config, device=device, num_workers=args.num_workers)
+    if config.init_from:
+        trainer.load_networks(config.init_from)
     started = time.time()
     summary = trainer.fit(max_minutes=minutes, max_steps=args.max_steps)
     summary["seconds"] = round(time.time() - started, 1)
     summary["images_per_second"] = round(summary["step"] * config.batch_size / max(summary["seconds"], 1e-9), 1)
     summary["device"] = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     summary["precision"] = "bf16" if trainer.bf16 else "fp32"
-    summary["config"] = {k: getattr(config, k) for k in ("size", "ngf", "n_blocks", "ndf", "batch_size",
-                                                          "upsampling", "diff_augment", "d_scales", "d_thumbnail",
-                                                          "r1_gamma", "cycle_surround", "lr", "ema_decay",
-                                                          "epochs", "epochs_decay", "steps_per_epoch")}
+    summary["config"] = {k: v for k, v in config.to_dict().items() if k not in ("data", "out")}
     trainer.save_samples()
     samples = sorted((run / "samples").glob("*.png"))
     shutil.copy(samples[-1], out / "samples.png")
@@ -186,7 +193,21 @@ def merge(folder: Path, run: Path) -> Path:
 
 
 # -------------------------------------------------------------------------------------------------- CLI
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from simpsonize.training.config import add_config_arguments
+
+    parser.add_argument("--pack", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--max-steps", type=int, default=None)
+    add_config_arguments(parser, defaults=GPU_DEFAULTS, skip=NOT_OPTIONS_HERE)  # `simpsonize train`'s own options
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-workers", type=int, default=6)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from simpsonize.training.config import TrainConfig, given_options
+
     parser = argparse.ArgumentParser(prog="python -m tools.gpu_run", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="pack a prepared dataset into small JPEGs to carry to the device")
@@ -194,35 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--max-mib", type=float, default=MAX_PACK_MIB)
-    t = sub.add_parser("train", help="train within a wall-clock budget; write shards, samples and logs to --out")
-    t.add_argument("--pack", type=Path, required=True)
-    t.add_argument("--out", type=Path, required=True)
-    t.add_argument("--minutes", type=float, default=8.0)
-    t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--size", type=int, default=128)
-    t.add_argument("--ngf", type=int, default=64)
-    t.add_argument("--n-blocks", type=int, default=9)
-    t.add_argument("--ndf", type=int, default=64)
-    t.add_argument("--upsampling", default="resize_conv", choices=("transpose", "resize_conv"))
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--epochs-decay", type=int, default=10)
-    t.add_argument("--steps-per-epoch", type=int, default=1000, help="with the defaults: 20,000 steps in all")
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--diff-augment", default="color,translation,cutout")
-    t.add_argument("--d-scales", type=int, default=1, help="scales of the Simpsons-side discriminator (train --d-scales)")
-    t.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty on the Simpsons-side discriminators "
-                   "(train --r1-gamma; 0: off)")
-    t.add_argument("--d-thumbnail", type=int, default=0, help="thumbnail discriminator's side in px "
-                   "(train --d-thumbnail; 0: off)")
-    t.add_argument("--cycle-surround", type=float, default=1.0, help="photo cycle's weight outside the face "
-                   "(train --cycle-surround; 1: uniform)")
-    t.add_argument("--ema-decay", type=float, default=0.999, help="return the moving average of the generators' "
-                   "weights (train --ema-decay) instead of the last trained weights (0: the trained weights)")
-    t.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--num-workers", type=int, default=6)
+    add_train_arguments(sub.add_parser("train", help="train within a wall-clock budget; write shards, samples and "
+                                                      "logs to --out"))
     m = sub.add_parser("merge", help="returned shards -> a run folder for `simpsonize test --all-snapshots`")
     m.add_argument("folder", type=Path)
     m.add_argument("--out", type=Path, required=True)
@@ -239,6 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         if not (args.pack / "trainA").is_dir():
             print(f"error: {args.pack} is not a pack (no trainA/): run `python -m tools.gpu_run pack` first.")
+            return 2
+        try:
+            TrainConfig.from_options(str(args.pack), str(args.out), given_options(args), GPU_DEFAULTS).validate()
+        except ValueError as exc:
+            print(f"error: {exc}")
             return 2
         summary = train(args.pack, args.out, args.minutes, args)
         print(f"gpu_run: {summary['step']} steps in {summary['seconds']} s on {summary['device']} "

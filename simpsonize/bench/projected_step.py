@@ -51,7 +51,8 @@ def measure(size: int = 128, ngf: int = 32, n_blocks: int = 6, ndf: int = 64, ro
             precision: str = "fp32", feature_side: int | None = None, threads: int = 1,
             arms: tuple[str, ...] = ARMS) -> dict:
     """Median seconds of one training step per arm, and each arm's ratio to the first."""
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp, _feature_side(feature_side):

@@ -94,7 +94,8 @@ def _synthetic_dataset(root: Path, size: int) -> Path:
 
 
 def _make_trainer(variant: Variant, data: Path, out: Path, networks: dict, dist_info=None):
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(data), out=str(out), upsampling="resize_conv", epochs=1, epochs_decay=0,
                          steps_per_epoch=1000, batch_size=variant.batch, precision=variant.precision,
@@ -218,7 +219,7 @@ def _ddp_rank(rank: int, spec: dict, variant: Variant, data: Path, tmp: Path, ne
     import torch
     import torch.distributed as dist
 
-    from simpsonize.training.train import Distributed
+    from simpsonize.training.ddp import Distributed
 
     torch.set_num_threads(variant.threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(variant.procs),

@@ -1,4 +1,4 @@
-"""CycleGAN networks: the ResNet generator, the 70x70 PatchGAN discriminator and a thumbnail discriminator.
+"""CycleGAN networks: the ResNet generator and the 70x70 PatchGAN discriminator.
 
 The generator's ``state_dict()`` matches the layout saved by the reference CycleGAN code
 (``ResnetGenerator`` with instance norm, no dropout), so its ``latest_net_G_B.pth`` loads as is.
@@ -135,9 +135,6 @@ class DiscriminatorConfig:
     ndf: int = 64
     n_layers: int = 3
     input_nc: int = 3
-    # Spectral normalisation (Miyato et al., 2018) bounds each layer's Lipschitz constant; the instance norms are
-    # then dropped, as in SN-GAN discriminators, since a norm after the conv would undo the bound's effect.
-    spectral_norm: bool = False
 
 
 class NLayerDiscriminator(nn.Module):
@@ -146,11 +143,6 @@ class NLayerDiscriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()) -> None:
         super().__init__()
         ndf = config.ndf
-        sn = config.spectral_norm
-
-        def norm(channels: int) -> nn.Module:
-            return nn.Identity() if sn else instance_norm(channels)
-
         layers: list[nn.Module] = [
             nn.Conv2d(config.input_nc, ndf, kernel_size=4, stride=2, padding=1),
             nn.LeakyReLU(0.2, True),
@@ -160,62 +152,20 @@ class NLayerDiscriminator(nn.Module):
             prev, mult = mult, min(2**n, 8)
             layers += [
                 nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=2, padding=1, bias=True),
-                norm(ndf * mult),
+                instance_norm(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
         prev, mult = mult, min(2**config.n_layers, 8)
         layers += [
             nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=1, padding=1, bias=True),
-            norm(ndf * mult),
+            instance_norm(ndf * mult),
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1),
         ]
         self.model = nn.Sequential(*layers)
-        if sn:
-            init_weights(self)  # before the parametrisation wraps the weights
-            for layer in self.model:
-                if isinstance(layer, nn.Conv2d):
-                    nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-
-class ThumbnailDiscriminator(nn.Module):
-    """One logit per image, judged from a ``size`` x ``size`` thumbnail of it: the colour layout of the whole crop.
-
-    The C2ST told our translations from the show as well from 8x8 px thumbnails as from the full pictures (the
-    model card's "what the classifier looks at"): head shape, eye blobs and background colours, which no 70 px
-    patch sees at once. Box-averaged down (``area``), as a thumbnail is, then a small conv net and one linear layer,
-    so every input pixel reaches the logit. No instance norm: at 4x4 px it would erase the layout it is there to see.
-    """
-
-    def __init__(self, size: int = 16, ndf: int = 64, input_nc: int = 3, spectral_norm: bool = False) -> None:
-        super().__init__()
-        if size < 8 or size % 4:
-            raise ValueError(f"a thumbnail discriminator needs a side of at least 8 px, divisible by 4, not {size}")
-        self.size = size
-        layers: list[nn.Module] = [
-            nn.Conv2d(input_nc, ndf, kernel_size=3, padding=1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf, ndf * 2, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 2, ndf * 4, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2, True),
-            nn.Flatten(), nn.Linear(ndf * 4 * (size // 4) ** 2, 1),
-        ]
-        self.model = nn.Sequential(*layers)
-        init_weights(self)
-        if spectral_norm:
-            for layer in self.model:
-                if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                    nn.utils.parametrizations.spectral_norm(layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        thumbnail = nn.functional.interpolate(x, size=(self.size, self.size), mode="area")
-        return self.model(thumbnail.contiguous())
-
-
-def halve(images: torch.Tensor) -> torch.Tensor:
-    """One level down the image pyramid that a multi-scale discriminator looks at (pix2pixHD's 3x3 average)."""
-    return nn.functional.avg_pool2d(images, kernel_size=3, stride=2, padding=1, count_include_pad=False)
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:

@@ -75,16 +75,3 @@ def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
 
 _TRANSFORMS = {"color": _color, "translation": _translation, "cutout": _cutout}
 
-
-def cycle_noise(fake: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Add N(0, sigma²) noise to a translated image before the reverse generator reconstructs it from it.
-
-    CycleGAN learns to hide the photo it must give back in a low-amplitude, high-frequency signal inside its cartoon
-    (Chu et al., "CycleGAN, a master of steganography", 2017): that hidden code is the rainbow noise and fine
-    checkerboard in our outputs, and the C2ST classifier sees it. Noise of a few per cent drowns such a code, so
-    the cycle can only be closed from what is visibly drawn (Bashkirova et al., "Adversarial self-defense for
-    cycle-consistent GANs", NeurIPS 2019). ``sigma`` is in the [-1, 1] pixel scale; 0 switches it off.
-    """
-    if sigma <= 0:
-        return fake
-    return fake + sigma * torch.randn_like(fake)

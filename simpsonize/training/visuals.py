@@ -42,7 +42,7 @@ def plot_losses(csv_path: Path, png_path: Path, window: int = 50) -> Path | None
         return None
     steps = [int(r["step"]) for r in rows]
     names = [n for n in rows[0] if n not in ("step", "epoch", "lr", "seconds")
-             and any(float(r[n] or 0) != 0 for r in rows)]  # a one-sided run has no cycle; CycleGAN has no NCE
+             and any(float(r[n] or 0) != 0 for r in rows)]  # a judge that is off logs only zeros
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for name in names:
         values = [float(r[name] or 0) for r in rows]  # empty: a column added after the run began
@@ -50,7 +50,7 @@ def plot_losses(csv_path: Path, png_path: Path, window: int = 50) -> Path | None
         ax = axes[0] if name.startswith(("D_", "G_")) else axes[1]
         ax.plot(steps, smooth, label=name)
     axes[0].set_title("adversarial (LSGAN)")
-    axes[1].set_title("cycle and identity (L1, weighted), PatchNCE")
+    axes[1].set_title("cycle and identity (L1, weighted)")
     for ax in axes:
         ax.set_xlabel("step")
         if ax.lines:  # with --lambda-cycle 0 every L1 term is 0 (identity is weighted by it too): nothing to label

@@ -1,9 +1,18 @@
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +32,8 @@ def tiny_dataset(tmp_path_factory):
 
 def tiny_trainer(data, out, size: int = 32, steps_per_epoch: int = 2, **options):
     """A Trainer on the tiny dataset with the smallest networks, fp32, on the CPU; ``options`` go to TrainConfig."""
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(data), out=str(out), size=size, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
                          steps_per_epoch=steps_per_epoch, precision="fp32", **options)
@@ -101,3 +111,43 @@ def tiny_projected_features(monkeypatch):
     import simpsonize.training.projected
 
     monkeypatch.setattr(simpsonize.training.projected, "pretrained_features", lambda input_size=None: TinyFeatures())
+
+
+def checkout_of(commit: str, scratch: Path) -> tuple[Path, str]:
+    """The training code of an earlier ``commit`` (`git archive`, into ``scratch``) and its trainer's module name:
+    ``simpsonize.training.train`` since the package move, ``training.train`` before it. Skips the test when the
+    commit is not in this clone's history."""
+    def has(path: str) -> bool:
+        found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=REPO, capture_output=True)
+        return found.returncode == 0
+
+    if has("simpsonize/training/train.py"):
+        paths, module = ["simpsonize"], "simpsonize.training.train"
+    elif has("training/train.py"):
+        paths, module = ["model", "training"], "training.train"
+    else:
+        pytest.skip(f"commit {commit} is not in this clone's history")
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, *paths], cwd=REPO, capture_output=True,
+                             check=True).stdout
+    root = scratch / f"code_{commit}"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    return root, module
+
+
+def run_in_checkout(root: Path, argv: list[str], timeout: int = 280) -> subprocess.CompletedProcess:
+    """``python ARGV`` with ``root``'s code first on the path (over this checkout's and the installed package)."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run([sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def train_at_commit(commit: str, options: dict, steps: int, mode: str, scratch: Path) -> tuple[dict, list]:
+    """``trainer_entry.exercise`` with the trainer of an earlier ``commit``, in a process of its own."""
+    root, module = checkout_of(commit, scratch)
+    result = scratch / f"result_{commit}.pt"
+    done = run_in_checkout(root, [str(Path(__file__).with_name("trainer_entry.py")), module, json.dumps(options),
+                                  str(steps), mode, str(torch.get_num_threads()), str(result)])
+    assert f"trainer: {root}" in done.stdout, done.stdout  # the earlier commit's code, not this checkout's
+    return torch.load(result, weights_only=False)

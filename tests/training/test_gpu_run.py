@@ -59,16 +59,41 @@ def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):
     assert all(p.stat().st_size <= max(20_000, biggest_tensor) + 4096 for p in paths)
 
 
-def test_the_gpu_command_passes_the_discriminator_options_r1_and_the_cycle_weights_on(tiny_dataset, tmp_path):
+def test_the_gpu_command_takes_the_trainers_own_options_with_its_defaults_stated_once(tiny_dataset, tmp_path):
+    """Built from the same TrainConfig fields as `simpsonize train`: an option added to the trainer reaches the GPU
+    command without a second copy, and its defaults differ only where GPU_DEFAULTS says so."""
+    import argparse
+
+    import tools.gpu_run as gpu_run
+    from simpsonize.training import train as train_command
+    from simpsonize.training.config import TrainConfig
+
+    def destinations(add) -> set[str]:
+        parser = argparse.ArgumentParser()
+        add(parser)
+        return {action.dest for action in parser._actions} & set(TrainConfig.__dataclass_fields__)
+
+    assert destinations(train_command.add_arguments) - destinations(gpu_run.add_train_arguments) == {
+        "data", "sample_every", "snapshot_every", "checkpoint_minutes"}  # --pack is its data; it sets its cadence
+
     pack = tmp_path / "pack"
-    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "48", "--max-mib", "1"]) == 0
+    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "32", "--max-mib", "1"]) == 0
     out = tmp_path / "OUT"
-    assert main(["train", "--pack", str(pack), "--out", str(out), *TINY, "--size", "48", "--d-scales", "2",
-                 "--r1-gamma", "10", "--d-thumbnail", "8", "--cycle-surround", "0.2", "--max-steps", "1"]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["d_scales"] == 2 and summary["config"]["r1_gamma"] == 10 and summary["step"] == 1
-    assert summary["config"]["d_thumbnail"] == 8 and summary["config"]["cycle_surround"] == 0.2
-    losses = (out / "losses.csv").read_text().splitlines()
-    header, row = losses[0].split(","), losses[1].split(",")
-    assert float(row[header.index("D_B_coarse")]) > 0
-    assert float(row[header.index("r1")]) > 0  # lazy R1 runs at step 0
+    given = {"lr_d": 1e-4, "lambda_identity": 0, "pool_size": 1, "channels_last": "off"}
+    flags = [str(part) for name, value in given.items() for part in ("--" + name.replace("_", "-"), value)]
+    assert main(["train", "--pack", str(pack), "--out", str(out), *TINY, *flags, "--max-steps", "1"]) == 0
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert {name: config[name] for name in given} == given
+    defaults = TrainConfig(data="", out="").to_dict()
+    tiny = {"size", "ngf", "n_blocks", "ndf", "batch_size"}  # TINY's
+    changed = {name for name, value in config.items() if value != defaults[name]}
+    assert changed - tiny - set(given) - set(gpu_run.NOT_OPTIONS_HERE) == set(gpu_run.GPU_DEFAULTS) - tiny
+    assert all(config[name] == value for name, value in gpu_run.GPU_DEFAULTS.items() if name not in tiny)
+
+
+def test_a_bad_trainer_option_is_refused_with_a_sentence_before_training(tiny_dataset, tmp_path, capsys):
+    pack = tmp_path / "pack"
+    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "32", "--max-mib", "1"]) == 0
+    assert main(["train", "--pack", str(pack), "--out", str(tmp_path / "OUT"), *TINY, "--diff-augment", "blur"]) == 2
+    assert "error: --diff-augment: unknown DiffAugment policy blur" in capsys.readouterr().out
+    assert not (tmp_path / "OUT").exists()

