@@ -64,14 +64,23 @@ def _source_of(file: Path, by_stem: dict[str, str]) -> str | None:
     return by_stem.get(parts[1]) if len(parts) == 2 else None
 
 
+def eyes_framing(framing: dict | None):
+    """The dataset's framing, which must place the eyes alike in every crop (the eyes framing)."""
+    from simpsonize.model.framing import Framing
+
+    frame = Framing.from_dict(framing)
+    if frame.mode != "eyes":
+        raise ValueError("--eye-judge needs a dataset cropped with the eyes framing: a head framing places each "
+                         "face's eyes from its own head, which this judge does not record.")
+    return frame
+
+
 def eyes_from_landmarks(landmarks, framing: dict | None) -> list[list[float]]:
     """Where ``align_crop`` puts the two eyes of a face with these MTCNN landmarks (left eye, right eye, nose, mouth
     left, mouth right; photo px), as [x, y] fractions of the crop side, left first."""
     import numpy as np
 
-    from simpsonize.model.face import Framing
-
-    frame = Framing.from_dict(framing)
+    frame = eyes_framing(framing)
     left, right, _nose, mouth_left, mouth_right = (np.asarray(p, dtype=np.float64) for p in landmarks)
     eyes, mouth = (left + right) / 2, (mouth_left + mouth_right) / 2
     distance = float(np.linalg.norm(right - left))
@@ -82,9 +91,7 @@ def eyes_from_landmarks(landmarks, framing: dict | None) -> list[list[float]]:
 
 def default_eyes(framing: dict | None) -> list[list[float]]:
     """A photo without a landmark record: eye distance equal to the eye-to-mouth distance (UTKFace's mean)."""
-    from simpsonize.model.face import Framing
-
-    frame = Framing.from_dict(framing)
+    frame = eyes_framing(framing)
     half = 1 / frame.scale / 2
     return [[0.5 - half, frame.eye_line], [0.5 + half, frame.eye_line]]
 

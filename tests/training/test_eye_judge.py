@@ -224,3 +224,16 @@ def test_eye_judge_module_builds_from_its_own_seed(eyed_dataset):
     torch.manual_seed(5)
     EyeJudge(eyed_dataset, files_a, files_b, load_size=36, size=32)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_head_framed_dataset_is_refused_with_a_sentence(eyed_dataset, tmp_path, capsys):
+    """The judge places the eyes from the dataset's one framing; a head framing gives each face its own."""
+    import shutil
+
+    head = tmp_path / "head"
+    shutil.copytree(eyed_dataset, head)
+    (head / "dataset.json").write_text(json.dumps({"framing": {"mode": "head", "top_margin": 0.04,
+                                                                "chin_line": 0.93}}))
+    assert main(["train", "--data", str(head), "--out", str(tmp_path / "run"), *TINY_TRAIN,
+                 "--eye-judge", "1"]) == 2
+    assert "--eye-judge needs a dataset cropped with the eyes framing" in capsys.readouterr().out
