@@ -222,9 +222,10 @@ def bench_photo(size: tuple[int, int]):
 def bench_mtcnn(report: Report, plan: Plan, device) -> None:
     """Detection of photos of one size: one MTCNN call per photo (``detect_faces``) against one per batch
     (``detect_faces_many``, what the worker does), in images/s."""
+    from simpsonize.model.device import detector_device_for
     from simpsonize.model.face import detect_faces, detect_faces_many, get_detector
 
-    detector_device = "cuda" if device.type == "cuda" else "cpu"
+    detector_device = detector_device_for(device)
     get_detector(detector_device)
     for size in plan.mtcnn_sizes:
         photo = bench_photo(size)
@@ -472,6 +473,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
+    from simpsonize.model.device import pick_device
+
     out = args.out or Path(os.environ.get("OUT") or "gpu_bench_out")
     report = Report(out, args.budget, started=PROCESS_START)
     procs: dict = {}
@@ -491,8 +494,7 @@ def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     if args.jobs:
         plan = Plan(**{**plan.__dict__, "jobs": args.jobs})
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     if device.type == "cpu" and args.quick:
         torch.set_num_threads(1)
     report.data["environment"] = environment(device)

@@ -82,6 +82,7 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
     """Train in a scratch run folder, then put what fits the return limits under ``out``."""
     import torch
 
+    from simpsonize.model.device import pick_device
     from simpsonize.training.train import Trainer, TrainConfig
 
     out.mkdir(parents=True, exist_ok=True)
@@ -93,9 +94,7 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
                          d_scales=args.d_scales, d_thumbnail=args.d_thumbnail, r1_gamma=args.r1_gamma,
                          cycle_surround=args.cycle_surround, ema_decay=args.ema_decay,
                          sample_every=10**9, checkpoint_minutes=10**6)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(args.device))
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
     trainer = Trainer(config, device=device, num_workers=args.num_workers)

@@ -1,8 +1,7 @@
-"""Helpers every benchmark shares: one percentile, one free port, one name for the CPU a figure came from."""
+"""Helpers every benchmark shares: one percentile, one free port (the CPU a figure came from: simpsonize.cpu)."""
 
 from __future__ import annotations
 
-import platform
 import socket
 import statistics
 from pathlib import Path
@@ -25,22 +24,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it), for a service a benchmark or a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_name() -> str:
-    """The CPU model, family/model numbers and the vector extensions that decide kernel speed (the CPU model
-    changes between machines of the same name, so every figure carries it)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    flags = set(fields.get("flags", "").split())
-    extensions = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
-    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})")

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.repeats, args.weights, args.threads)))
         return 0
-    from simpsonize.bench.common import cpu_name
+    from simpsonize.cpu import cpu_name
 
     counts = [int(n) for n in args.faces.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="composite-bench-"))

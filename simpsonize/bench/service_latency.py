@@ -36,7 +36,8 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import cpu_name, free_port, percentile
+from simpsonize.bench.common import free_port, percentile
+from simpsonize.cpu import cpu_name
 from simpsonize.bench.common import REPO_ROOT
 from simpsonize.resources import SHIPPED_WEIGHTS
 

@@ -452,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
     from simpsonize.model.errors import SimpsonizeError
     from simpsonize.worker.jobs import load_model
 
-    from simpsonize.model.pipeline import pick_device
+    from simpsonize.model.device import pick_device
 
     try:
         device = args.device or settings.device

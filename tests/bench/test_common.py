@@ -1,6 +1,8 @@
 import pytest
 
-from simpsonize.bench.common import cpu_name, percentile
+import socket
+
+from simpsonize.bench.common import free_port, percentile
 
 
 def test_percentile_interpolates_between_the_nearest_ranks():
@@ -14,6 +16,8 @@ def test_percentile_interpolates_between_the_nearest_ranks():
     assert percentile([], 0.5) is None
 
 
-def test_cpu_name_names_family_model_and_vector_extensions():
-    name = cpu_name()
-    assert "family" in name and "model" in name
+def test_free_port_can_be_bound():
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # raises if another socket held it
+    assert 1024 <= port <= 65535

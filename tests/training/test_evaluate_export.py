@@ -7,7 +7,6 @@ from simpsonize.cli import main
 from simpsonize.model.weights import load_generator, read_metadata
 from tests.training.conftest import TINY_TRAIN
 from simpsonize.training.evaluate import pick_best
-from simpsonize.training.export import psnr
 
 
 @pytest.fixture(scope="module")
@@ -184,12 +183,6 @@ def test_export_from_reference_folder(tmp_path):
     loaded, meta = load_generator(out)
     assert loaded.config == GeneratorConfig(ngf=8, n_blocks=6)
     assert "latest_net_G_B.pth" in meta["source"]
-
-
-def test_psnr():
-    a = torch.zeros(1, 3, 4, 4)
-    assert psnr(a, a) == float("inf")
-    assert psnr(a, a + 0.02) == pytest.approx(40.0, abs=0.01)
 
 
 def test_export_writes_an_examples_grid_for_the_model_card(trained_run, tmp_path):
