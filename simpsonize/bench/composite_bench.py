@@ -89,7 +89,7 @@ def child(spec: str, repeats: int, weights: str | None, threads: int) -> dict:
     faces_text, path, composite_text, folder = spec.split(":", 3)
     faces, with_composite = int(faces_text), composite_text == "1"
     from simpsonize.model.composite import FaceSelection
-    from simpsonize.model.imaging import jpeg_bytes, png_bytes
+    from simpsonize.imaging import jpeg_bytes, png_bytes
     from simpsonize.model.pipeline import Simpsonizer
     from simpsonize.worker.jobs import COMPOSITE_JPEG_QUALITY, PNG_LEVEL
 

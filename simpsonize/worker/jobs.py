@@ -24,11 +24,11 @@ from redis.exceptions import OutOfMemoryError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from simpsonize.imaging import jpeg_bytes, png_bytes
 from simpsonize.queue import capacity, keys, metrics
 from simpsonize.queue.jobstore import GENERIC_FAILURE
 from simpsonize.settings import get_settings
 from simpsonize.model.errors import SimpsonizeError
-from simpsonize.model.imaging import jpeg_bytes, png_bytes
 
 # zlib level 1: still lossless, about 11 % more bytes than level 6 for a 256x256 result (132 vs 118 KB) and several
 # times quicker to encode (benchmarks/encode_formats.py; its timings so far come from a busy machine only). For a
