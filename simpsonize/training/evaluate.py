@@ -415,6 +415,49 @@ def pick_best(rows: list[dict], margin: float = TIE_MARGIN, max_cycle_l1: float 
     return min((r for r in keep if r["c2st"] <= top + margin), key=lambda r: r.get("cycle_l1", 0.0))
 
 
+SEED_COLUMN = "c2st_seed_"  # c2st_seed_1, c2st_seed_2, ...: one column per classifier seed
+
+
+def write_snapshot_table(path: Path, rows: list[dict]) -> Path:
+    """The ranking as CSV a spreadsheet reads: numbers as numbers, a missing value as an empty cell, and each seed's
+    accuracy (``c2st_per_seed``) in a column of its own."""
+    flat = []
+    for row in rows:
+        seeds = {f"{SEED_COLUMN}{i}": accuracy for i, accuracy in enumerate(row.get("c2st_per_seed", []), start=1)}
+        flat.append({**{k: v for k, v in row.items() if k != "c2st_per_seed"}, **seeds})
+    columns = list(dict.fromkeys(key for row in flat for key in row))  # every row's keys, in first-seen order
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(flat)
+    return path
+
+
+def read_snapshot_table(path: Path) -> list[dict]:
+    """The rows ``write_snapshot_table`` wrote, as they were: numbers back as int or float, empty cells as None,
+    the seed columns back into ``c2st_per_seed``."""
+
+    def value(text: str) -> int | float | str | None:
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    rows = []
+    with path.open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            row = {key: value(text) for key, text in record.items() if not key.startswith(SEED_COLUMN)}
+            seeds = sorted((int(key.removeprefix(SEED_COLUMN)), value(text)) for key, text in record.items()
+                           if key.startswith(SEED_COLUMN) and text != "")
+            row["c2st_per_seed"] = [accuracy for _, accuracy in seeds]
+            rows.append(row)
+    return rows
+
+
 def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dict, rows: list[dict],
                            sanity: list[dict]) -> Path:
     """One row per snapshot, the same 16 test faces in every row, and an index.html with the ranking."""
@@ -551,16 +594,10 @@ def run(args: argparse.Namespace) -> int:
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
         write_snapshot_gallery(out, pool, size, gallery, rows, sanity)
-        with (out / "snapshots.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_snapshot_table(out / "snapshots.csv", rows)
         best = pick_best(rows)
         (out / "best_snapshot.json").write_text(json.dumps(best, indent=2))
-        for row in rows:
-            row["c2st_per_seed"] = " ".join(str(a) for a in row["c2st_per_seed"])
-        print(format_table([{**r, "c2st_per_seed": [float(a) for a in r["c2st_per_seed"].split()]} for r in rows],
-                           "snapshot"))
+        print(format_table(rows, "snapshot"))
         _print_sanity(sanity)
         print(f"test: ranked {len(rows)} snapshots by C2ST; best {best['snapshot']} (C2ST {best['c2st']:.3f}, "
               f"cycle L1 {best['cycle_l1']:.4f}); gallery {out / 'index.html'}, table {out / 'snapshots.csv'}")
