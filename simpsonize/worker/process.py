@@ -42,6 +42,7 @@ from simpsonize.cpu import limited_cpus
 from simpsonize.queue.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from simpsonize.queue.longpoll import notify_done
 from simpsonize.settings import get_settings
+from simpsonize.worker.jobs import ModelHolder, PhotoJobs, serving
 
 log = logging.getLogger("simpsonize.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
@@ -94,15 +95,19 @@ class ModelWorker(SimpleWorker):
     batch_size = 1  # jobs taken at once; 1 is RQ's own one-job path, unchanged
     batch_wait = 0.005  # seconds to wait for more queued jobs to fill a batch
 
-    def __init__(self, *args, serializer=SERIALIZER, **kwargs):
+    def __init__(self, *args, serializer=SERIALIZER, model: ModelHolder | None = None, **kwargs):
         super().__init__(*args, serializer=serializer, **kwargs)  # JSON: a job from Redis never unpickles code
+        # The model the jobs run on (loaded from the settings at the first job unless it was loaded already), and
+        # the outcomes of the running batch.
+        self.photo_jobs = PhotoJobs(model or ModelHolder())
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches' sizes (tests, logs)
         self._prestarted: dict[str, object] = {}  # job id -> started_at, for the jobs of the running batch
         self._jobs_left: int | None = None  # what is left of work(max_jobs=...), counted in jobs, not batches
 
     def work(self, *args, **kwargs):
         self._jobs_left = kwargs.get("max_jobs")
-        return super().work(*args, **kwargs)
+        with serving(self.photo_jobs):  # what process_job runs on while this worker works
+            return super().work(*args, **kwargs)
 
     def bootstrap(self, *args, **kwargs):
         super().bootstrap(*args, **kwargs)
@@ -166,8 +171,6 @@ class ModelWorker(SimpleWorker):
     def _execute_batch(self, job, queue) -> None:
         """``job`` and up to ``batch_size - 1`` more from ``queue``: started together, their photos run as one batch,
         then each performed and recorded by RQ on its own (``perform_job``), in the order they were queued."""
-        from simpsonize.worker import jobs as job_functions
-
         room = self.batch_size if self._jobs_left is None else max(1, min(self.batch_size, self._jobs_left))
         batch = [job, *self._dequeue_more(queue, room - 1)]
         self.batch_sizes.append(len(batch))
@@ -183,7 +186,7 @@ class ModelWorker(SimpleWorker):
             for member in batch:
                 self.perform_job(member, queue, executions[member.id])
         finally:
-            job_functions.discard_prepared([member.id for member in batch])
+            self.photo_jobs.discard([member.id for member in batch])
             for member in batch:
                 self._prestarted.pop(member.id, None)
             self.set_state(WorkerStatus.IDLE)
@@ -218,19 +221,17 @@ class ModelWorker(SimpleWorker):
         """Their photos through the model together, under the shortest of their timeouts. Each job then finishes with
         its own outcome; a timeout fails them all (their time is up); any other error leaves each job to run its
         photo alone, so that only the photo that causes it fails."""
-        from simpsonize.worker import jobs as job_functions
-
         started = time.perf_counter()
         ids = [job.id for job in photos]
         timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in photos)
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=ids[0]):
-                job_functions.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
+                self.photo_jobs.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
         except JobTimeoutException as exc:
-            job_functions.fail_batch(ids, exc, started)
+            self.photo_jobs.fail_batch(ids, exc, started)
         except Exception:
             log.warning("A batch of %d photos failed; running them one by one.", len(photos), exc_info=True)
-            job_functions.discard_prepared(ids)
+            self.photo_jobs.discard(ids)
 
     def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
         if job.id in self._prestarted:  # started with its batch already; RQ's perform_job calls this again
@@ -449,17 +450,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from simpsonize.model.errors import SimpsonizeError
-    from simpsonize.worker.jobs import load_model
-
     from simpsonize.model.device import pick_device
+    from simpsonize.model.errors import SimpsonizeError
 
+    holder = ModelHolder()
     try:
         device = args.device or settings.device
         threads = args.threads or settings.worker_threads or limited_cpus()
         batch_size = batch_size_for(args.batch or settings.worker_batch, pick_device(device).type, threads)
-        model = load_model(weights, device=device, num_threads=threads,
-                           precision=args.precision or settings.worker_precision, batch_size=batch_size)
+        model = holder.load(weights, device=device, num_threads=threads,
+                            precision=args.precision or settings.worker_precision, batch_size=batch_size)
     except (SimpsonizeError, ValueError) as exc:
         print(f"simpsonize worker: {exc}", file=sys.stderr)
         return 2
@@ -474,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
         return 3  # distinct from 2 (bad weights/settings): `serve` retries it once the service has been up
     queue = Queue(args.queue or settings.queue_name, connection=redis, serializer=SERIALIZER)
-    worker = ModelWorker([queue], connection=redis, name=args.name or default_name())
+    worker = ModelWorker([queue], connection=redis, name=args.name or default_name(), model=holder)
     worker.bookkeeping_ttl = settings.bookkeeping_ttl
     worker.heartbeat_interval = settings.worker_heartbeat
     worker.key_prefix = settings.key_prefix
