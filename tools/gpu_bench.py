@@ -285,7 +285,7 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
     in an embedded Redis. Latency: enqueue to end, per job (RQ's own timestamps)."""
     from rq.job import Job
 
-    from simpsonize.queue import keys, liveness
+    from simpsonize.queue import keys, liveness, rq_adapter
     from simpsonize.serve.embedded import EmbeddedRedis
     from simpsonize.queue.jobstore import JobStore, connect
     from simpsonize.settings import Settings
@@ -323,14 +323,12 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
             time.sleep(0.2)
         result["worker_start_s"] = round(time.monotonic() - started, 1)
         ids = enqueue_all(store, photo_jpegs(), plan.jobs)
-        finished = store.queue.finished_job_registry
-        failed = store.queue.failed_job_registry
-        while finished.count + failed.count < len(ids):
+        while (ended := rq_adapter.ended_count(store.queue)) < len(ids):
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with code {worker.returncode}; see worker.log")
             if report.left() < 2:
                 result["stopped_early"] = True
-                report.skip(f"worker: {len(ids) - finished.count - failed.count} jobs not done")
+                report.skip(f"worker: {len(ids) - ended} jobs not done")
                 break
             time.sleep(0.1)
         jobs = [j for j in Job.fetch_many(ids, connection=store.redis, serializer=store.queue.serializer) if j]

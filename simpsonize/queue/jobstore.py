@@ -20,7 +20,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from simpsonize.queue import keys, liveness
+from simpsonize.queue import keys, liveness, rq_adapter
 from simpsonize.queue.jobstate import JobState
 from simpsonize.queue.longpoll import notify_done
 from simpsonize.settings import Settings
@@ -56,11 +56,8 @@ def refresh_rq_ttls(queue: Queue, ttl: int) -> None:
     longer than any job or result lives),
     so they vanish ``ttl`` after the last activity, by which time every id in them has expired anyway.
     """
-    bookkeeping = [queue.key, queue.intermediate_queue_key, Queue.redis_queues_keys, queue.started_job_registry.key,
-                   queue.finished_job_registry.key, queue.failed_job_registry.key, queue.canceled_job_registry.key,
-                   queue.deferred_job_registry.key, queue.scheduled_job_registry.key]
     with queue.connection.pipeline(transaction=False) as pipe:
-        for key in bookkeeping:
+        for key in rq_adapter.bookkeeping_keys(queue):
             pipe.expire(key, ttl)  # a no-op on a missing key
         pipe.execute()
 
@@ -191,10 +188,7 @@ class JobStore:
         reaped it sooner), stopped or canceled it, or the worker could not even record the reason."""
         if rq_status != JobStatus.FAILED:
             return EXPIRED_FAILURE
-        result = job.latest_result()
-        if result is not None and "AbandonedJobError" in (result.exc_string or ""):
-            return liveness.WORKER_STOPPED
-        return GENERIC_FAILURE
+        return liveness.WORKER_STOPPED if rq_adapter.was_abandoned(job) else GENERIC_FAILURE
 
     def result_meta(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.result_key(self.prefix, job_id), "meta")

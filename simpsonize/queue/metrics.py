@@ -45,6 +45,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from simpsonize.queue import rq_adapter
 from simpsonize.queue.redis_atomic import atomically
 
 log = logging.getLogger("simpsonize.metrics")
@@ -164,7 +165,7 @@ class RedisCollector:
             fields = {k.decode(): v.decode() for k, v in
                       store.redis.hgetall(metrics_key(store.prefix, store.queue.name)).items()}
             queued = store.redis.llen(store.queue.key)
-            running = store.redis.zcard(store.queue.started_job_registry.key)
+            running = rq_adapter.running_count(store.queue)
             workers = store.live_workers()
             memory = store.redis.info("memory")
         except RedisError as exc:

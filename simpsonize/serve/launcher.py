@@ -422,13 +422,13 @@ def run(args: argparse.Namespace) -> int:
             """End the job the dead worker held now, rather than when its heartbeat is found stale."""
             from redis.exceptions import RedisError
 
-            from simpsonize.queue import liveness
+            from simpsonize.queue import liveness, rq_adapter
 
             try:
                 for job_id in liveness.reap(store.queue, settings.key_prefix, 4 * settings.worker_heartbeat,
                                             dead=[name]):
                     _say(f"job {job_id} failed: its worker {name} stopped.")
-                liveness.forget_worker(store.redis, store.queue, name)
+                rq_adapter.forget_worker(store.redis, store.queue, name)
             except RedisError as exc:
                 _say(f"could not end the jobs of worker {name}: {exc}")
 

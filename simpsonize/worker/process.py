@@ -31,14 +31,11 @@ from pathlib import Path
 
 from redis.exceptions import (ConnectionError as RedisConnectionError, OutOfMemoryError, RedisError,
                               TimeoutError as RedisTimeoutError)
-from rq import Queue, SimpleWorker
-from rq.job import JobStatus
-from rq.timeouts import JobTimeoutException
-from rq.worker import WorkerStatus
-from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+from rq import Queue
 
-from simpsonize.queue import capacity, keys, liveness, metrics
 from simpsonize.cpu import limited_cpus
+from simpsonize.queue import capacity, keys, liveness, metrics, rq_adapter
+from simpsonize.queue.rq_adapter import JobStatus, JobTimeoutException, WorkerStatus
 from simpsonize.queue.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from simpsonize.queue.longpoll import notify_done
 from simpsonize.settings import get_settings
@@ -80,11 +77,14 @@ def batch_size_for(setting: str | int | None, device_type: str, threads: int | N
     return size
 
 
-class ModelWorker(SimpleWorker):
+class ModelWorker(rq_adapter.Worker):
     """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one, heartbeats from a thread
     every ``heartbeat_interval`` seconds (RQ's own heartbeat stops while a job runs in a SimpleWorker, and comes
-    every 6.75 minutes when idle), ends the jobs of dead workers (``simpsonize.queue.liveness.reap``), and reconnects within
-    ``max_connection_wait_time`` seconds once Redis is back after a restart."""
+    every 6.75 minutes when idle), ends the jobs of dead workers (``simpsonize.queue.liveness.reap``), and reconnects
+    within ``max_connection_wait_time`` seconds once Redis is back after a restart.
+
+    Everything of RQ's it relies on beyond the public API comes through ``simpsonize.queue.rq_adapter``: the steps of
+    RQ's loop overridden here are its ``WORKER_HOOKS``, checked against the installed RQ by a test."""
 
     bookkeeping_ttl = 7200
     heartbeat_interval = 5.0
@@ -193,28 +193,26 @@ class ModelWorker(SimpleWorker):
         if self._jobs_left is not None:
             self._jobs_left -= len(batch)
             if self._jobs_left <= 0:
-                self._stop_requested = True  # RQ's loop counts this batch as one job; it stops on its next turn
+                rq_adapter.stop_at_next_turn(self)  # RQ's loop counts this batch as one job
 
     def _dequeue_more(self, queue, room: int) -> list:
         """Up to ``room`` more jobs from ``queue`` through RQ's own non-blocking dequeue, waiting at most
         ``batch_wait`` seconds for the queue to hold them."""
         more: list = []
         deadline = time.monotonic() + self.batch_wait
-        while len(more) < room and not self._stop_requested:
+        while len(more) < room and not rq_adapter.stop_requested(self):
             try:
-                result = self.queue_class.dequeue_any([queue], None, connection=self.connection,
-                                                      job_class=self.job_class, serializer=self.serializer,
-                                                      death_penalty_class=self.death_penalty_class)
+                job = rq_adapter.dequeue_now(self, queue)
             except Exception as exc:  # Redis gone, an unreadable job: run what we have; RQ's loop meets it next
                 log.warning("Stopped filling a batch: %s", exc)
                 break
-            if result is None:
+            if job is None:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.001)
                 continue
-            self.log.info("Worker %s: %s: %s (batched)", self.name, queue.name, result[0].id)
-            more.append(result[0])
+            self.log.info("Worker %s: %s: %s (batched)", self.name, queue.name, job.id)
+            more.append(job)
         return more
 
     def _run_batch(self, photos: list) -> None:
@@ -223,9 +221,8 @@ class ModelWorker(SimpleWorker):
         photo alone, so that only the photo that causes it fails."""
         started = time.perf_counter()
         ids = [job.id for job in photos]
-        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in photos)
         try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=ids[0]):
+            with rq_adapter.job_time_limit(self, photos):
                 self.photo_jobs.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
         except JobTimeoutException as exc:
             self.photo_jobs.fail_batch(ids, exc, started)
@@ -270,7 +267,7 @@ class ModelWorker(SimpleWorker):
             try:
                 dequeued = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             except REDIS_TROUBLE as exc:
-                if self._stop_requested:
+                if rq_adapter.stop_requested(self):
                     return None  # the work loop ends
                 log.warning("Waiting for Redis: %s", exc)
                 time.sleep(1.0)
@@ -311,7 +308,7 @@ class ModelWorker(SimpleWorker):
 
         def record() -> None:
             super(ModelWorker, self).handle_job_failure(job, queue, *args, **kwargs)
-            if self.connection.hget(job.key, "status") == JobStatus.STARTED.value.encode():  # not persisted
+            if rq_adapter.stored_status(self.connection, job.id) == JobStatus.STARTED.value:  # not persisted
                 raise OutOfMemoryError("RQ could not record the failure of the job.")
 
         try:
@@ -381,13 +378,8 @@ class ModelWorker(SimpleWorker):
 
     def _heartbeat(self, timeout=None, pipeline=None):
         super().heartbeat(timeout, pipeline)
-        # RQ adds a worker to its registration sets once, at birth, and never expires the sets. Re-adding ourselves
-        # on every heartbeat lets the sets carry a TTL: they expire only when no worker is left to refresh them.
-        connection = pipeline if pipeline is not None else self.connection
-        ttl = max(int(timeout or 0), self.worker_ttl + 60)
-        for key in [REDIS_WORKER_KEYS, *(WORKERS_BY_QUEUE_KEY % name for name in self.queue_names())]:
-            connection.sadd(key, self.key)
-            connection.expire(key, ttl)
+        rq_adapter.keep_registered(pipeline if pipeline is not None else self.connection, self.key,
+                                   self.queue_names(), max(int(timeout or 0), self.worker_ttl + 60))
 
 
 def default_name() -> str:

@@ -78,7 +78,7 @@ def test_every_job_runs_in_the_worker_process_itself(client, astronaut_jpeg, wor
     from rq.job import Job
 
     from simpsonize.queue.jobstore import SERIALIZER
-    from simpsonize.queue.liveness import WORKER_KEY_PREFIX
+    from simpsonize.queue.rq_adapter import WORKER_KEY_PREFIX
 
     ids = [submit(client, astronaut_jpeg).json()["id"] for _ in range(3)]
     names = set()
