@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--steps-per-epoch", type=int, default=1000, help="with the defaults: 20,000 steps in all")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--diff-augment", default="color,translation,cutout")
-    t.add_argument("--d-scales", type=int, default=1, help="scales of the Simpsons-side discriminator (train --d-scales)")
+    t.add_argument("--d-scales", type=int, default=1,
+                   help="scales of the Simpsons-side discriminator (train --d-scales)")
     t.add_argument("--r1-gamma", type=float, default=0.0, help="R1 penalty on the Simpsons-side discriminators "
                    "(train --r1-gamma; 0: off)")
     t.add_argument("--d-thumbnail", type=int, default=0, help="thumbnail discriminator's side in px "

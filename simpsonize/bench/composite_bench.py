@@ -68,8 +68,8 @@ def photo(faces: int):
 
 def write_photos(counts: list[int], folder: Path) -> None:
     """For each face count, the 12 MP photo as a phone's JPEG (``N.jpg``) and as the web process hands it to the
-    worker (``N_worker.jpg``: ``simpsonize.web.uploads.normalise``). Made here, not in the measured process, so that building
-    them does not count in its peak memory."""
+    worker (``N_worker.jpg``: ``simpsonize.web.uploads.normalise``). Made here, not in the measured process, so that
+    building them does not count in its peak memory."""
     from simpsonize.settings import Settings
     from simpsonize.web.uploads import normalise
 

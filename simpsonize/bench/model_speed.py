@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         if name.startswith("served"):
             served_ms = seconds * 1000
 
-    print("detect / generate (served): " + ", ".join(f"{w}x{h} {ms / served_ms:.2f}" for (w, h), ms in detect_ms.items()))
+    print("detect / generate (served): "
+          + ", ".join(f"{w}x{h} {ms / served_ms:.2f}" for (w, h), ms in detect_ms.items()))
     if args.weights:
         from simpsonize.model.pipeline import Simpsonizer
 

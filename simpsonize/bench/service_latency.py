@@ -173,7 +173,8 @@ def measure(config: Config, weights: Path, photo: bytes, singles: int, burst_siz
     base = f"http://127.0.0.1:{port}"
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="szbench-") as data_dir:
-        command = [sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port), "--workers", str(config.workers),
+        command = [sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port),
+                   "--workers", str(config.workers),
                    "--threads", str(config.threads), "--weights", str(weights), "--data-dir", data_dir,
                    "--log-level", "warning"]
         if device:

@@ -97,7 +97,8 @@ class MemoryReading:
 
 
 class MemoryGauge:
-    """Redis's used and maximum memory, from ``INFO memory``, cached ``CACHE_S`` seconds, plus what was written since."""
+    """Redis's used and maximum memory, from ``INFO memory``, cached ``CACHE_S`` seconds, plus what was written
+    since."""
 
     def __init__(self, redis: Redis, cache_s: float = CACHE_S) -> None:
         self.redis = redis

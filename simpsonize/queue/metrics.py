@@ -9,7 +9,8 @@ Two sources, one endpoint:
   machines), so they do not serve metrics of their own: each job adds its outcome and its detect/generate/encode
   times to one Redis hash per queue, ``P:metrics:QUEUE`` (``metrics_key``), with ``HINCRBY``/``HINCRBYFLOAT``
   (plain numbers, no pickles) in one transaction. ``RedisCollector`` reads that hash, the queue and the workers'
-  heartbeats (``simpsonize.queue.liveness``) at scrape time. Whichever web process is scraped reports every worker's jobs.
+  heartbeats (``simpsonize.queue.liveness``) at scrape time. Whichever web process is scraped reports every
+  worker's jobs.
 
 The hash is the one key the service writes that outlives jobs: its TTL is ``METRICS_TTL`` (30 days), renewed on
 every write, so it goes away after a month without a job (Prometheus reads that as a counter reset, as it does for
@@ -236,8 +237,8 @@ class WebMetrics:
                                  "polls included: ?wait= holds the request), by method and route template.",
                                  ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
         self.memory_refusals = Counter("simpsonize_uploads_refused_memory", "Uploads this web process refused "
-                                       "with 503 because Redis had no room for one more job (simpsonize.queue.capacity).",
-                                       registry=self.registry)
+                                       "with 503 because Redis had no room for one more job "
+                                       "(simpsonize.queue.capacity).", registry=self.registry)
         ProcessCollector(registry=self.registry)
         self.registry.register(RedisCollector(store))
 

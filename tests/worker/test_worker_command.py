@@ -1,5 +1,5 @@
-"""`simpsonize worker` itself (simpsonize.worker.process.run), in this process: it serves a queue and stops in burst mode, and
-each way it cannot start is an exit code with one sentence. (As a subprocess: the service fixtures and
+"""`simpsonize worker` itself (simpsonize.worker.process.run), in this process: it serves a queue and stops in burst
+mode, and each way it cannot start is an exit code with one sentence. (As a subprocess: the service fixtures and
 test_recovery.py; its health check: tests/web/test_security.py.)"""
 
 from __future__ import annotations
