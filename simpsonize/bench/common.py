@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import statistics
+from fractions import Fraction
 from pathlib import Path
 
 # The checkout (site-packages when installed): the working directory of the services a benchmark starts.
@@ -15,12 +16,12 @@ def percentile(values: list[float], q: float) -> float | None:
     `statistics.quantiles`, numpy's default): the median of [1, 2, 3, 4] is 2.5. None for no values."""
     if not values:
         return None
-    if len(values) == 1 or q <= 0:
+    share = Fraction(q).limit_denominator(10_000)  # q = k / n: the k-th of the n - 1 cut points quantiles gives
+    if len(values) == 1 or share <= 0:
         return min(values)
-    if q >= 1:
+    if share >= 1:
         return max(values)
-    cuts = statistics.quantiles(values, n=1000, method="inclusive")  # 999 cut points, 0.1 % apart
-    return cuts[round(q * 1000) - 1]
+    return statistics.quantiles(values, n=share.denominator, method="inclusive")[share.numerator - 1]
 
 
 def free_port() -> int:

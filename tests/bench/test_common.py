@@ -13,6 +13,10 @@ def test_percentile_interpolates_between_the_nearest_ranks():
     assert percentile(values, 0.95) == pytest.approx(1.905)
     assert percentile(values, 0.0) == pytest.approx(0.1) and percentile(values, 1.0) == pytest.approx(2.0)
     assert percentile([3.0], 0.95) == 3.0
+    # any share, not only whole per-mille ones; close to the ends it stays inside the data
+    assert percentile([0.0, 3.0], 1 / 3) == pytest.approx(1.0)
+    assert percentile(values, 0.9999) == pytest.approx(1.99981)  # rank 18.9981 of 0..19
+    assert percentile(values, 0.0001) == pytest.approx(0.10019)  # rank 0.0019
     assert percentile([], 0.5) is None
 
 
