@@ -35,9 +35,9 @@ from rq import Queue
 
 from simpsonize.cpu import limited_cpus
 from simpsonize.queue import capacity, keys, liveness, metrics, rq_adapter
-from simpsonize.queue.rq_adapter import JobStatus, JobTimeoutException, WorkerStatus
 from simpsonize.queue.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from simpsonize.queue.longpoll import notify_done
+from simpsonize.queue.rq_adapter import JobStatus, JobTimeoutException, WorkerStatus
 from simpsonize.settings import get_settings
 from simpsonize.worker.jobs import ModelHolder, PhotoJobs, serving
 
