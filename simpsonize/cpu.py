@@ -1,17 +1,25 @@
-"""How many CPUs this process may really use: its affinity mask, lowered to the cgroup CPU quota when one is set.
+"""The CPU: how many of them this process may really use, and what it is (``/proc/cpuinfo``, read here only).
+
+How many: the affinity mask, lowered to the cgroup CPU quota when one is set.
 
 ``os.cpu_count()`` (and torch's default thread count) report the host's cores even in a container limited to two
 (``docker run --cpus 2``, compose ``cpus:``); threads beyond the quota only queue for it. Read by the launcher
 (threads per worker), the worker (torch threads) and the web process (decodes at once). Light: stdlib only.
+
+What: the model name, family/model numbers and vector extensions, which decide kernel speed (the CPU model changes
+between machines of the same name, so every benchmark figure carries it; training picks bf16 by the flags).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import platform
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones named in benchmark figures
 
 
 def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
@@ -50,3 +58,42 @@ def limited_cpus(root: Path = CGROUP_ROOT) -> int | None:
     torch keeps its own default, one thread per physical core)."""
     cpus = available_cpus(root)
     return cpus if cpus < (os.cpu_count() or cpus) else None
+
+
+def cpu_info(path: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` ("model name", "flags", ...); empty where there is none."""
+    fields: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough: they are alike
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(path: Path = CPUINFO) -> set[str]:
+    """The CPU's feature flags (avx2, amx_bf16, ...); empty where unknown."""
+    return set(cpu_info(path).get("flags", "").split())
+
+
+def cpu_model_name(path: Path = CPUINFO) -> str:
+    """The CPU's model name, e.g. "AMD EPYC 9R14 96-Core Processor"."""
+    return cpu_info(path).get("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_name(path: Path = CPUINFO) -> str:
+    """The model name, family/model numbers and the vector extensions that decide kernel speed, for benchmark
+    figures: "AMD EPYC 9R14 96-Core Processor (family 25 model 17; avx2, avx512f, avx512_bf16)"."""
+    fields = cpu_info(path)
+    if not fields:
+        return platform.processor() or "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    extensions = [name for name in VECTOR_EXTENSIONS if name in flags]
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})")

@@ -222,9 +222,10 @@ def bench_photo(size: tuple[int, int]):
 def bench_mtcnn(report: Report, plan: Plan, device) -> None:
     """Detection of photos of one size: one MTCNN call per photo (``detect_faces``) against one per batch
     (``detect_faces_many``, what the worker does), in images/s."""
+    from simpsonize.model.device import detector_device_for
     from simpsonize.model.face import detect_faces, detect_faces_many, get_detector
 
-    detector_device = "cuda" if device.type == "cuda" else "cpu"
+    detector_device = detector_device_for(device)
     get_detector(detector_device)
     for size in plan.mtcnn_sizes:
         photo = bench_photo(size)
@@ -284,7 +285,7 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
     in an embedded Redis. Latency: enqueue to end, per job (RQ's own timestamps)."""
     from rq.job import Job
 
-    from simpsonize.queue import keys, liveness
+    from simpsonize.queue import keys, liveness, rq_adapter
     from simpsonize.serve.embedded import EmbeddedRedis
     from simpsonize.queue.jobstore import JobStore, connect
     from simpsonize.settings import Settings
@@ -322,14 +323,12 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
             time.sleep(0.2)
         result["worker_start_s"] = round(time.monotonic() - started, 1)
         ids = enqueue_all(store, photo_jpegs(), plan.jobs)
-        finished = store.queue.finished_job_registry
-        failed = store.queue.failed_job_registry
-        while finished.count + failed.count < len(ids):
+        while (ended := rq_adapter.ended_count(store.queue)) < len(ids):
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with code {worker.returncode}; see worker.log")
             if report.left() < 2:
                 result["stopped_early"] = True
-                report.skip(f"worker: {len(ids) - finished.count - failed.count} jobs not done")
+                report.skip(f"worker: {len(ids) - ended} jobs not done")
                 break
             time.sleep(0.1)
         jobs = [j for j in Job.fetch_many(ids, connection=store.redis, serializer=store.queue.serializer) if j]
@@ -472,6 +471,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import torch
 
+    from simpsonize.model.device import pick_device
+
     out = args.out or Path(os.environ.get("OUT") or "gpu_bench_out")
     report = Report(out, args.budget, started=PROCESS_START)
     procs: dict = {}
@@ -491,8 +492,7 @@ def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     if args.jobs:
         plan = Plan(**{**plan.__dict__, "jobs": args.jobs})
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     if device.type == "cpu" and args.quick:
         torch.set_num_threads(1)
     report.data["environment"] = environment(device)

@@ -94,6 +94,7 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
     """Train in a scratch run folder, then put what fits the return limits under ``out``."""
     import torch
 
+    from simpsonize.model.device import pick_device
     from simpsonize.training.config import TrainConfig, given_options
     from simpsonize.training.trainer import Trainer
 
@@ -101,9 +102,7 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
     run = Path(tempfile.mkdtemp(prefix="simpsonize_gpu_run_"))
     config = TrainConfig.from_options(str(pack_dir), str(run), given_options(args), GPU_DEFAULTS)
     config.sample_every, config.checkpoint_minutes = 10**9, 10**6
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(args.device))
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels once
     trainer = Trainer(config, device=device, num_workers=args.num_workers)

@@ -1,10 +1,10 @@
-"""Helpers every benchmark shares: one percentile, one free port, one name for the CPU a figure came from."""
+"""Helpers every benchmark shares: one percentile, one free port (the CPU a figure came from: simpsonize.cpu)."""
 
 from __future__ import annotations
 
-import platform
 import socket
 import statistics
+from fractions import Fraction
 from pathlib import Path
 
 # The checkout (site-packages when installed): the working directory of the services a benchmark starts.
@@ -16,31 +16,16 @@ def percentile(values: list[float], q: float) -> float | None:
     `statistics.quantiles`, numpy's default): the median of [1, 2, 3, 4] is 2.5. None for no values."""
     if not values:
         return None
-    if len(values) == 1 or q <= 0:
+    share = Fraction(q).limit_denominator(10_000)  # q = k / n: the k-th of the n - 1 cut points quantiles gives
+    if len(values) == 1 or share <= 0:
         return min(values)
-    if q >= 1:
+    if share >= 1:
         return max(values)
-    cuts = statistics.quantiles(values, n=1000, method="inclusive")  # 999 cut points, 0.1 % apart
-    return cuts[round(q * 1000) - 1]
+    return statistics.quantiles(values, n=share.denominator, method="inclusive")[share.numerator - 1]
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it), for a service a benchmark or a test starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_name() -> str:
-    """The CPU model, family/model numbers and the vector extensions that decide kernel speed (the CPU model
-    changes between machines of the same name, so every figure carries it)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    flags = set(fields.get("flags", "").split())
-    extensions = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
-    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})")

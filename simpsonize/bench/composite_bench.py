@@ -68,8 +68,8 @@ def photo(faces: int):
 
 def write_photos(counts: list[int], folder: Path) -> None:
     """For each face count, the 12 MP photo as a phone's JPEG (``N.jpg``) and as the web process hands it to the
-    worker (``N_worker.jpg``: ``simpsonize.web.uploads.normalise``). Made here, not in the measured process, so that building
-    them does not count in its peak memory."""
+    worker (``N_worker.jpg``: ``simpsonize.web.uploads.normalise``). Made here, not in the measured process, so that
+    building them does not count in its peak memory."""
     from simpsonize.settings import Settings
     from simpsonize.web.uploads import normalise
 
@@ -89,7 +89,7 @@ def child(spec: str, repeats: int, weights: str | None, threads: int) -> dict:
     faces_text, path, composite_text, folder = spec.split(":", 3)
     faces, with_composite = int(faces_text), composite_text == "1"
     from simpsonize.model.composite import FaceSelection
-    from simpsonize.model.imaging import jpeg_bytes, png_bytes
+    from simpsonize.imaging import jpeg_bytes, png_bytes
     from simpsonize.model.pipeline import Simpsonizer
     from simpsonize.worker.jobs import COMPOSITE_JPEG_QUALITY, PNG_LEVEL
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.repeats, args.weights, args.threads)))
         return 0
-    from simpsonize.bench.common import cpu_name
+    from simpsonize.cpu import cpu_name
 
     counts = [int(n) for n in args.faces.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="composite-bench-"))

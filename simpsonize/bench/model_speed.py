@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from simpsonize.model.device import detector_device_for
 from simpsonize.model.networks import GeneratorConfig, ResnetGenerator, init_weights
 
 PHOTO_SIZES = [(512, 512), (1600, 1200), (2048, 2048), (4000, 3000)]
@@ -53,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from simpsonize.bench.common import cpu_name
+    from simpsonize.cpu import cpu_name
 
     print(f"device {device} ({cpu_name()}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
 
     photo = Image.fromarray(data.astronaut())
-    detector_device = "cuda" if device.type == "cuda" else "cpu"
+    detector_device = detector_device_for(device)
     detect_ms = {}
     # 512: a small photo; 1600x1200: the most a worker of the service gets (uploads are shrunk to 1600 px);
     # 2048 and 4000x3000 (12 MP, a phone's photo): what `simpsonize predict` and library callers may pass.
@@ -86,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         if name.startswith("served"):
             served_ms = seconds * 1000
 
-    print("detect / generate (served): " + ", ".join(f"{w}x{h} {ms / served_ms:.2f}" for (w, h), ms in detect_ms.items()))
+    print("detect / generate (served): "
+          + ", ".join(f"{w}x{h} {ms / served_ms:.2f}" for (w, h), ms in detect_ms.items()))
     if args.weights:
         from simpsonize.model.pipeline import Simpsonizer
 

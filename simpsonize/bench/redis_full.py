@@ -31,7 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import cpu_name, free_port
+from simpsonize.bench.common import free_port
+from simpsonize.cpu import cpu_name
 from simpsonize.bench.common import REPO_ROOT
 
 EXIT_LINE = re.compile(r"worker pid \d+ (exited with code -?\d+|was killed by signal \d+)")

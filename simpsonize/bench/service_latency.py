@@ -36,7 +36,8 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import cpu_name, free_port, percentile
+from simpsonize.bench.common import free_port, percentile
+from simpsonize.cpu import cpu_name
 from simpsonize.bench.common import REPO_ROOT
 from simpsonize.resources import SHIPPED_WEIGHTS
 
@@ -172,7 +173,8 @@ def measure(config: Config, weights: Path, photo: bytes, singles: int, burst_siz
     base = f"http://127.0.0.1:{port}"
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="szbench-") as data_dir:
-        command = [sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port), "--workers", str(config.workers),
+        command = [sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port),
+                   "--workers", str(config.workers),
                    "--threads", str(config.threads), "--weights", str(weights), "--data-dir", data_dir,
                    "--log-level", "warning"]
         if device:

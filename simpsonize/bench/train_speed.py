@@ -25,7 +25,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from simpsonize.bench.common import cpu_name, free_port
+from simpsonize.bench.common import free_port
+from simpsonize.cpu import cpu_name
 
 RECIPES = {
     # The shipped model's networks (weights/README.md) and the quality issue's candidate: the same networks with the

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from simpsonize.model.composite import FaceSelection, composite
+from simpsonize.model.device import detector_device_for, pick_device
 from simpsonize.model.errors import SimpsonizeError
 from simpsonize.model.face import FaceCrop, Framing, align_crop, detect_faces, find_faces, get_detector
 from simpsonize.model.imaging import ImageSource, to_images, to_tensor
@@ -65,21 +66,6 @@ class SimpsonizeResult:
         if self.composite is not None:
             summary["composite_size"] = list(self.composite.size)
         return summary
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    if requested in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SimpsonizeError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
-    return device
-
-
-def detector_device_for(device: torch.device) -> str:
-    """Where MTCNN runs: the generator's own GPU (a worker started with ``--device cuda:1`` must not put its
-    detector on GPU 0 beside another worker's model), else the CPU."""
-    return str(device) if device.type == "cuda" else "cpu"
 
 
 class Simpsonizer:

@@ -31,7 +31,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import OutOfMemoryError
 from redis.retry import Retry
 
-from simpsonize.queue import keys
+from simpsonize.queue import keys, rq_adapter
 
 log = logging.getLogger("simpsonize.capacity")
 T = TypeVar("T")
@@ -97,7 +97,8 @@ class MemoryReading:
 
 
 class MemoryGauge:
-    """Redis's used and maximum memory, from ``INFO memory``, cached ``CACHE_S`` seconds, plus what was written since."""
+    """Redis's used and maximum memory, from ``INFO memory``, cached ``CACHE_S`` seconds, plus what was written
+    since."""
 
     def __init__(self, redis: Redis, cache_s: float = CACHE_S) -> None:
         self.redis = redis
@@ -136,12 +137,7 @@ class Admission:
     def uploads_in_flight(self) -> list[int]:
         """The upload bytes of every job queued or running (asked every time, as the memory reading is cached: a
         job accepted a moment ago counts at once). A job whose upload is gone counts 0: it needs ``fixed`` at most."""
-        registry = self.queue.started_job_registry
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(self.queue.key, 0, -1)
-            pipe.zrange(registry.key, 0, -1)
-            queued, started = pipe.execute()
-        ids = [raw.decode() for raw in queued] + [registry.parse_job_id(raw.decode()) for raw in started]
+        ids = rq_adapter.open_job_ids(self.queue)
         if not ids:
             return []
         with self.redis.pipeline(transaction=False) as pipe:

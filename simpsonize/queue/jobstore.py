@@ -8,7 +8,6 @@ result and failure (``result_ttl``), and RQ's queue list and registries, whose T
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,7 +20,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from simpsonize.queue import keys, liveness
+from simpsonize.queue import keys, liveness, rq_adapter
+from simpsonize.queue.jobstate import JobState
 from simpsonize.queue.longpoll import notify_done
 from simpsonize.settings import Settings
 
@@ -56,36 +56,10 @@ def refresh_rq_ttls(queue: Queue, ttl: int) -> None:
     longer than any job or result lives),
     so they vanish ``ttl`` after the last activity, by which time every id in them has expired anyway.
     """
-    bookkeeping = [queue.key, queue.intermediate_queue_key, Queue.redis_queues_keys, queue.started_job_registry.key,
-                   queue.finished_job_registry.key, queue.failed_job_registry.key, queue.canceled_job_registry.key,
-                   queue.deferred_job_registry.key, queue.scheduled_job_registry.key]
     with queue.connection.pipeline(transaction=False) as pipe:
-        for key in bookkeeping:
+        for key in rq_adapter.bookkeeping_keys(queue):
             pipe.expire(key, ttl)  # a no-op on a missing key
         pipe.execute()
-
-
-@dataclass
-class JobView:
-    """What the API and the pages show about one job."""
-
-    id: str
-    status: str  # queued | started | finished | failed
-    position: int | None = None  # 1 = next to start (queued only)
-    queue_length: int | None = None
-    error: str | None = None
-    timings: dict[str, float] | None = None
-    face: dict[str, Any] | None = None
-    face_count: int | None = None  # faces drawn (finished only)
-    faces_found: int | None = None  # faces found, drawn or not (over SIMPSONIZE_MAX_FACES, or too small)
-    has_composite: bool = False  # a composite was stored (jobs finished before composites existed have none)
-    created_at: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("finished", "failed")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -172,41 +146,41 @@ class JobStore:
         except NoSuchJobError:
             return None
 
-    def view(self, job_id: str) -> JobView | None:
+    def view(self, job_id: str) -> JobState | None:
         """The job's state, or None when it is unknown, expired or deleted."""
         job = self._fetch(job_id)
         if job is None or self.redis.exists(keys.deleted_key(self.prefix, job_id)):
             return None
         rq_status = job.get_status(refresh=False)
-        view = JobView(id=job_id, status="queued", created_at=_iso(job.enqueued_at or job.created_at),
-                       started_at=_iso(job.started_at), ended_at=_iso(job.ended_at))
+        fields: dict[str, Any] = {"created_at": _iso(job.enqueued_at or job.created_at),
+                                  "started_at": _iso(job.started_at), "ended_at": _iso(job.ended_at)}
         timings: dict[str, float] = {}
         if (wait := _seconds(job.enqueued_at, job.started_at)) is not None:
             timings["queued"] = wait
+        has_composite = False
         if rq_status == JobStatus.FINISHED:
             meta = self.result_meta(job_id)
             if meta is None:  # the job hash outlived its result by a moment
                 return None
-            view.status = "finished"
-            view.face = meta.get("face")
-            view.face_count = int(meta.get("face_count", 1))
-            view.faces_found = int(meta.get("faces_found", view.face_count))
-            view.has_composite = bool(meta.get("composite"))
+            status = "finished"
+            face_count = int(meta.get("face_count", 1))
+            fields.update(face=meta.get("face"), face_count=face_count,
+                          faces_found=int(meta.get("faces_found", face_count)))
+            has_composite = bool(meta.get("composite"))
             timings.update(meta.get("timings", {}))
         elif rq_status == JobStatus.STARTED:
-            view.status = "started"
+            status = "started"
         elif rq_status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            view.status = "failed"
-            view.error = job.meta.get("error") or self._unexplained_failure(job, rq_status)
+            status = "failed"
+            fields["error"] = job.meta.get("error") or self._unexplained_failure(job, rq_status)
             timings.update(job.meta.get("timings", {}))
         else:  # queued, deferred, scheduled, created
+            status = "queued"
             position = self.queue.get_job_position(job_id)
-            view.position = None if position is None else position + 1
-            view.queue_length = self.queue.count
+            fields.update(position=None if position is None else position + 1, queue_length=self.queue.count)
         if (total := _seconds(job.enqueued_at, job.ended_at)) is not None:
             timings["end_to_end"] = total
-        view.timings = timings or None
-        return view
+        return JobState.of(job_id, status, has_composite=has_composite, timings=timings or None, **fields)
 
     @staticmethod
     def _unexplained_failure(job: Job, rq_status: JobStatus) -> str:
@@ -214,10 +188,7 @@ class JobStore:
         reaped it sooner), stopped or canceled it, or the worker could not even record the reason."""
         if rq_status != JobStatus.FAILED:
             return EXPIRED_FAILURE
-        result = job.latest_result()
-        if result is not None and "AbandonedJobError" in (result.exc_string or ""):
-            return liveness.WORKER_STOPPED
-        return GENERIC_FAILURE
+        return liveness.WORKER_STOPPED if rq_adapter.was_abandoned(job) else GENERIC_FAILURE
 
     def result_meta(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.result_key(self.prefix, job_id), "meta")
@@ -244,28 +215,3 @@ class JobStore:
         if workers < 1:
             return False, "No worker is running: photos would wait in the queue forever."
         return True, f"Redis is reachable and {workers} worker{'s' if workers != 1 else ''} alive."
-
-
-def job_view_dict(view: JobView, base: str = "/api/v1/jobs") -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": view.id,
-        "status": view.status,
-        "status_url": f"{base}/{view.id}",
-        "result_url": f"{base}/{view.id}/result",
-        "input_url": f"{base}/{view.id}/input",
-        "created_at": view.created_at,
-        "started_at": view.started_at,
-        "ended_at": view.ended_at,
-        "timings": view.timings,
-    }
-    if view.status == "queued":
-        data["position"] = view.position
-        data["queue_length"] = view.queue_length
-    if view.status == "failed":
-        data["error"] = view.error
-    if view.status == "finished":
-        data["face"] = view.face
-        data["face_count"] = view.face_count
-        data["faces_found"] = view.faces_found
-        data["composite_url"] = f"{base}/{view.id}/composite" if view.has_composite else None
-    return data

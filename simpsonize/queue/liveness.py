@@ -22,47 +22,31 @@ from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
-from rq.utils import utcparse
-from rq.worker_registration import get_keys as worker_keys
 
-from simpsonize.queue import keys, metrics
+from simpsonize.queue import keys, metrics, rq_adapter
 from simpsonize.queue.longpoll import notify_done
 
 log = logging.getLogger("simpsonize.liveness")
 
 WORKER_STOPPED = "The worker stopped while working on your photo (it crashed or was restarted); please try again."
-WORKER_KEY_PREFIX = "rq:worker:"
 
 
-def heartbeat_age(redis: Redis, worker_key: str, now: datetime | None = None) -> float | None:
+def heartbeat_age(redis: Redis, worker_name: str, now: datetime | None = None) -> float | None:
     """Seconds since the worker's last heartbeat; None when it has none or has registered its death."""
-    raw = redis.hmget(worker_key, "last_heartbeat", "death")
-    if raw[0] is None or raw[1] is not None:
-        return None
-    try:
-        beat = utcparse(raw[0].decode())
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=timezone.utc)
-    return ((now or datetime.now(timezone.utc)) - beat).total_seconds()
+    beat = rq_adapter.last_heartbeat(redis, worker_name)
+    return None if beat is None else ((now or datetime.now(timezone.utc)) - beat).total_seconds()
 
 
 def is_alive(redis: Redis, worker_name: str, max_age: float) -> bool:
-    age = heartbeat_age(redis, WORKER_KEY_PREFIX + worker_name)
+    age = heartbeat_age(redis, worker_name)
     return age is not None and age <= max_age
 
 
 def live_workers(queue: Queue, max_age: float) -> list[str]:
     """Names of the workers registered for ``queue`` whose heartbeat is at most ``max_age`` seconds old."""
     now = datetime.now(timezone.utc)
-    alive = []
-    for key in sorted(worker_keys(queue=queue)):
-        age = heartbeat_age(queue.connection, key, now)
-        if age is not None and age <= max_age:
-            alive.append(key.removeprefix(WORKER_KEY_PREFIX))
-    return alive
+    return [name for name in rq_adapter.registered_workers(queue)
+            if (age := heartbeat_age(queue.connection, name, now)) is not None and age <= max_age]
 
 
 def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | list[str] = ()) -> list[str]:
@@ -72,16 +56,13 @@ def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | 
     keeps RQ's ``failure_ttl``, so it expires like any other failure.
     """
     redis = queue.connection
-    registry = queue.started_job_registry
     reaped = []
     keep = 3600  # seconds the failed-job registry is kept at least, when these failures created it
-    for entry in redis.zrange(registry.key, 0, -1):
-        entry = entry.decode()
-        job_id = registry.parse_job_id(entry)
+    for entry, job_id in rq_adapter.started_entries(queue):
         try:
             job = Job.fetch(job_id, connection=redis, serializer=queue.serializer)
         except NoSuchJobError:
-            redis.zrem(registry.key, entry)  # the job hash is gone (deleted or expired): nothing to end
+            rq_adapter.drop_started_entry(redis, queue, entry)  # the job hash is gone (deleted or expired)
             continue
         if job.get_status(refresh=False) != JobStatus.STARTED:
             continue  # finishing right now; RQ removes the entry itself
@@ -92,27 +73,15 @@ def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | 
         job.meta["error"] = WORKER_STOPPED
         job.save_meta()
         with redis.pipeline() as pipe:
-            pipe.zrem(registry.key, entry)
-            record_job_failure(job, f"Worker {name or '?'} stopped while running the job.", pipe)
+            rq_adapter.drop_started_entry(pipe, queue, entry)
+            rq_adapter.fail_abandoned(job, f"Worker {name or '?'} stopped while running the job.", pipe)
             pipe.delete(keys.input_key(key_prefix, job_id))
             notify_done(pipe, key_prefix, job_id)  # long polls on the job answer now
             metrics.record(pipe, key_prefix, queue.name, "failed", "worker_stopped")
             pipe.execute()
         reaped.append(job_id)
         keep = max(keep, int(job.failure_ttl or 0))
-    failed = queue.failed_job_registry.key
+    failed = rq_adapter.failed_registry_key(queue)
     if reaped and redis.ttl(failed) == -1:  # just created by these failures, and nothing may write there again
         redis.expire(failed, keep)  # it outlives the failures it holds
     return reaped
-
-
-def forget_worker(redis: Redis, queue: Queue, worker_name: str) -> None:
-    """Remove a dead worker's registration at once (instead of waiting for its key to expire)."""
-    from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
-
-    key = WORKER_KEY_PREFIX + worker_name
-    with redis.pipeline() as pipe:
-        pipe.srem(REDIS_WORKER_KEYS, key)
-        pipe.srem(WORKERS_BY_QUEUE_KEY % queue.name, key)
-        pipe.delete(key)
-        pipe.execute()

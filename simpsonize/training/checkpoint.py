@@ -22,7 +22,8 @@ from torch import nn
 from simpsonize.model.weights import save_generator
 from simpsonize.training.config import TrainConfig, check_removed_options
 from simpsonize.training.losses import LOSS_NAMES
-from simpsonize.training.precision import cpu_name, hardware_name
+from simpsonize.cpu import cpu_model_name
+from simpsonize.training.precision import hardware_name
 
 # Architecture fields that must match for another run's networks to load into this one.
 NETWORK_FIELDS = ("ngf", "n_blocks", "upsampling", "ndf")
@@ -56,7 +57,7 @@ def record_session(out: Path, start_step: int, device: torch.device, world_size:
 
 
 def device_description(device: torch.device) -> str:
-    return cpu_name() if device.type == "cpu" else str(device)
+    return cpu_model_name() if device.type == "cpu" else str(device)
 
 
 # ------------------------------------------------------------------------------------------ checkpoint.pt

@@ -186,7 +186,8 @@ def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[
     """Sanity rows depend only on the dataset and size: computed once and kept beside the dataset."""
     import simpsonize.training.c2st
 
-    path = pool.data / f"c2st_sanity_v3_n{len(pool.photo_files)}_px{size}_s{len(seeds)}_k{simpsonize.training.c2st.STEPS}.json"
+    steps = simpsonize.training.c2st.STEPS
+    path = pool.data / f"c2st_sanity_v3_n{len(pool.photo_files)}_px{size}_s{len(seeds)}_k{steps}.json"
     if path.exists():
         return json.loads(path.read_text())
     rows = sanity_rows(pool, size, seeds)
@@ -366,9 +367,11 @@ def _write_direction(folder: Path, direction: str, files, images, fake, rec, res
 
 def _write_index(out: Path, metrics: dict, pages) -> None:
     parts = ["<!doctype html><meta charset='utf-8'><title>simpsonize test</title>",
-             "<style>body{font-family:sans-serif} img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}</style>",
+             "<style>body{font-family:sans-serif} "
+             "img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}</style>",
              "<h1>Test-split translations</h1>",
-             f"<p>Domain classifier accuracy on the test splits: {metrics['classifier_test_accuracy']:.1%} (grey-scale), "
+             "<p>Domain classifier accuracy on the test splits: "
+             f"{metrics['classifier_test_accuracy']:.1%} (grey-scale), "
              f"{metrics['classifier_colour_test_accuracy']:.1%} (colour)</p>"]
     if "sanity" in metrics:
         parts.append("<h2>C2ST sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok")
@@ -413,6 +416,49 @@ def pick_best(rows: list[dict], margin: float = TIE_MARGIN, max_cycle_l1: float 
     keep = [r for r in rows if r.get("cycle_l1", 0.0) <= max_cycle_l1] or rows
     top = min(r["c2st"] for r in keep)
     return min((r for r in keep if r["c2st"] <= top + margin), key=lambda r: r.get("cycle_l1", 0.0))
+
+
+SEED_COLUMN = "c2st_seed_"  # c2st_seed_1, c2st_seed_2, ...: one column per classifier seed
+
+
+def write_snapshot_table(path: Path, rows: list[dict]) -> Path:
+    """The ranking as CSV a spreadsheet reads: numbers as numbers, a missing value as an empty cell, and each seed's
+    accuracy (``c2st_per_seed``) in a column of its own."""
+    flat = []
+    for row in rows:
+        seeds = {f"{SEED_COLUMN}{i}": accuracy for i, accuracy in enumerate(row.get("c2st_per_seed", []), start=1)}
+        flat.append({**{k: v for k, v in row.items() if k != "c2st_per_seed"}, **seeds})
+    columns = list(dict.fromkeys(key for row in flat for key in row))  # every row's keys, in first-seen order
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(flat)
+    return path
+
+
+def read_snapshot_table(path: Path) -> list[dict]:
+    """The rows ``write_snapshot_table`` wrote, as they were: numbers back as int or float, empty cells as None,
+    the seed columns back into ``c2st_per_seed``."""
+
+    def value(text: str) -> int | float | str | None:
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    rows = []
+    with path.open(newline="") as handle:
+        for record in csv.DictReader(handle):
+            row = {key: value(text) for key, text in record.items() if not key.startswith(SEED_COLUMN)}
+            seeds = sorted((int(key.removeprefix(SEED_COLUMN)), value(text)) for key, text in record.items()
+                           if key.startswith(SEED_COLUMN) and text != "")
+            row["c2st_per_seed"] = [accuracy for _, accuracy in seeds]
+            rows.append(row)
+    return rows
 
 
 def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dict, rows: list[dict],
@@ -551,16 +597,10 @@ def run(args: argparse.Namespace) -> int:
         out = run_dir / "test"
         out.mkdir(exist_ok=True)
         write_snapshot_gallery(out, pool, size, gallery, rows, sanity)
-        with (out / "snapshots.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_snapshot_table(out / "snapshots.csv", rows)
         best = pick_best(rows)
         (out / "best_snapshot.json").write_text(json.dumps(best, indent=2))
-        for row in rows:
-            row["c2st_per_seed"] = " ".join(str(a) for a in row["c2st_per_seed"])
-        print(format_table([{**r, "c2st_per_seed": [float(a) for a in r["c2st_per_seed"].split()]} for r in rows],
-                           "snapshot"))
+        print(format_table(rows, "snapshot"))
         _print_sanity(sanity)
         print(f"test: ranked {len(rows)} snapshots by C2ST; best {best['snapshot']} (C2ST {best['c2st']:.3f}, "
               f"cycle L1 {best['cycle_l1']:.4f}); gallery {out / 'index.html'}, table {out / 'snapshots.csv'}")

@@ -17,6 +17,7 @@ import torch
 
 from simpsonize.model.errors import WeightsError
 from simpsonize.model.networks import ResnetGenerator
+from simpsonize.model.pipeline import psnr
 from simpsonize.model.weights import load_generator, load_reference_state_dict, save_generator
 from simpsonize.training.data import load_fixed
 from simpsonize.training.prepare import list_images
@@ -25,12 +26,6 @@ MIN_FP16_PSNR = 40.0
 DATA_LICENCE = ("Trained on Simpsons frames (copyright of their owner), UTKFace (non-commercial research only) and "
                 "selfie2anime selfies (no clear licence): these weights are for non-commercial use only.")
 REFERENCE_FILES = ("latest_net_G_B.pth", "latest_net_G.pth")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two batches in [-1, 1] (peak-to-peak 2)."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
 @torch.no_grad()

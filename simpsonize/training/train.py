@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 
 from simpsonize.training.checkpoint import device_description, read_checkpoint, record_session, write_config
 from simpsonize.training.config import (TrainConfig, add_config_arguments, flag, given_options,
                                         resumable_options)
 from simpsonize.training.ddp import Distributed, process_group
+from simpsonize.model.device import pick_device
+from simpsonize.model.errors import SimpsonizeError
 from simpsonize.training.precision import hardware_name
 from simpsonize.training.trainer import Trainer
 
@@ -75,7 +76,7 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         config.validate(info.world_size)
         trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info,
                           precision=precision)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, SimpsonizeError) as exc:  # SimpsonizeError: e.g. CUDA asked, none here
         print(f"error: {exc}")
         return 2
     if info.is_main:
@@ -125,8 +126,7 @@ def kept_precision(state: dict, device_arg: str) -> tuple[bool, str] | None:
     """The precision the run chose earlier, if it resumes on the same hardware (a new timing probe could flip on a
     busy machine, and the run would then no longer continue exactly)."""
     saved = state.get("precision") or {}
-    device = torch.device("cuda" if device_arg == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device_arg == "auto" else device_arg))
+    device = pick_device(device_arg)
     if saved.get("hardware") != hardware_name(device):
         return None
     kept = " (kept from the run's earlier session)"

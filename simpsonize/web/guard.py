@@ -28,12 +28,9 @@ from limits import parse_many
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
 from redis import Redis
-from rq.job import Job
 
+from simpsonize.queue import rq_adapter
 from simpsonize.settings import Settings
-
-# Jobs that still count against their client: waiting (any of RQ's pre-start states) or running.
-UNFINISHED = {b"queued", b"deferred", b"scheduled", b"created", b"started"}
 
 # KEYS[1]: the client's sorted set (member -> expiry time). ARGV: now, cap, member, expiry, key ttl.
 # Drops expired members, then adds ``member`` only if fewer than ``cap`` are left: one atomic step, so parallel
@@ -157,11 +154,9 @@ class ClientLimits:
         jobs = [m.decode() for m in self.redis.zrange(key, 0, -1) if m.startswith(b"job:")]
         if not jobs:
             return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for member in jobs:
-                pipe.hget(Job.key_for(member[4:]), "status")
-            statuses = pipe.execute()
-        done = [member for member, status in zip(jobs, statuses) if status not in UNFINISHED]
+        # a job still counts against its client while it waits (in any of RQ's states before a start) or runs
+        still = rq_adapter.still_open(self.redis, [member.removeprefix("job:") for member in jobs])
+        done = [member for member, is_open in zip(jobs, still) if not is_open]
         if done:
             self.redis.zrem(key, *done)
 

@@ -15,10 +15,12 @@ import warnings
 from dataclasses import dataclass
 
 import pillow_heif
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+
+from simpsonize.imaging import exif_orientation, jpeg_bytes, rgb_converter, upright
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF, iPhones' default; libheif applies the rotation stored in the file
 
@@ -150,13 +152,8 @@ class NormalisedImage:
     source_size: tuple[int, int]
 
 
-# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose does).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
 REDUCED_DECODE = ("JPEG",)  # formats Pillow can decode at 1/2, 1/4 or 1/8 scale (draft)
 STRIP_PIXELS = 1 << 18  # flatten/convert big images a strip of about this many pixels at a time
-WHITE = (255, 255, 255)
 
 
 def pixel_limit(image_format: str | None, max_pixels: int, max_pixels_full_decode: int | None) -> int:
@@ -191,14 +188,13 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
             source_format = image.format or "?"
             if image.format in REDUCED_DECODE:
                 image.draft("RGB", _target_size(image.size, max_side))  # decode big JPEGs at a reduced scale
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            orientation = exif_orientation(image)
             image.load()
             if image.width < 1 or image.height < 1:
                 raise not_an_image
             rgb = shrink_to_rgb(image, max_side)
             del image  # the full-size decode is freed before encoding
-            if orientation in _UPRIGHT:
-                rgb = rgb.transpose(_UPRIGHT[orientation])  # small by now
+            rgb = upright(rgb, orientation)  # small by now
     except UploadError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, hit while opening
@@ -209,9 +205,7 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, RuntimeError) as exc:
         # RuntimeError: Pillow's AVIF and pillow-heif's HEIF decoders report damaged data that way (found by fuzzing).
         raise UploadError(415, "The image could not be decoded: the file looks damaged or truncated.") from exc
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=95, subsampling=0)
-    return NormalisedImage(jpeg=buffer.getvalue(), width=rgb.width, height=rgb.height,
+    return NormalisedImage(jpeg=jpeg_bytes(rgb, quality=95, subsampling=0), width=rgb.width, height=rgb.height,
                            source_format=source_format, source_size=(width, height))
 
 
@@ -239,14 +233,14 @@ def shrink_to_rgb(image: Image.Image, max_side: int) -> Image.Image:
 
     RGB and L shrink in place (Pillow's thumbnail reduces by an integer factor first). Any other mode (alpha,
     palette, 16-bit, CMYK) is converted and resized strip by strip, so the only full-size buffer is the decoded
-    image itself. Transparency is flattened onto white; 16-bit and
-    32-bit greys are rescaled to 8 bits.
+    image itself. The conversion is ``simpsonize.imaging.rgb_converter``'s, the model's own: transparency is
+    flattened onto white, 16-bit and 32-bit greys are rescaled to 8 bits.
     """
     target = _target_size(image.size, max_side)
     if image.mode in ("RGB", "L") and "transparency" not in image.info:
         image.thumbnail(target, Image.LANCZOS)
         return image if image.mode == "RGB" else image.convert("RGB")
-    convert = _strip_converter(image)
+    convert = rgb_converter(image)
     if target == image.size:
         return convert(image)  # small already
     width, height = image.size
@@ -265,20 +259,3 @@ def shrink_to_rgb(image: Image.Image, max_side: int) -> Image.Image:
                             box=(0, first * scale - top, width, last * scale - top))
         shrunk.paste(part, (0, first))
     return shrunk
-
-
-def _strip_converter(image: Image.Image):
-    """A function turning one strip of ``image`` (same mode) into 8-bit RGB."""
-    mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        peak = 65535.0 if mode.startswith("I;16") else max(float(image.getextrema()[1] or 1), 1.0)
-        return lambda strip: strip.convert("F").point(lambda v: v * 255.0 / peak).convert("L").convert("RGB")
-    transparent = "A" in mode or "a" in mode or (mode in ("P", "L", "RGB") and "transparency" in image.info)
-
-    def flatten(strip: Image.Image) -> Image.Image:
-        rgba = strip if strip.mode == "RGBA" else strip.convert("RGBA")
-        flat = Image.new("RGB", strip.size, WHITE)
-        flat.paste(rgba, mask=rgba)  # the alpha channel blends the strip onto white
-        return flat
-
-    return flatten if transparent else (lambda strip: strip.convert("RGB"))

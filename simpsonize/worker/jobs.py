@@ -1,21 +1,28 @@
-"""The job function RQ runs, and the one Simpsonizer each worker process keeps.
+"""The job function RQ runs, and what a worker hands it: its one Simpsonizer and the outcomes of its batches.
 
 ``simpsonize_bytes`` is the plain function (photo bytes in, PNGs + face box + timings out). ``process_job`` is what
 the app enqueues (by name, ``simpsonize.worker.jobs.process_job``): it reads the normalised upload from Redis, runs
 ``simpsonize_bytes``, stores the result with its TTL and deletes the input whatever happens. A photo the model
 rejects (no face, unreadable) fails the job with the model's user-facing sentence in ``job.meta["error"]``.
 
-Batches: a worker that takes several jobs at once (``simpsonize.worker.process.ModelWorker``, ``SIMPSONIZE_WORKER_BATCH``) runs
-their photos through the model together with ``prepare_batch`` first; each job's ``process_job`` then takes its own
-outcome (its result, or the error to fail with) instead of running the model, and does the rest as for one photo.
+The worker (``simpsonize.worker.process.ModelWorker``) owns a ``PhotoJobs``: a ``ModelHolder`` (the Simpsonizer,
+loaded once, or a stub a test gives it) and the outcomes of the batch it is running. While it works, ``process_job``
+finds them through ``serving``; RQ calls the job function by name, with JSON arguments only, so nothing else could
+carry them there.
+
+Batches: a worker that takes several jobs at once (``SIMPSONIZE_WORKER_BATCH``) runs their photos through the model
+together with ``PhotoJobs.prepare_batch`` first; each job's ``process_job`` then takes its own outcome (its result,
+or the error to fail with) instead of running the model, and does the rest as for one photo.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +31,11 @@ from redis.exceptions import OutOfMemoryError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
+from simpsonize.imaging import jpeg_bytes, png_bytes
 from simpsonize.queue import capacity, keys, metrics
 from simpsonize.queue.jobstore import GENERIC_FAILURE
 from simpsonize.settings import get_settings
 from simpsonize.model.errors import SimpsonizeError
-from simpsonize.model.imaging import jpeg_bytes, png_bytes
 
 # zlib level 1: still lossless, about 11 % more bytes than level 6 for a 256x256 result (132 vs 118 KB) and several
 # times quicker to encode (benchmarks/encode_formats.py; its timings so far come from a busy machine only). For a
@@ -42,47 +49,41 @@ COMPOSITE_JPEG_QUALITY = 90
 # "Capacity"), and every job keeps them in Redis for SIMPSONIZE_RESULT_TTL.
 CROP_JPEG_QUALITY = 90
 
-_model = None
-_model_loads = 0
-_model_lock = threading.Lock()
-_prepared: dict[str, "Prepared"] = {}  # job id -> its photo's outcome, from the batch the worker ran for it
-
 
 class InputGone(SimpsonizeError):
     def __init__(self) -> None:
         super().__init__("The photo for this job is gone (it expired or was deleted). Please upload it again.")
 
 
-def load_model(weights: str | Path | None = None, device: str | None = None, num_threads: int | None = None,
-               precision: str = "fp32", batch_size: int = 1):
-    """Load the Simpsonizer for this process (once; the worker calls this before taking jobs). ``precision``: fp32,
-    bf16 or auto (bf16 on CUDA), bf16 only where it passes the Simpsonizer's check; ``batch_size``: the largest batch
-    to warm up for."""
-    global _model, _model_loads
-    from simpsonize.model.composite import FaceSelection
-    from simpsonize.model.pipeline import Simpsonizer
+class ModelHolder:
+    """The one Simpsonizer of a worker process: loaded once, before the first job (``load``) or by it (from the
+    settings), then used for every job. A test gives it a ready model, or a stub, instead."""
 
-    settings = get_settings()
-    faces = FaceSelection(min_face=settings.min_face, max_faces=settings.max_faces)
-    with _model_lock:
-        _model = Simpsonizer(weights=weights, device=device, num_threads=num_threads, precision=precision,
-                             faces=faces)
-        _model.warm_up(batch_size)
-        _model_loads += 1
-        return _model
+    def __init__(self, model=None) -> None:
+        self._model = model
+        self._lock = threading.Lock()
 
+    def load(self, weights: str | Path | None = None, device: str | None = None, num_threads: int | None = None,
+             precision: str = "fp32", batch_size: int = 1):
+        """Build the Simpsonizer. ``precision``: fp32, bf16 or auto (bf16 on CUDA), bf16 only where it passes the
+        Simpsonizer's check; ``batch_size``: the largest batch to warm up for."""
+        from simpsonize.model.composite import FaceSelection
+        from simpsonize.model.pipeline import Simpsonizer
 
-def get_model():
-    """This process's Simpsonizer; loaded from settings on first use if the worker did not load it already."""
-    if _model is None:
         settings = get_settings()
-        return load_model(settings.weights, settings.device, settings.worker_threads, settings.worker_precision)
-    return _model
+        faces = FaceSelection(min_face=settings.min_face, max_faces=settings.max_faces)
+        with self._lock:
+            self._model = Simpsonizer(weights=weights, device=device, num_threads=num_threads, precision=precision,
+                                      faces=faces)
+            self._model.warm_up(batch_size)
+            return self._model
 
-
-def model_loads() -> int:
-    """How many times this process has loaded the model (1 for a healthy worker, however many jobs it ran)."""
-    return _model_loads
+    def get(self):
+        """The Simpsonizer; loaded from the settings now if ``load`` was not called."""
+        if self._model is None:
+            settings = get_settings()
+            return self.load(settings.weights, settings.device, settings.worker_threads, settings.worker_precision)
+        return self._model
 
 
 @dataclass
@@ -90,14 +91,15 @@ class JobOutput:
     image_png: bytes  # the Simpsonized face (the largest)
     face_jpeg: bytes  # the aligned face crop that was translated, same size
     meta: dict[str, Any] = field(default_factory=dict)  # face box/landmarks, timings (seconds), size
-    # The other faces' (drawing PNG, crop JPEG), the second largest first; the composite as JPEG and lossless PNG (or b"").
+    # The other faces' (drawing PNG, crop JPEG), the second largest first; the composite as JPEG and lossless PNG
+    # (or b"").
     more_faces: list[tuple[bytes, bytes]] = field(default_factory=list)
     composite_jpeg: bytes = b""
     composite_png: bytes = b""
 
     def fields(self) -> dict[str, bytes]:
-        """The result hash's image fields (simpsonize.queue.keys: ``image``/``face`` for face 1, ``image:N``/``face:N`` for the
-        others, ``composite_jpeg`` and ``composite``)."""
+        """The result hash's image fields (simpsonize.queue.keys: ``image``/``face`` for face 1, ``image:N``/``face:N``
+        for the others, ``composite_jpeg`` and ``composite``)."""
         stored = {"image": self.image_png, "face": self.face_jpeg}
         for n, (image_png, face_jpeg) in enumerate(self.more_faces, start=2):
             stored[f"image:{n}"], stored[f"face:{n}"] = image_png, face_jpeg
@@ -108,10 +110,9 @@ class JobOutput:
         return stored
 
 
-def simpsonize_bytes(data: bytes, simpsonizer=None) -> JobOutput:
+def simpsonize_bytes(data: bytes, simpsonizer) -> JobOutput:
     """One photo's bytes -> result PNG, face-crop JPEG and metadata. Raises ``SimpsonizeError`` with a sentence."""
-    model = simpsonizer if simpsonizer is not None else get_model()
-    return encode_result(model.simpsonize(data))
+    return encode_result(simpsonizer.simpsonize(data))
 
 
 def encode_result(result, lossless_composite: bool | None = None) -> JobOutput:
@@ -143,55 +144,73 @@ class Prepared:
     batch: int  # how many jobs the batch held
 
 
-def prepare_batch(jobs: list[tuple[str, str]], redis, started: float | None = None) -> None:
-    """Run the photos of ``jobs`` ((job id, key prefix) pairs) through the model together; each job's
-    ``process_job`` then finishes with its own outcome. A missing input (expired, deleted) or a photo the model
-    rejects is that job's failure only. Any other error raises, and nothing is prepared: the caller lets each job run
-    on its own then, so that only the photo that causes it fails."""
-    started = time.perf_counter() if started is None else started
-    inputs = redis.mget([keys.input_key(prefix, job_id) for job_id, prefix in jobs])
-    present = [(job_id, data) for (job_id, _), data in zip(jobs, inputs) if data is not None]
-    outcomes = get_model().simpsonize_many([data for _, data in present]) if present else []
-    by_id = dict(zip((job_id for job_id, _ in present), outcomes))
-    for job_id, _ in jobs:
-        _prepared[job_id] = Prepared(by_id[job_id] if job_id in by_id else InputGone(), started, len(jobs))
+@dataclass
+class PhotoJobs:
+    """What a worker hands the job functions it runs: its model, and each job's outcome from the batch it ran."""
+
+    model: ModelHolder = field(default_factory=ModelHolder)
+    prepared: dict[str, Prepared] = field(default_factory=dict)  # job id -> its photo's outcome
+
+    def prepare_batch(self, jobs: list[tuple[str, str]], redis, started: float | None = None) -> None:
+        """Run the photos of ``jobs`` ((job id, key prefix) pairs) through the model together; each job's
+        ``process_job`` then finishes with its own outcome. A missing input (expired, deleted) or a photo the model
+        rejects is that job's failure only. Any other error raises, and nothing is prepared: the caller lets each job
+        run on its own then, so that only the photo that causes it fails."""
+        started = time.perf_counter() if started is None else started
+        inputs = redis.mget([keys.input_key(prefix, job_id) for job_id, prefix in jobs])
+        present = [(job_id, data) for (job_id, _), data in zip(jobs, inputs) if data is not None]
+        outcomes = self.model.get().simpsonize_many([data for _, data in present]) if present else []
+        by_id = dict(zip((job_id for job_id, _ in present), outcomes))
+        for job_id, _ in jobs:
+            self.prepared[job_id] = Prepared(by_id[job_id] if job_id in by_id else InputGone(), started, len(jobs))
+
+    def fail_batch(self, job_ids: list[str], error: BaseException, started: float) -> None:
+        """Every job of a batch fails with ``error`` (a copy each), e.g. when the batch ran past the job timeout."""
+        for job_id in job_ids:
+            self.prepared[job_id] = Prepared(type(error)(*error.args), started, len(job_ids))
+
+    def discard(self, job_ids) -> None:
+        """Forget what was prepared for jobs that will not run here after all."""
+        for job_id in job_ids:
+            self.prepared.pop(job_id, None)
 
 
-def fail_batch(job_ids: list[str], error: BaseException, started: float) -> None:
-    """Every job of a batch fails with ``error`` (a copy each), e.g. when the batch ran past the job timeout."""
-    for job_id in job_ids:
-        _prepared[job_id] = Prepared(type(error)(*error.args), started, len(job_ids))
+_serving: ContextVar[PhotoJobs] = ContextVar("simpsonize_photo_jobs")
 
 
-def discard_prepared(job_ids) -> None:
-    """Forget what was prepared for jobs that will not run here after all."""
-    for job_id in job_ids:
-        _prepared.pop(job_id, None)
+@contextmanager
+def serving(photo_jobs: PhotoJobs) -> Iterator[PhotoJobs]:
+    """While the block runs (a worker's work loop), ``process_job`` uses ``photo_jobs``."""
+    token = _serving.set(photo_jobs)
+    try:
+        yield photo_jobs
+    finally:
+        _serving.reset(token)
 
 
 @metrics.observed  # finished/failed/retried and the stage times, into Redis for GET /metrics
 def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]:
     """RQ entry point. Returns the (small) metadata, which the result hash also holds."""
     job = get_current_job()
-    if job is None:
-        raise RuntimeError("process_job must run inside an RQ worker.")
+    photo_jobs = _serving.get(None)
+    if job is None or photo_jobs is None:
+        raise RuntimeError("process_job must run inside a `simpsonize worker` (simpsonize.worker.process.ModelWorker).")
     redis = job.connection
     input_key = keys.input_key(key_prefix, job_id)
-    prepared = _prepared.pop(job_id, None)
+    prepared = photo_jobs.prepared.pop(job_id, None)
     started = time.perf_counter() if prepared is None else prepared.started
     try:
         if prepared is None:
             data = redis.get(input_key)
             if data is None:
                 raise InputGone()
-            output = simpsonize_bytes(data)
+            output = simpsonize_bytes(data, photo_jobs.model.get())
         elif isinstance(prepared.outcome, BaseException):
             raise prepared.outcome
         else:
             output = encode_result(prepared.outcome)
-        model = get_model()
-        meta = {**output.meta,
-                "worker": {"pid": os.getpid(), "model_loads": model_loads(), "device": str(model.device)},
+        model = photo_jobs.model.get()
+        meta = {**output.meta, "worker": {"device": str(model.device)},
                 "batch": {"size": 1 if prepared is None else prepared.batch,
                           "precision": getattr(model, "precision", "fp32")}}
         meta["timings"]["job"] = round(time.perf_counter() - started, 4)

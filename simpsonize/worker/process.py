@@ -8,12 +8,12 @@ Batches (``SIMPSONIZE_WORKER_BATCH``, default ``auto``: 16 on CUDA; on a CPU 2 f
 else 1). With a batch size above 1, each job RQ's work loop dequeues takes up to that many more with it: whatever
 else is queued, waiting at most ``SIMPSONIZE_WORKER_BATCH_WAIT_MS`` for more to arrive. All of them are marked
 started at once (so the registries, ``/readyz`` and the reaper see them as this worker's), their photos go through
-MTCNN and the generator together (``simpsonize.worker.jobs.prepare_batch``), and then RQ performs and records each job on its
-own, exactly as for one job: its own result or failure sentence, timeout, end-of-job signal for long polls, tombstone
-check. Why in the worker and not in the job function: only the worker can take jobs off the queue and register them
-as started the way RQ does; a job function that pulled other jobs' ids would leave them queued in RQ's eyes, or would
-have to reimplement RQ's bookkeeping, while here RQ's own dequeue, start, perform, success and failure steps run
-unchanged for every job.
+MTCNN and the generator together (``simpsonize.worker.jobs.PhotoJobs.prepare_batch``), and then RQ performs and
+records each job on its own, exactly as for one job: its own result or failure sentence, timeout, end-of-job signal
+for long polls, tombstone check. Why in the worker and not in the job function: only the worker can take jobs off the
+queue and register them as started the way RQ does; a job function that pulled other jobs' ids would leave them
+queued in RQ's eyes, or would have to reimplement RQ's bookkeeping, while here RQ's own dequeue, start, perform,
+success and failure steps run unchanged for every job.
 """
 
 from __future__ import annotations
@@ -31,17 +31,15 @@ from pathlib import Path
 
 from redis.exceptions import (ConnectionError as RedisConnectionError, OutOfMemoryError, RedisError,
                               TimeoutError as RedisTimeoutError)
-from rq import Queue, SimpleWorker
-from rq.job import JobStatus
-from rq.timeouts import JobTimeoutException
-from rq.worker import WorkerStatus
-from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
+from rq import Queue
 
-from simpsonize.queue import capacity, keys, liveness, metrics
 from simpsonize.cpu import limited_cpus
+from simpsonize.queue import capacity, keys, liveness, metrics, rq_adapter
 from simpsonize.queue.jobstore import SERIALIZER, connect, refresh_rq_ttls
 from simpsonize.queue.longpoll import notify_done
+from simpsonize.queue.rq_adapter import JobStatus, JobTimeoutException, WorkerStatus
 from simpsonize.settings import get_settings
+from simpsonize.worker.jobs import ModelHolder, PhotoJobs, serving
 
 log = logging.getLogger("simpsonize.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
@@ -79,11 +77,14 @@ def batch_size_for(setting: str | int | None, device_type: str, threads: int | N
     return size
 
 
-class ModelWorker(SimpleWorker):
+class ModelWorker(rq_adapter.Worker):
     """A SimpleWorker that also keeps a TTL on every bookkeeping key RQ writes without one, heartbeats from a thread
     every ``heartbeat_interval`` seconds (RQ's own heartbeat stops while a job runs in a SimpleWorker, and comes
-    every 6.75 minutes when idle), ends the jobs of dead workers (``simpsonize.queue.liveness.reap``), and reconnects within
-    ``max_connection_wait_time`` seconds once Redis is back after a restart."""
+    every 6.75 minutes when idle), ends the jobs of dead workers (``simpsonize.queue.liveness.reap``), and reconnects
+    within ``max_connection_wait_time`` seconds once Redis is back after a restart.
+
+    Everything of RQ's it relies on beyond the public API comes through ``simpsonize.queue.rq_adapter``: the steps of
+    RQ's loop overridden here are its ``WORKER_HOOKS``, checked against the installed RQ by a test."""
 
     bookkeeping_ttl = 7200
     heartbeat_interval = 5.0
@@ -94,15 +95,19 @@ class ModelWorker(SimpleWorker):
     batch_size = 1  # jobs taken at once; 1 is RQ's own one-job path, unchanged
     batch_wait = 0.005  # seconds to wait for more queued jobs to fill a batch
 
-    def __init__(self, *args, serializer=SERIALIZER, **kwargs):
+    def __init__(self, *args, serializer=SERIALIZER, model: ModelHolder | None = None, **kwargs):
         super().__init__(*args, serializer=serializer, **kwargs)  # JSON: a job from Redis never unpickles code
+        # The model the jobs run on (loaded from the settings at the first job unless it was loaded already), and
+        # the outcomes of the running batch.
+        self.photo_jobs = PhotoJobs(model or ModelHolder())
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # the latest batches' sizes (tests, logs)
         self._prestarted: dict[str, object] = {}  # job id -> started_at, for the jobs of the running batch
         self._jobs_left: int | None = None  # what is left of work(max_jobs=...), counted in jobs, not batches
 
     def work(self, *args, **kwargs):
         self._jobs_left = kwargs.get("max_jobs")
-        return super().work(*args, **kwargs)
+        with serving(self.photo_jobs):  # what process_job runs on while this worker works
+            return super().work(*args, **kwargs)
 
     def bootstrap(self, *args, **kwargs):
         super().bootstrap(*args, **kwargs)
@@ -166,8 +171,6 @@ class ModelWorker(SimpleWorker):
     def _execute_batch(self, job, queue) -> None:
         """``job`` and up to ``batch_size - 1`` more from ``queue``: started together, their photos run as one batch,
         then each performed and recorded by RQ on its own (``perform_job``), in the order they were queued."""
-        from simpsonize.worker import jobs as job_functions
-
         room = self.batch_size if self._jobs_left is None else max(1, min(self.batch_size, self._jobs_left))
         batch = [job, *self._dequeue_more(queue, room - 1)]
         self.batch_sizes.append(len(batch))
@@ -183,54 +186,49 @@ class ModelWorker(SimpleWorker):
             for member in batch:
                 self.perform_job(member, queue, executions[member.id])
         finally:
-            job_functions.discard_prepared([member.id for member in batch])
+            self.photo_jobs.discard([member.id for member in batch])
             for member in batch:
                 self._prestarted.pop(member.id, None)
             self.set_state(WorkerStatus.IDLE)
         if self._jobs_left is not None:
             self._jobs_left -= len(batch)
             if self._jobs_left <= 0:
-                self._stop_requested = True  # RQ's loop counts this batch as one job; it stops on its next turn
+                rq_adapter.stop_at_next_turn(self)  # RQ's loop counts this batch as one job
 
     def _dequeue_more(self, queue, room: int) -> list:
         """Up to ``room`` more jobs from ``queue`` through RQ's own non-blocking dequeue, waiting at most
         ``batch_wait`` seconds for the queue to hold them."""
         more: list = []
         deadline = time.monotonic() + self.batch_wait
-        while len(more) < room and not self._stop_requested:
+        while len(more) < room and not rq_adapter.stop_requested(self):
             try:
-                result = self.queue_class.dequeue_any([queue], None, connection=self.connection,
-                                                      job_class=self.job_class, serializer=self.serializer,
-                                                      death_penalty_class=self.death_penalty_class)
+                job = rq_adapter.dequeue_now(self, queue)
             except Exception as exc:  # Redis gone, an unreadable job: run what we have; RQ's loop meets it next
                 log.warning("Stopped filling a batch: %s", exc)
                 break
-            if result is None:
+            if job is None:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(0.001)
                 continue
-            self.log.info("Worker %s: %s: %s (batched)", self.name, queue.name, result[0].id)
-            more.append(result[0])
+            self.log.info("Worker %s: %s: %s (batched)", self.name, queue.name, job.id)
+            more.append(job)
         return more
 
     def _run_batch(self, photos: list) -> None:
         """Their photos through the model together, under the shortest of their timeouts. Each job then finishes with
         its own outcome; a timeout fails them all (their time is up); any other error leaves each job to run its
         photo alone, so that only the photo that causes it fails."""
-        from simpsonize.worker import jobs as job_functions
-
         started = time.perf_counter()
         ids = [job.id for job in photos]
-        timeout = min(job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in photos)
         try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=ids[0]):
-                job_functions.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
+            with rq_adapter.job_time_limit(self, photos):
+                self.photo_jobs.prepare_batch([(job.id, job.args[1]) for job in photos], self.connection, started)
         except JobTimeoutException as exc:
-            job_functions.fail_batch(ids, exc, started)
+            self.photo_jobs.fail_batch(ids, exc, started)
         except Exception:
             log.warning("A batch of %d photos failed; running them one by one.", len(photos), exc_info=True)
-            job_functions.discard_prepared(ids)
+            self.photo_jobs.discard(ids)
 
     def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
         if job.id in self._prestarted:  # started with its batch already; RQ's perform_job calls this again
@@ -269,7 +267,7 @@ class ModelWorker(SimpleWorker):
             try:
                 dequeued = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             except REDIS_TROUBLE as exc:
-                if self._stop_requested:
+                if rq_adapter.stop_requested(self):
                     return None  # the work loop ends
                 log.warning("Waiting for Redis: %s", exc)
                 time.sleep(1.0)
@@ -310,7 +308,7 @@ class ModelWorker(SimpleWorker):
 
         def record() -> None:
             super(ModelWorker, self).handle_job_failure(job, queue, *args, **kwargs)
-            if self.connection.hget(job.key, "status") == JobStatus.STARTED.value.encode():  # not persisted
+            if rq_adapter.stored_status(self.connection, job.id) == JobStatus.STARTED.value:  # not persisted
                 raise OutOfMemoryError("RQ could not record the failure of the job.")
 
         try:
@@ -380,13 +378,8 @@ class ModelWorker(SimpleWorker):
 
     def _heartbeat(self, timeout=None, pipeline=None):
         super().heartbeat(timeout, pipeline)
-        # RQ adds a worker to its registration sets once, at birth, and never expires the sets. Re-adding ourselves
-        # on every heartbeat lets the sets carry a TTL: they expire only when no worker is left to refresh them.
-        connection = pipeline if pipeline is not None else self.connection
-        ttl = max(int(timeout or 0), self.worker_ttl + 60)
-        for key in [REDIS_WORKER_KEYS, *(WORKERS_BY_QUEUE_KEY % name for name in self.queue_names())]:
-            connection.sadd(key, self.key)
-            connection.expire(key, ttl)
+        rq_adapter.keep_registered(pipeline if pipeline is not None else self.connection, self.key,
+                                   self.queue_names(), max(int(timeout or 0), self.worker_ttl + 60))
 
 
 def default_name() -> str:
@@ -449,17 +442,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from simpsonize.model.device import pick_device
     from simpsonize.model.errors import SimpsonizeError
-    from simpsonize.worker.jobs import load_model
 
-    from simpsonize.model.pipeline import pick_device
-
+    holder = ModelHolder()
     try:
         device = args.device or settings.device
         threads = args.threads or settings.worker_threads or limited_cpus()
         batch_size = batch_size_for(args.batch or settings.worker_batch, pick_device(device).type, threads)
-        model = load_model(weights, device=device, num_threads=threads,
-                           precision=args.precision or settings.worker_precision, batch_size=batch_size)
+        model = holder.load(weights, device=device, num_threads=threads,
+                            precision=args.precision or settings.worker_precision, batch_size=batch_size)
     except (SimpsonizeError, ValueError) as exc:
         print(f"simpsonize worker: {exc}", file=sys.stderr)
         return 2
@@ -474,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"simpsonize worker: cannot reach Redis at {redis_url} ({exc}).", file=sys.stderr)
         return 3  # distinct from 2 (bad weights/settings): `serve` retries it once the service has been up
     queue = Queue(args.queue or settings.queue_name, connection=redis, serializer=SERIALIZER)
-    worker = ModelWorker([queue], connection=redis, name=args.name or default_name())
+    worker = ModelWorker([queue], connection=redis, name=args.name or default_name(), model=holder)
     worker.bookkeeping_ttl = settings.bookkeeping_ttl
     worker.heartbeat_interval = settings.worker_heartbeat
     worker.key_prefix = settings.key_prefix

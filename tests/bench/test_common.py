@@ -1,6 +1,8 @@
 import pytest
 
-from simpsonize.bench.common import cpu_name, percentile
+import socket
+
+from simpsonize.bench.common import free_port, percentile
 
 
 def test_percentile_interpolates_between_the_nearest_ranks():
@@ -11,9 +13,15 @@ def test_percentile_interpolates_between_the_nearest_ranks():
     assert percentile(values, 0.95) == pytest.approx(1.905)
     assert percentile(values, 0.0) == pytest.approx(0.1) and percentile(values, 1.0) == pytest.approx(2.0)
     assert percentile([3.0], 0.95) == 3.0
+    # any share, not only whole per-mille ones; close to the ends it stays inside the data
+    assert percentile([0.0, 3.0], 1 / 3) == pytest.approx(1.0)
+    assert percentile(values, 0.9999) == pytest.approx(1.99981)  # rank 18.9981 of 0..19
+    assert percentile(values, 0.0001) == pytest.approx(0.10019)  # rank 0.0019
     assert percentile([], 0.5) is None
 
 
-def test_cpu_name_names_family_model_and_vector_extensions():
-    name = cpu_name()
-    assert "family" in name and "model" in name
+def test_free_port_can_be_bound():
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # raises if another socket held it
+    assert 1024 <= port <= 65535

@@ -111,6 +111,18 @@ def test_the_generator_gives_each_crop_the_same_output_in_a_batch(simpsonizer, a
         assert difference.max() <= 2 and difference.mean() < 0.05, (difference.max(), difference.mean())
 
 
+def test_psnr_is_measured_on_the_generators_range():
+    import math
+
+    import torch
+
+    a = torch.zeros(1, 3, 4, 4)
+    assert pipeline.psnr(a, a) == math.inf
+    # [-1, 1] is a range of 2: an error of 1 % of it (0.02) is 40 dB, whichever side it is measured from
+    assert pipeline.psnr(a, a + 0.02) == pytest.approx(40.0, abs=0.01)
+    assert pipeline.psnr(a + 0.02, a) == pytest.approx(40.0, abs=0.01)
+
+
 def test_bf16_is_served_only_within_40_db_of_fp32(tiny_weights, monkeypatch):
     import math
 

@@ -6,8 +6,7 @@ import torch
 from simpsonize.cli import main
 from simpsonize.model.weights import load_generator, read_metadata
 from tests.training.conftest import TINY_TRAIN
-from simpsonize.training.evaluate import pick_best
-from simpsonize.training.export import psnr
+from simpsonize.training.evaluate import pick_best, read_snapshot_table, write_snapshot_table
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,28 @@ def test_all_snapshots_ranks_by_c2st_with_a_gallery_of_the_same_faces(trained_ru
     assert "C2ST" in out and "untranslated photos" in out  # the sanity rows are in the same report
     index = (trained_run / "test" / "index.html").read_text()
     assert "snapshots_gallery.png" in index and "Sanity rows" in index
+    table = read_snapshot_table(trained_run / "test" / "snapshots.csv")
+    assert [row["snapshot"] for row in table] == ["step_0000002", "step_0000004"]
+    assert next(row for row in table if row["snapshot"] == best["snapshot"]) == best  # the CSV holds the numbers
     from PIL import Image
     grid = Image.open(trained_run / "test" / "snapshots_gallery.png")
     assert grid.height == 3 * 32  # the test faces, then one row per snapshot
+
+
+def test_snapshot_table_holds_numbers_and_one_column_per_seed(tmp_path):
+    import csv
+
+    rows = [{"snapshot": "step_0000002", "step": 2, "c2st": 0.8125, "c2st_std": 0.0123,
+             "c2st_per_seed": [0.8, 0.81, 0.8275], "n_per_set": 40, "flat": 0.25, "cycle_l1": 0.0712},
+            {"snapshot": "step_0000004", "step": None, "c2st": 1.0, "c2st_std": 0.0,
+             "c2st_per_seed": [1.0, 1.0, 1.0], "n_per_set": 40, "flat": 0.5}]  # no G_A: no cycle L1
+    path = write_snapshot_table(tmp_path / "snapshots.csv", rows)
+    with path.open(newline="") as handle:
+        header, first, second = list(csv.reader(handle))
+    assert "c2st_per_seed" not in header and header[-3:] == ["c2st_seed_1", "c2st_seed_2", "c2st_seed_3"]
+    assert first[header.index("c2st_seed_2")] == "0.81" and "[" not in ",".join(first)  # no Python list repr
+    assert second[header.index("cycle_l1")] == "" and second[header.index("step")] == ""
+    assert read_snapshot_table(path) == [rows[0], {**rows[1], "cycle_l1": None}]
 
 
 def test_pick_best_takes_lowest_c2st_then_cycle_loss_and_keeps_the_person_recoverable():
@@ -184,12 +202,6 @@ def test_export_from_reference_folder(tmp_path):
     loaded, meta = load_generator(out)
     assert loaded.config == GeneratorConfig(ngf=8, n_blocks=6)
     assert "latest_net_G_B.pth" in meta["source"]
-
-
-def test_psnr():
-    a = torch.zeros(1, 3, 4, 4)
-    assert psnr(a, a) == float("inf")
-    assert psnr(a, a + 0.02) == pytest.approx(40.0, abs=0.01)
 
 
 def test_export_writes_an_examples_grid_for_the_model_card(trained_run, tmp_path):

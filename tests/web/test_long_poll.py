@@ -73,20 +73,18 @@ def quiet_app(redis_url, tiny_weights):
 
 
 @pytest.fixture()
-def in_process_worker(monkeypatch):
+def in_process_worker():
     """Runs ``ModelWorker`` (the class `simpsonize worker` runs) in this process, in burst mode, and puts back what
-    it changes: the signal handlers and this process's model."""
-    from simpsonize.worker import jobs
-
-    monkeypatch.setattr(jobs, "_model", None)
-    monkeypatch.setattr(jobs, "_model_loads", 0)
+    it changes: the signal handlers."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def run(settings, store: JobStore) -> None:
+        from simpsonize.worker.jobs import ModelHolder
         from simpsonize.worker.process import ModelWorker
 
-        jobs.load_model(settings.weights, device="cpu", num_threads=1)
-        worker = ModelWorker([store.queue], connection=store.redis)
+        holder = ModelHolder()
+        holder.load(settings.weights, device="cpu", num_threads=1)
+        worker = ModelWorker([store.queue], connection=store.redis, model=holder)
         worker.key_prefix = settings.key_prefix
         worker.work(burst=True, logging_level="WARNING")
 

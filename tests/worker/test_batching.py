@@ -24,14 +24,18 @@ NO_FACE = "No face found in the photo."
 
 
 @pytest.fixture()
-def fresh_model(monkeypatch, tiny_weights):
-    """This process's model, freshly loaded from the tiny weights (fp32, CPU); nothing prepared."""
-    from simpsonize.worker import jobs
+def holder(tiny_weights):
+    """A worker's model, freshly loaded from the tiny weights (fp32, CPU)."""
+    from simpsonize.worker.jobs import ModelHolder
 
-    monkeypatch.setattr(jobs, "_model", None)
-    monkeypatch.setattr(jobs, "_model_loads", 0)
-    monkeypatch.setattr(jobs, "_prepared", {})
-    return jobs.load_model(tiny_weights, device="cpu", num_threads=1, precision="fp32")
+    holder = ModelHolder()
+    holder.load(tiny_weights, device="cpu", num_threads=1, precision="fp32")
+    return holder
+
+
+@pytest.fixture()
+def fresh_model(holder):
+    return holder.get()
 
 
 def jpeg(image: Image.Image) -> bytes:
@@ -50,10 +54,10 @@ def photos(astronaut, coffee):
             "tilted": jpeg(astronaut.rotate(10))}
 
 
-def run_worker(store: JobStore, batch_size: int, **work) -> object:
+def run_worker(store: JobStore, holder, batch_size: int, **work) -> object:
     from simpsonize.worker.process import ModelWorker
 
-    worker = ModelWorker([store.queue], connection=store.redis)
+    worker = ModelWorker([store.queue], connection=store.redis, model=holder)
     worker.batch_size = batch_size
     worker.work(**{"burst": True, "logging_level": "WARNING", **work})
     return worker
@@ -84,7 +88,7 @@ def test_batch_setting():
         Settings(worker_batch="0")
 
 
-def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(fresh_model, restore_signals, redis_url,
+def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(holder, fresh_model, restore_signals, redis_url,
                                                                     redis_client, tiny_weights, photos):
     from simpsonize.worker.jobs import simpsonize_bytes
 
@@ -92,7 +96,7 @@ def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(fresh_model,
     store = JobStore(settings, redis_client)
     ids = {name: store.submit(data) for name, data in photos.items()}
 
-    worker = run_worker(store, batch_size=4)
+    worker = run_worker(store, holder, batch_size=4)
 
     assert list(worker.batch_sizes) == [4, 1]  # the first four queued together, then the one left
     for name, job_id in ids.items():
@@ -117,7 +121,7 @@ def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(fresh_model,
     assert max(v.started_at for v in batch) < min(v.ended_at for v in batch)  # all started before any ended
 
 
-def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(fresh_model, restore_signals, redis_url,
+def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(holder, restore_signals, redis_url,
                                                                        redis_client, tiny_weights, photos):
     from rq.job import Job
 
@@ -126,7 +130,7 @@ def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(fresh_mod
     kept, deleted, expired = (store.submit(photos["astronaut"]) for _ in range(3))
     redis_client.set(keys.deleted_key(settings.key_prefix, deleted), b"1", ex=60)  # as DELETE does while it runs
     redis_client.delete(keys.input_key(settings.key_prefix, expired))  # its input expired while it was queued
-    worker = run_worker(store, batch_size=3)
+    worker = run_worker(store, holder, batch_size=3)
     assert list(worker.batch_sizes) == [3]
     assert store.view(kept).status == "finished" and store.result_meta(kept)["batch"]["size"] == 3
     assert Job.fetch(deleted, connection=redis_client).get_status() == "finished"  # it ran, and kept nothing
@@ -135,7 +139,7 @@ def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(fresh_mod
     assert view.status == "failed" and view.error.startswith("The photo for this job is gone")
 
 
-def test_a_batch_that_raises_runs_each_photo_alone(fresh_model, restore_signals, redis_url, redis_client,
+def test_a_batch_that_raises_runs_each_photo_alone(holder, fresh_model, restore_signals, redis_url, redis_client,
                                                    tiny_weights, photos, monkeypatch):
     """A photo that crashes the model (not one it rejects with a sentence) fails only its own job."""
     poison = photos["camera"]
@@ -149,7 +153,7 @@ def test_a_batch_that_raises_runs_each_photo_alone(fresh_model, restore_signals,
     monkeypatch.setattr(type(fresh_model), "simpsonize_many", fragile)
     store = JobStore(make_settings(redis_url, tiny_weights), redis_client)
     ids = [store.submit(photos[name]) for name in ("astronaut", "camera", "mirrored")]
-    worker = run_worker(store, batch_size=3)
+    worker = run_worker(store, holder, batch_size=3)
     assert list(worker.batch_sizes) == [3]
     views = [store.view(job_id) for job_id in ids]
     assert [v.status for v in views] == ["finished", "failed", "finished"]
@@ -158,7 +162,7 @@ def test_a_batch_that_raises_runs_each_photo_alone(fresh_model, restore_signals,
 
 
 def test_a_batch_past_the_job_timeout_fails_its_jobs_with_the_timeout_sentence(
-        fresh_model, restore_signals, redis_url, redis_client, tiny_weights, photos, monkeypatch):
+        holder, fresh_model, restore_signals, redis_url, redis_client, tiny_weights, photos, monkeypatch):
     def slow(self, images):
         time.sleep(5)
 
@@ -166,18 +170,17 @@ def test_a_batch_past_the_job_timeout_fails_its_jobs_with_the_timeout_sentence(
     store = JobStore(make_settings(redis_url, tiny_weights, job_timeout=1), redis_client)
     ids = [store.submit(photos["astronaut"]) for _ in range(2)]
     started = time.monotonic()
-    run_worker(store, batch_size=2)
+    run_worker(store, holder, batch_size=2)
     assert time.monotonic() - started < 4.5
     for job_id in ids:
         view = store.view(job_id)
         assert view.status == "failed" and view.error.startswith("Simpsonizing took longer than 1 seconds")
 
 
-def test_max_jobs_counts_jobs_not_batches(fresh_model, restore_signals, redis_url, redis_client, tiny_weights,
-                                          photos):
+def test_max_jobs_counts_jobs_not_batches(holder, restore_signals, redis_url, redis_client, tiny_weights, photos):
     store = JobStore(make_settings(redis_url, tiny_weights), redis_client)
     ids = [store.submit(photos["coffee"]) for _ in range(5)]  # faceless: quick to fail
-    worker = run_worker(store, batch_size=4, burst=False, max_jobs=3)
+    worker = run_worker(store, holder, batch_size=4, burst=False, max_jobs=3)
     assert list(worker.batch_sizes) == [3]
     assert [store.view(job_id).status for job_id in ids] == ["failed"] * 3 + ["queued"] * 2
     for job_id in ids[3:]:
@@ -186,18 +189,17 @@ def test_max_jobs_counts_jobs_not_batches(fresh_model, restore_signals, redis_ur
 
 def test_bf16_falls_back_to_fp32_below_40_db(tiny_weights, monkeypatch):
     import simpsonize.model.pipeline as pipeline
-    from simpsonize.worker import jobs
+    from simpsonize.worker.jobs import ModelHolder
 
-    monkeypatch.setattr(jobs, "_model", None)
-    monkeypatch.setattr(jobs, "_model_loads", 0)
+    holder = ModelHolder()
     measured = pipeline.bf16_psnr
     psnrs = iter([55.0, 39.9])  # one generator that passes the check, then one that does not
     monkeypatch.setattr(pipeline, "bf16_psnr", lambda *args: next(psnrs))
-    passing = jobs.load_model(tiny_weights, device="cpu", num_threads=1, precision="bf16")
+    passing = holder.load(tiny_weights, device="cpu", num_threads=1, precision="bf16")
     assert (passing.precision, passing.bf16_psnr) == ("bf16", 55.0)
-    failing = jobs.load_model(tiny_weights, device="cpu", num_threads=1, precision="bf16")
+    failing = holder.load(tiny_weights, device="cpu", num_threads=1, precision="bf16")
     assert (failing.precision, failing.bf16_psnr) == ("fp32", 39.9)
-    assert jobs.load_model(tiny_weights, device="cpu", num_threads=1, precision="auto").precision == "fp32"  # CPU
+    assert holder.load(tiny_weights, device="cpu", num_threads=1, precision="auto").precision == "fp32"  # CPU
     assert measured(failing.generator, 64, failing.device) > 0  # the real check runs on a CPU too
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 
 def test_the_result_png_holds_exactly_the_models_pixels(tiny_weights, astronaut_jpeg):
-    from simpsonize.model.imaging import png_bytes
+    from simpsonize.imaging import png_bytes
     from simpsonize.model.pipeline import Simpsonizer
     from simpsonize.worker.jobs import simpsonize_bytes
 

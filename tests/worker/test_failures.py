@@ -14,20 +14,20 @@ from service_support import make_settings
 @pytest.fixture()
 def burst(redis_url, redis_client, tiny_weights, monkeypatch):
     """Submit one job to a fresh queue and run it in this process with a broken model that raises ``error``."""
-    from simpsonize.worker import jobs
+    from simpsonize.worker.jobs import ModelHolder
     from simpsonize.worker.process import ModelWorker
 
     def run(error: BaseException):
-        def broken(data, simpsonizer=None):
-            raise error
+        class Broken:
+            def simpsonize(self, data):
+                raise error
 
-        monkeypatch.setattr(jobs, "simpsonize_bytes", broken)
-        monkeypatch.setattr(jobs, "_model", object())
         store = JobStore(make_settings(redis_url, tiny_weights), redis_client)
         job_id = store.submit(b"\xff\xd8 a photo")
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            ModelWorker([store.queue], connection=store.redis).work(burst=True, logging_level="INFO")
+            ModelWorker([store.queue], connection=store.redis, model=ModelHolder(Broken())).work(
+                burst=True, logging_level="INFO")
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)

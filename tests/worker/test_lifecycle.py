@@ -22,19 +22,19 @@ NOT_FOUND_START = "No such job"
 
 
 @pytest.fixture()
-def loaded_model(tiny_weights, monkeypatch):
-    """The worker process's model, loaded as `simpsonize worker` does; forgotten after the test."""
-    from simpsonize.worker import jobs
+def loaded_model(tiny_weights):
+    """A worker's model, loaded as `simpsonize worker` does."""
+    from simpsonize.worker.jobs import ModelHolder
 
-    monkeypatch.setattr(jobs, "_model", None)
-    monkeypatch.setattr(jobs, "_model_loads", 0)
-    return jobs.load_model(tiny_weights, device="cpu")
+    holder = ModelHolder()
+    holder.load(tiny_weights, device="cpu")
+    return holder
 
 
-def run_burst(store: JobStore) -> None:
+def run_burst(store: JobStore, model) -> None:
     from simpsonize.worker.process import ModelWorker
 
-    worker = ModelWorker([store.queue], connection=store.redis)
+    worker = ModelWorker([store.queue], connection=store.redis, model=model)
     worker.key_prefix = store.prefix
     worker.work(burst=True, logging_level="WARNING")
 
@@ -64,7 +64,7 @@ def test_a_running_job_is_started_and_delete_forgets_it(redis_url, redis_client,
             return real(data, simpsonizer)  # the photo is still finished: its result must not be kept
 
         monkeypatch.setattr(jobs, "simpsonize_bytes", while_running)
-        run_burst(JobStore(settings, redis_client))
+        run_burst(JobStore(settings, redis_client), loaded_model)
 
         state = seen["state"]
         assert state["status"] == "started", state
@@ -105,7 +105,7 @@ def test_a_job_over_the_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
     monkeypatch.setattr(jobs, "simpsonize_bytes", first_one_hangs)
     with TestClient(create_app(settings)) as client:
         slow, next_one = upload(client, astronaut_jpeg), upload(client, astronaut_jpeg)
-        run_burst(JobStore(settings, redis_client))
+        run_burst(JobStore(settings, redis_client), loaded_model)
 
         state = client.get(f"/api/v1/jobs/{slow}").json()
         assert state["status"] == "failed"
@@ -143,7 +143,7 @@ def test_a_job_left_in_the_queue_past_its_ttl_is_gone_and_skipped(redis_url, red
         assert client.get(f"/api/v1/jobs/{job_id}/result").status_code == 404
 
         store = JobStore(settings, redis_client)
-        run_burst(store)  # finds only the expired id in the queue: skips it without running anything
+        run_burst(store, loaded_model)  # finds only the expired id in the queue: skips it without running anything
         assert ran == []
         assert store.queue.count == 0
         # RQ left the expired id in its intermediate list (until its 10-minute maintenance): that key has a TTL too

@@ -21,28 +21,25 @@ NO_FACE = "No face found in the photo."
 
 
 @pytest.fixture()
-def fresh_model_state(monkeypatch):
-    """Forget this process's model and count Simpsonizer constructions."""
+def constructed(monkeypatch):
+    """Count Simpsonizer constructions."""
     import simpsonize.model.pipeline
-    from simpsonize.worker import jobs
 
-    constructed = []
+    built = []
 
     class CountingSimpsonizer(simpsonize.model.pipeline.Simpsonizer):
         def __init__(self, *args, **kwargs):
-            constructed.append(1)
+            built.append(1)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(simpsonize.model.pipeline, "Simpsonizer", CountingSimpsonizer)
-    monkeypatch.setattr(jobs, "_model", None)
-    monkeypatch.setattr(jobs, "_model_loads", 0)
-    return constructed
+    return built
 
 
-def run_burst(store: JobStore, bookkeeping_ttl: int = 7200) -> None:
+def run_burst(store: JobStore, model, bookkeeping_ttl: int = 7200) -> None:
     from simpsonize.worker.process import ModelWorker
 
-    worker = ModelWorker([store.queue], connection=store.redis)
+    worker = ModelWorker([store.queue], connection=store.redis, model=model)
     worker.bookkeeping_ttl = bookkeeping_ttl
     worker.work(burst=True, logging_level="WARNING")
 
@@ -63,9 +60,9 @@ def test_simpsonize_bytes_returns_a_png_a_jpeg_crop_and_timings(tiny_weights, as
         simpsonize_bytes(coffee_jpeg, model)
 
 
-def test_model_is_loaded_once_for_many_jobs(fresh_model_state, restore_signals, redis_url, redis_client,
-                                            tiny_weights, astronaut_jpeg, coffee_jpeg):
-    from simpsonize.worker.jobs import load_model, model_loads
+def test_model_is_loaded_once_for_many_jobs(constructed, restore_signals, redis_url, redis_client, tiny_weights,
+                                            astronaut_jpeg, coffee_jpeg, monkeypatch):
+    from simpsonize.worker.jobs import ModelHolder
 
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
@@ -73,50 +70,54 @@ def test_model_is_loaded_once_for_many_jobs(fresh_model_state, restore_signals, 
     no_face = normalise(coffee_jpeg, max_pixels=settings.max_pixels, max_side=settings.max_side).jpeg
     ids = [store.submit(photo) for _ in range(3)] + [store.submit(no_face)]
 
-    load_model(tiny_weights, device="cpu")  # what `simpsonize worker` does before taking jobs
-    run_burst(store)
+    holder = ModelHolder()
+    model = holder.load(tiny_weights, device="cpu")  # what `simpsonize worker` does before taking jobs
+    ran_in = []
+    real = model.simpsonize
+    monkeypatch.setattr(model, "simpsonize", lambda data: ran_in.append(os.getpid()) or real(data))
+    run_burst(store, holder)
 
-    assert len(fresh_model_state) == 1 and model_loads() == 1
+    assert len(constructed) == 1 and holder.get() is model
+    assert ran_in == [os.getpid()] * 4  # every photo went through the one model, in this process: no fork per job
     for job_id in ids[:3]:
         assert store.view(job_id).status == "finished"
         meta = json.loads(redis_client.hget(keys.result_key(settings.key_prefix, job_id), "meta"))
-        assert meta["worker"] == {"pid": os.getpid(), "model_loads": 1, "device": "cpu"}  # no fork per job
+        assert meta["worker"] == {"device": "cpu"}
     failed = store.view(ids[3])
     assert failed.status == "failed" and failed.error.startswith(NO_FACE)
     for job_id in ids:
         assert not redis_client.exists(keys.input_key(settings.key_prefix, job_id))
 
 
-def test_a_job_deleted_while_running_stores_no_result(fresh_model_state, restore_signals, redis_url, redis_client,
-                                                      tiny_weights, astronaut_jpeg):
+def test_a_job_deleted_while_running_stores_no_result(restore_signals, redis_url, redis_client, tiny_weights,
+                                                      astronaut_jpeg):
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
     job_id = store.submit(normalise(astronaut_jpeg, max_pixels=10**8, max_side=1600).jpeg)
     redis_client.set(keys.deleted_key(settings.key_prefix, job_id), b"1", ex=60)  # as DELETE does mid-run
-    from simpsonize.worker.jobs import load_model
+    from simpsonize.worker.jobs import ModelHolder
 
-    load_model(tiny_weights, device="cpu")
-    run_burst(store)
+    holder = ModelHolder()
+    holder.load(tiny_weights, device="cpu")
+    run_burst(store, holder)
     assert Job.fetch(job_id, connection=redis_client).get_status() == "finished"  # it ran, and kept nothing
     assert not redis_client.exists(keys.result_key(settings.key_prefix, job_id))
     assert not redis_client.exists(keys.input_key(settings.key_prefix, job_id))
     assert store.view(job_id) is None
 
 
-def test_unexpected_errors_fail_with_a_generic_sentence(fresh_model_state, restore_signals, redis_url,
-                                                        redis_client, tiny_weights, monkeypatch):
+def test_unexpected_errors_fail_with_a_generic_sentence(restore_signals, redis_url, redis_client, tiny_weights):
     from simpsonize.queue.jobstore import GENERIC_FAILURE
-    from simpsonize.worker import jobs
+    from simpsonize.worker.jobs import ModelHolder
 
-    def broken(data, simpsonizer=None):
-        raise RuntimeError("CUDA out of memory (internal detail)")
+    class Broken:
+        def simpsonize(self, data):
+            raise RuntimeError("CUDA out of memory (internal detail)")
 
-    monkeypatch.setattr(jobs, "simpsonize_bytes", broken)
-    monkeypatch.setattr(jobs, "_model", object())
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
     job_id = store.submit(b"\xff\xd8 whatever")
-    run_burst(store)
+    run_burst(store, ModelHolder(Broken()))
     view = store.view(job_id)
     assert view.status == "failed" and view.error == GENERIC_FAILURE
     assert "internal detail" not in view.error

@@ -1,11 +1,10 @@
-"""`simpsonize worker` itself (simpsonize.worker.process.run), in this process: it serves a queue and stops in burst mode, and
-each way it cannot start is an exit code with one sentence. (As a subprocess: the service fixtures and
+"""`simpsonize worker` itself (simpsonize.worker.process.run), in this process: it serves a queue and stops in burst
+mode, and each way it cannot start is an exit code with one sentence. (As a subprocess: the service fixtures and
 test_recovery.py; its health check: tests/web/test_security.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import uuid
 
@@ -19,12 +18,8 @@ from service_support import make_settings
 
 
 @pytest.fixture()
-def isolated_worker_process(monkeypatch):
-    """Restore what `simpsonize worker` sets for its whole process: signal handlers and the loaded model."""
-    from simpsonize.worker import jobs
-
-    monkeypatch.setattr(jobs, "_model", None)
-    monkeypatch.setattr(jobs, "_model_loads", 0)
+def isolated_worker_process():
+    """Restore what `simpsonize worker` sets for its whole process: signal handlers."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
     yield
     for sig, handler in saved.items():
@@ -49,7 +44,7 @@ def test_the_worker_command_serves_the_queue_and_stops_when_it_is_empty(
 
     assert store.view(face).status == "finished"
     meta = json.loads(redis_client.hget(keys.result_key(settings.key_prefix, face), "meta"))
-    assert meta["worker"]["pid"] == os.getpid() and meta["worker"]["model_loads"] == 1
+    assert meta["worker"] == {"device": "cpu"}
     failed = store.view(no_face)
     assert failed.status == "failed" and failed.error.startswith("No face found")
     assert store.queue.count == 0

@@ -69,8 +69,6 @@ def setup(small_redis, tiny_weights, monkeypatch, restore_signals):
     redis = connect(small_redis)
     redis.flushall()
     store = JobStore(make_settings(small_redis, tiny_weights), redis)
-    monkeypatch.setattr(jobs, "_model", object())
-    monkeypatch.setattr(jobs, "get_model", lambda: type("M", (), {"device": "cpu", "precision": "fp32"})())
 
     def output(data, simpsonizer=None):
         return jobs.JobOutput(image_png=os.urandom(BIG), face_jpeg=os.urandom(12_000),
@@ -83,10 +81,18 @@ def setup(small_redis, tiny_weights, monkeypatch, restore_signals):
     redis.close()
 
 
+class StubModel:
+    """Stands in for the Simpsonizer (``simpsonize_bytes`` is replaced): only its device and precision are read."""
+
+    device = "cpu"
+    precision = "fp32"
+
+
 def work(store) -> None:
+    from simpsonize.worker.jobs import ModelHolder
     from simpsonize.worker.process import ModelWorker
 
-    worker = ModelWorker([store.queue], connection=store.redis)
+    worker = ModelWorker([store.queue], connection=store.redis, model=ModelHolder(StubModel()))
     worker.key_prefix = store.prefix
     worker.heartbeat_interval = 1
     worker.work(burst=True, logging_level="WARNING")  # raises if the worker would have died
@@ -108,7 +114,7 @@ def test_a_result_that_a_full_redis_refuses_fails_its_job_as_full_and_the_worker
 
     def filling(data, simpsonizer=None):
         fill(store.redis)
-        return plain(data)
+        return plain(data, simpsonizer)
 
     monkeypatch.setattr(jobs, "simpsonize_bytes", filling)
     first = store.submit(os.urandom(BIG))  # deleting it makes room for the failure's record

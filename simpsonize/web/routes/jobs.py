@@ -12,12 +12,13 @@ from starlette.concurrency import run_in_threadpool
 
 from simpsonize.web.deps import ServiceUnavailable, get_store, submit_upload
 from simpsonize.web.guard import TooManyRequests
-from simpsonize.queue.jobstore import JobStore, job_view_dict
+from simpsonize.queue.jobstate import JOBS_PATH, JobState
+from simpsonize.queue.jobstore import JobStore
 from simpsonize.queue.longpoll import MAX_WAIT, CompletionWaiter
-from simpsonize.web.schemas import ErrorResponse, JobCreated, JobState
+from simpsonize.web.schemas import ErrorResponse, JobCreated
 from simpsonize.web.uploads import FIELD, UploadError
 
-PREFIX = "/api/v1/jobs"
+PREFIX = JOBS_PATH
 log = logging.getLogger("simpsonize.web")
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
 
@@ -80,7 +81,7 @@ WAIT_DESCRIPTION = (
 
 @router.get("/{job_id}", response_model=JobState, responses=_errors,
             summary="A job's state and timings; with ?wait=S, as soon as it ends (or after S seconds).")
-async def get_job(request: Request, job_id: str,
+async def get_job(request: Request, response: Response, job_id: str,
                   wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT, description=WAIT_DESCRIPTION)] = None,
                   store: JobStore = Depends(get_store)):
     view = await run_in_threadpool(store.view, job_id)
@@ -93,7 +94,8 @@ async def get_job(request: Request, job_id: str,
         view = await run_in_threadpool(store.view, job_id)
     if view is None:
         return error(404, NOT_FOUND)
-    return JSONResponse(job_view_dict(view, PREFIX), headers={"Cache-Control": "no-store"})
+    response.headers["Cache-Control"] = "no-store"
+    return view  # serialised through the response model, JobState
 
 
 def _image(store: JobStore, job_id: str, which: str, download: bool, face: int = 1, jpeg: bool = False) -> Response:
