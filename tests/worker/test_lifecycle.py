@@ -91,7 +91,8 @@ def test_a_job_over_the_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
         redis_url, redis_client, tiny_weights, astronaut_jpeg, loaded_model, restore_signals, monkeypatch):
     from simpsonize.worker import jobs
 
-    settings = make_settings(redis_url, tiny_weights, job_timeout=3)  # the second photo must fit in it on a loaded 2-core CI box
+    # 3 s: the photo after the hung one must fit in it on a loaded 2-core machine
+    settings = make_settings(redis_url, tiny_weights, job_timeout=3)
     prefix = settings.key_prefix
     real = jobs.simpsonize_bytes
     calls = []
