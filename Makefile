@@ -22,6 +22,9 @@ run: $(STAMP)
 	$(BIN)/simpsonize serve
 
 test: $(STAMP)
+	# Lint and format first: seconds, and a red line names the file (rules: pyproject.toml's [tool.ruff]).
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -14,15 +14,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("simpsonize.serve.launcher", "Run the web service (embedded Redis and workers unless REDIS_URL is set)."),
     "worker": ("simpsonize.worker.process", "Run an RQ worker that loads the model once and serves jobs."),
     "predict": ("simpsonize.model.predict", "Simpsonize photos from the command line."),
-    "prepare": ("simpsonize.training.prepare", "Build a CycleGAN dataset (trainA/trainB/testA/testB) from photo folders."),
+    "prepare": (
+        "simpsonize.training.prepare",
+        "Build a CycleGAN dataset (trainA/trainB/testA/testB) from photo folders.",
+    ),
     "train": ("simpsonize.training.train", "Train the CycleGAN (resumable, --max-minutes, DDP under torchrun)."),
     "test": ("simpsonize.training.evaluate", "Translate the test splits, write a gallery and metrics."),
     "export": ("simpsonize.training.export", "Export the real->Simpsons generator as served weights."),
-    "bench": ("simpsonize.bench.cli", "Measure model speed (`bench model`), service latency (`bench service`), "
-                                      "web memory under big uploads (`bench uploads`), result encoding (`bench encode`), "
-                                      "a phone photo's upload from the page (`bench browser`), the composite's cost "
-                                      "(`bench composite`), training speed (`bench train`), the projected judge's step "
-                                      "(`bench projected`) or a full Redis (`bench full`)."),
+    "bench": (
+        "simpsonize.bench.cli",
+        "Measure model speed (`bench model`), service latency (`bench service`), "
+        "web memory under big uploads (`bench uploads`), result encoding (`bench encode`), "
+        "a phone photo's upload from the page (`bench browser`), the composite's cost "
+        "(`bench composite`), training speed (`bench train`), the projected judge's step "
+        "(`bench projected`) or a full Redis (`bench full`).",
+    ),
 }
 
 

@@ -95,5 +95,7 @@ def cpu_name(path: Path = CPUINFO) -> str:
         return platform.processor() or "unknown CPU"
     flags = set(fields.get("flags", "").split())
     extensions = [name for name in VECTOR_EXTENSIONS if name in flags]
-    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})")
+    return (
+        f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
+        f"{fields.get('model', '?')}; {', '.join(extensions) or 'no AVX2'})"
+    )

@@ -23,8 +23,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIMPSONIZE_", extra="ignore", populate_by_name=True)
 
     # Where the queue and all job data live. None: `simpsonize serve` starts an embedded Redis.
-    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("REDIS_URL", "SIMPSONIZE_REDIS_URL",
-                                                                              "redis_url"))
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "SIMPSONIZE_REDIS_URL", "redis_url")
+    )
     queue_name: str = "simpsonize"
     key_prefix: str = "simpsonize"
 
@@ -67,7 +68,8 @@ class Settings(BaseSettings):
     device: str | None = None  # None/"auto": CUDA when present, else CPU
     worker_threads: int | None = Field(default=None, ge=1)  # torch CPU threads per worker; None = all cores
     # A worker writes a heartbeat this often (seconds), busy or idle. It counts as alive (/readyz) while its last
-    # heartbeat is at most 2x this old; the started job of a worker silent for 4x this long is failed (simpsonize.queue.liveness).
+    # heartbeat is at most 2x this old; the started job of a worker silent for 4x this long is failed
+    # (simpsonize.queue.liveness).
     worker_heartbeat: int = Field(default=5, ge=1)
     # Jobs a worker takes at once, their photos run through the model as one batch: "auto" (16 on CUDA; on a CPU 2
     # for a worker with several threads, else 1, as measured in README "Speed, measured") or 1 to 64; it waits at most

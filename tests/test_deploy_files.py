@@ -52,21 +52,39 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
     empty = tmp_path / "empty.env"  # not the developer's own .env
     empty.write_text("")
-    result = subprocess.run([binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env={**env, "REDIS_PASSWORD": "s3cret"})
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "REDIS_PASSWORD": "s3cret"},
+    )
     assert result.returncode == 0, result.stderr
     # Without a password, compose refuses to start anything (rather than run an open Redis).
-    result = subprocess.run([binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode != 0 and "REDIS_PASSWORD" in result.stderr
 
 
 def test_commands_in_compose_and_dockerfile_exist_in_the_cli():
     services = compose()["services"].values()
-    commands = [service["command"] for service in services
-                if isinstance(service.get("command"), list) and service["command"][0] == "simpsonize"]
-    commands += [service["healthcheck"]["test"][1:] for service in services
-                 if service.get("healthcheck", {}).get("test", [None, None])[1] == "simpsonize"]
+    commands = [
+        service["command"]
+        for service in services
+        if isinstance(service.get("command"), list) and service["command"][0] == "simpsonize"
+    ]
+    commands += [
+        service["healthcheck"]["test"][1:]
+        for service in services
+        if service.get("healthcheck", {}).get("test", [None, None])[1] == "simpsonize"
+    ]
     commands += dockerfile_commands()
     assert len(commands) >= 4  # web, worker, worker-cpu, the image's default
     for argv in commands:

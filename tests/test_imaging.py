@@ -23,10 +23,16 @@ def encoded(image: Image.Image, image_format: str, orientation: int | None = Non
 
 def test_every_orientation_turns_the_stored_pixels_upright():
     photo = Image.fromarray(np.arange(6 * 4 * 3, dtype=np.uint8).reshape(4, 6, 3), "RGB")  # 6 wide, 4 high
-    stored = {1: photo, 2: photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-              3: photo.transpose(Image.Transpose.ROTATE_180), 4: photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
-              5: photo.transpose(Image.Transpose.TRANSPOSE), 6: photo.transpose(Image.Transpose.ROTATE_90),
-              7: photo.transpose(Image.Transpose.TRANSVERSE), 8: photo.transpose(Image.Transpose.ROTATE_270)}
+    stored = {
+        1: photo,
+        2: photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        3: photo.transpose(Image.Transpose.ROTATE_180),
+        4: photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+        5: photo.transpose(Image.Transpose.TRANSPOSE),
+        6: photo.transpose(Image.Transpose.ROTATE_90),
+        7: photo.transpose(Image.Transpose.TRANSVERSE),
+        8: photo.transpose(Image.Transpose.ROTATE_270),
+    }
     for orientation, pixels in stored.items():
         assert np.array_equal(np.asarray(upright(pixels, orientation)), np.asarray(photo)), orientation
     assert upright(photo, 1) is photo

@@ -33,8 +33,14 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 NEVERS = {
-    ("web", "serve"): ("torch", "torchvision", "facenet_pytorch", "simpsonize.model", "simpsonize.worker",
-                       "simpsonize.training"),
+    ("web", "serve"): (
+        "torch",
+        "torchvision",
+        "facenet_pytorch",
+        "simpsonize.model",
+        "simpsonize.worker",
+        "simpsonize.training",
+    ),
     ("model",): ("simpsonize.web", "simpsonize.queue", "simpsonize.worker", "simpsonize.training", "fastapi"),
     ("worker",): ("simpsonize.training",),
 }
@@ -42,8 +48,9 @@ NEVERS = {
 
 @pytest.mark.parametrize("parts", list(NEVERS), ids=["+".join(p) for p in NEVERS])
 def test_package_part_never_imports_the_forbidden(parts):
-    done = subprocess.run([sys.executable, "-c", PROBE.format(parts=parts)], capture_output=True, text=True,
-                          timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(parts=parts)], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert any(name.startswith(f"simpsonize.{parts[0]}.") for name in loaded)  # the probe did import the part
@@ -97,7 +104,7 @@ def test_import_graph_has_no_cycles():
         state[node] = 1
         for child in sorted(graph[node]):
             if state.get(child) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(child):] + [child]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(child) :] + [child]))
             if child not in state:
                 visit(child, path + [child])
         state[node] = 2

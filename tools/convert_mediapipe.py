@@ -43,12 +43,24 @@ class Network:
 
 
 NETWORKS = (
-    Network("face_landmark", "mediapipe/modules/face_landmark/face_landmark.tflite",
-            "468-point face mesh + face-present logit, 192x192 face crop", (142, 35, 307, 200)),
-    Network("selfie_segmentation", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-            "person probability mask, 256x256 photo", (0, 0, 512, 512)),
-    Network("iris_landmark", "mediapipe/modules/iris_landmark/iris_landmark.tflite",
-            "71 eye-contour/brow + 5 iris points, 64x64 eye crop", (222, 90, 258, 126)),
+    Network(
+        "face_landmark",
+        "mediapipe/modules/face_landmark/face_landmark.tflite",
+        "468-point face mesh + face-present logit, 192x192 face crop",
+        (142, 35, 307, 200),
+    ),
+    Network(
+        "selfie_segmentation",
+        "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+        "person probability mask, 256x256 photo",
+        (0, 0, 512, 512),
+    ),
+    Network(
+        "iris_landmark",
+        "mediapipe/modules/iris_landmark/iris_landmark.tflite",
+        "71 eye-contour/brow + 5 iris points, 64x64 eye crop",
+        (222, 90, 258, 126),
+    ),
 )
 
 
@@ -165,17 +177,22 @@ def read_graph(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             else:  # 1HW(C*m) -> (C*m)1HW; groups = input channels, so output channel c*m+k reads input c, as in TFLite
                 weight, groups = kernel.transpose(3, 0, 1, 2), graph.shape(inputs[0])[3]
             weights[f"{key}.weight"], weights[f"{key}.bias"] = weight, bias
-            spec.update(op="conv2d", stride=[options.StrideH(), options.StrideW()],
-                        padding=_PADDING[options.Padding()],
-                        dilation=[options.DilationHFactor(), options.DilationWFactor()], groups=groups,
-                        activation=_fused(options.FusedActivationFunction(), key))
+            spec.update(
+                op="conv2d",
+                stride=[options.StrideH(), options.StrideW()],
+                padding=_PADDING[options.Padding()],
+                dilation=[options.DilationHFactor(), options.DilationWFactor()],
+                groups=groups,
+                activation=_fused(options.FusedActivationFunction(), key),
+            )
         elif kind == "CUSTOM:Convolution2DTransposeBias":
             padding, stride_w, stride_h = np.frombuffer(op.CustomOptionsAsNumpy().tobytes(), dtype=np.int32)
             kernel, bias = graph.constant(inputs[1]), graph.constant(inputs[2])
             weights[f"{key}.weight"] = kernel.transpose(3, 0, 1, 2)  # OHWI -> IOHW, torch's transposed layout
             weights[f"{key}.bias"] = bias
-            spec.update(op="conv_transpose2d", stride=[int(stride_h), int(stride_w)],
-                        padding=_CUSTOM_PADDING[int(padding)])
+            spec.update(
+                op="conv_transpose2d", stride=[int(stride_h), int(stride_w)], padding=_CUSTOM_PADDING[int(padding)]
+            )
         elif kind == "PRELU":
             alpha = graph.constant(inputs[1])
             if alpha is None or alpha.size != alpha.shape[-1]:
@@ -187,10 +204,12 @@ def read_graph(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             options = graph.options(op, "Pool2DOptions")
             if _PADDING[options.Padding()] != "valid":
                 raise ConversionError(f"{key}: pooling with SAME padding is not supported")
-            spec.update(op="max_pool" if kind == "MAX_POOL_2D" else "avg_pool",
-                        kernel=[options.FilterHeight(), options.FilterWidth()],
-                        stride=[options.StrideH(), options.StrideW()],
-                        activation=_fused(options.FusedActivationFunction(), key))
+            spec.update(
+                op="max_pool" if kind == "MAX_POOL_2D" else "avg_pool",
+                kernel=[options.FilterHeight(), options.FilterWidth()],
+                stride=[options.StrideH(), options.StrideW()],
+                activation=_fused(options.FusedActivationFunction(), key),
+            )
         elif kind == "PAD":
             paddings = graph.constant(inputs[1])
             if paddings is None or paddings.shape != (4, 2) or paddings[0].any():
@@ -205,8 +224,11 @@ def read_graph(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             spec.update(op="resize_bilinear", size=[int(v) for v in size], align_corners=bool(options.AlignCorners()))
         elif kind in ("ADD", "MUL"):
             options = graph.options(op, "AddOptions" if kind == "ADD" else "MulOptions")
-            spec.update(op=kind.lower(), inputs=[_module_key(graph.name(i)) for i in inputs],
-                        activation=_fused(options.FusedActivationFunction(), key))
+            spec.update(
+                op=kind.lower(),
+                inputs=[_module_key(graph.name(i)) for i in inputs],
+                activation=_fused(options.FusedActivationFunction(), key),
+            )
         elif kind in _UNARY:
             spec["op"] = _UNARY[kind]
         elif kind == "RESHAPE":
@@ -265,8 +287,10 @@ def convert(network: Network, source: Source, out_dir: Path) -> dict[str, Any]:
     stored_fp16 = all(w.dtype == np.float16 for w in weights.values())
     full = {k: torch.tensor(np.ascontiguousarray(v, dtype=np.float32)) for k, v in weights.items()}
     half = {k: v.half() for k, v in full.items()}
-    drift = max(float(np.abs(a - b).max()) for a, b in zip(_probe(network, TfliteGraph(spec, full)),
-                                                          _probe(network, TfliteGraph(spec, half))))
+    drift = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(_probe(network, TfliteGraph(spec, full)), _probe(network, TfliteGraph(spec, half)))
+    )
     use_half = drift <= FP16_TOLERANCE
     tensors = half if use_half else full
     metadata = {
@@ -280,9 +304,17 @@ def convert(network: Network, source: Source, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{network.name}.safetensors"
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
-    return {"network": network, "path": path, "tflite_bytes": len(data), "bytes": path.stat().st_size,
-            "dtype": metadata["dtype"], "drift": drift, "exact": stored_fp16 or not use_half,
-            "ops": len(spec["ops"]), "parameters": sum(int(v.numel()) for v in full.values())}
+    return {
+        "network": network,
+        "path": path,
+        "tflite_bytes": len(data),
+        "bytes": path.stat().st_size,
+        "dtype": metadata["dtype"],
+        "drift": drift,
+        "exact": stored_fp16 or not use_half,
+        "ops": len(spec["ops"]),
+        "parameters": sum(int(v.numel()) for v in full.values()),
+    }
 
 
 def write_notice(out_dir: Path, results: list[dict[str, Any]]) -> None:
@@ -292,9 +324,11 @@ def write_notice(out_dir: Path, results: list[dict[str, Any]]) -> None:
             stored = f"{r['dtype']}, exactly the .tflite's weights"
         else:
             stored = f"{r['dtype']} (from fp32; outputs move by at most {r['drift']:.2g} on a test photo)"
-        items.append(f"- `{r['path'].name}` ({r['bytes'] / 1e6:.2f} MB): {r['network'].purpose}.\n"
-                     f"  From `{r['network'].member}` ({r['tflite_bytes'] / 1e6:.2f} MB): {r['ops']} ops, "
-                     f"{r['parameters']:,} parameters.\n  Stored {stored}.")
+        items.append(
+            f"- `{r['path'].name}` ({r['bytes'] / 1e6:.2f} MB): {r['network'].purpose}.\n"
+            f"  From `{r['network'].member}` ({r['tflite_bytes'] / 1e6:.2f} MB): {r['ops']} ops, "
+            f"{r['parameters']:,} parameters.\n  Stored {stored}."
+        )
     (out_dir / "NOTICE.md").write_text(
         "# MediaPipe networks\n\n"
         f"Converted from the `mediapipe==0.10.21` wheel (`{WHEEL_NAME}`;\n"
@@ -303,21 +337,30 @@ def write_notice(out_dir: Path, results: list[dict[str, Any]]) -> None:
         "flatbuffers and writes the same graphs as safetensors: the weights in torch's layout, named after\n"
         "the tensors of the `.tflite` file, and the op list as JSON metadata (key `mediapipe_graph`).\n"
         "Nothing was retrained or changed; `simpsonize/model/landmarks.py` runs them with torch.\n\n"
-        + "\n".join(items) + "\n")
+        + "\n".join(items)
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, default=Path(os.environ.get(SOURCE_ENV, DEFAULT_SOURCE)),
-                        help="the mediapipe 0.10.21 wheel, or a folder it is unpacked into")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=Path(os.environ.get(SOURCE_ENV, DEFAULT_SOURCE)),
+        help="the mediapipe 0.10.21 wheel, or a folder it is unpacked into",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the safetensors, LICENSE and NOTICE go")
     args = parser.parse_args(argv)
     path = args.source
     if path.is_dir() and (path / WHEEL_NAME).is_file() and not (path / NETWORKS[0].member).is_file():
         path = path / WHEEL_NAME
     if not path.exists():
-        print(f"convert_mediapipe: {path} does not exist; pass --source with the {WHEEL_NAME} wheel or the folder "
-              f"it is unpacked into.", file=sys.stderr)
+        print(
+            f"convert_mediapipe: {path} does not exist; pass --source with the {WHEEL_NAME} wheel or the folder "
+            f"it is unpacked into.",
+            file=sys.stderr,
+        )
         return 2
     source = Source(path)
     try:
@@ -329,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "LICENSE").write_bytes(license_text)
     write_notice(args.out, results)
     for r in results:
-        print(f"{r['path']}: {r['ops']} ops, {r['parameters']:,} parameters, {r['dtype']}, {r['bytes'] / 1e6:.2f} MB "
-              f"(fp16 output drift {r['drift']:.2g})")
+        print(
+            f"{r['path']}: {r['ops']} ops, {r['parameters']:,} parameters, {r['dtype']}, {r['bytes'] / 1e6:.2f} MB "
+            f"(fp16 output drift {r['drift']:.2g})"
+        )
     return 0
 
 

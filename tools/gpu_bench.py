@@ -22,6 +22,7 @@ On a CPU, tiny and quick (what the tests run): ``python -m tools.gpu_bench --qui
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -45,9 +46,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PACK_DIR = REPO_ROOT / ".gpu_bench"
 # What the worker imports that the device's Python lacks (pure-Python wheels but pydantic-core), at the versions
 # installed here. facenet-pytorch goes without its dependencies' pins, as in the Makefile.
-DEVICE_WHEELS = ("rq", "redis", "croniter", "pydantic", "pydantic-core", "pydantic-settings", "python-dotenv",
-                 "annotated-types", "typing-inspection", "typing-extensions", "limits", "deprecated",
-                 "facenet-pytorch", "starlette")
+DEVICE_WHEELS = (
+    "rq",
+    "redis",
+    "croniter",
+    "pydantic",
+    "pydantic-core",
+    "pydantic-settings",
+    "python-dotenv",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "limits",
+    "deprecated",
+    "facenet-pytorch",
+    "starlette",
+)
 DEVICE_PYTHON = "3.12"
 DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 WATCHDOG_GRACE = 20.0  # seconds past the budget before the watchdog writes the report and exits
@@ -66,10 +80,26 @@ class Plan:
     worker_batch: int
 
 
-FULL = Plan(sizes=(128, 256), batches=(1, 8, 32), reference=(64, 9), min_time=1.0,
-            mtcnn_sizes=((512, 512), (1600, 1200)), mtcnn_batches=(1, 8, 16), jobs=500, worker_batch=16)
-QUICK = Plan(sizes=(64,), batches=(1, 2), reference=(8, 1), min_time=0.05, mtcnn_sizes=((256, 256),),
-             mtcnn_batches=(1, 2), jobs=8, worker_batch=4)
+FULL = Plan(
+    sizes=(128, 256),
+    batches=(1, 8, 32),
+    reference=(64, 9),
+    min_time=1.0,
+    mtcnn_sizes=((512, 512), (1600, 1200)),
+    mtcnn_batches=(1, 8, 16),
+    jobs=500,
+    worker_batch=16,
+)
+QUICK = Plan(
+    sizes=(64,),
+    batches=(1, 2),
+    reference=(8, 1),
+    min_time=0.05,
+    mtcnn_sizes=((256, 256),),
+    mtcnn_batches=(1, 2),
+    jobs=8,
+    worker_batch=4,
+)
 
 
 class Report:
@@ -80,9 +110,15 @@ class Report:
         self.started = time.monotonic() if started is None else started
         self.budget = budget
         self.lock = threading.Lock()
-        self.data: dict = {"environment": {}, "generator": [], "bf16_check": [], "mtcnn": [], "worker": {},
-                           "budget": {"seconds": budget, "used_s": 0.0, "partial": False, "skipped": []},
-                           "errors": []}
+        self.data: dict = {
+            "environment": {},
+            "generator": [],
+            "bf16_check": [],
+            "mtcnn": [],
+            "worker": {},
+            "budget": {"seconds": budget, "used_s": 0.0, "partial": False, "skipped": []},
+            "errors": [],
+        }
 
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.started)
@@ -134,17 +170,30 @@ def per_call_seconds(fn, device, min_time: float, report: Report, warmups: int =
 def environment(device) -> dict:
     import torch
 
-    info = {"device": device.type, "torch": torch.__version__, "python": platform.python_version(),
-            "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads()}
+    info = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                    matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                        text=True, timeout=5).stdout.strip() or None
+        info["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
     return info
@@ -170,13 +219,20 @@ def bench_generators(report: Report, plan: Plan, weights: Path, device, scratch:
         if report.left() < 10:
             report.skip(f"generator {name}")
             continue
-        simpsonizer = Simpsonizer(weights=path, device=str(device), precision="fp32",
-                                  num_threads=torch.get_num_threads())
+        simpsonizer = Simpsonizer(
+            weights=path, device=str(device), precision="fp32", num_threads=torch.get_num_threads()
+        )
         params = round(sum(p.numel() for p in simpsonizer.generator.parameters()) / 1e6, 2)
         own = bf16_psnr(simpsonizer.generator, simpsonizer.input_size, device)
         with report.lock:
-            report.data["bf16_check"].append({"model": name, "input_size": simpsonizer.input_size,
-                                              "psnr_db": round(own, 2), "bf16_served": own >= BF16_MIN_PSNR})
+            report.data["bf16_check"].append(
+                {
+                    "model": name,
+                    "input_size": simpsonizer.input_size,
+                    "psnr_db": round(own, 2),
+                    "bf16_served": own >= BF16_MIN_PSNR,
+                }
+            )
         for size in plan.sizes:
             psnr = bf16_psnr(simpsonizer.generator, size, device)
             for batch in plan.batches:
@@ -187,14 +243,24 @@ def bench_generators(report: Report, plan: Plan, weights: Path, device, scratch:
                         continue
                     simpsonizer.precision = precision
                     try:
-                        seconds = per_call_seconds(lambda: simpsonizer.generate(x), device, plan.min_time, report)
+                        seconds = per_call_seconds(
+                            functools.partial(simpsonizer.generate, x), device, plan.min_time, report
+                        )
                     except Exception as exc:  # out of memory, say: record it, measure the rest
                         with report.lock:
-                            report.data["errors"].append(f"generator {name} @{size} x{batch} {precision}: "
-                                                         f"{exc!r}"[:500])
+                            report.data["errors"].append(
+                                f"generator {name} @{size} x{batch} {precision}: {exc!r}"[:500]
+                            )
                         continue
-                    row = {"model": name, "params_m": params, "size": size, "batch": batch, "precision": precision,
-                           "ms_per_batch": round(seconds * 1000, 3), "faces_per_s": round(batch / seconds, 1)}
+                    row = {
+                        "model": name,
+                        "params_m": params,
+                        "size": size,
+                        "batch": batch,
+                        "precision": precision,
+                        "ms_per_batch": round(seconds * 1000, 3),
+                        "faces_per_s": round(batch / seconds, 1),
+                    }
                     if precision == "bf16":
                         row["psnr_db"] = round(psnr, 2) if math.isfinite(psnr) else None
                     with report.lock:
@@ -234,15 +300,29 @@ def bench_mtcnn(report: Report, plan: Plan, device) -> None:
                 report.skip(f"mtcnn {size[0]}x{size[1]} x{count}")
                 continue
             photos = [photo.copy() for _ in range(count)]
-            one_by_one = per_call_seconds(lambda: [detect_faces(p, device=detector_device) for p in photos], device,
-                                          plan.min_time, report, warmups=1)
-            batched = per_call_seconds(lambda: detect_faces_many(photos, device=detector_device), device,
-                                       plan.min_time, report, warmups=1)
+            one_by_one = per_call_seconds(
+                lambda photos=photos: [detect_faces(p, device=detector_device) for p in photos],
+                device,
+                plan.min_time,
+                report,
+                warmups=1,
+            )
+            batched = per_call_seconds(
+                lambda photos=photos: detect_faces_many(photos, device=detector_device),
+                device,
+                plan.min_time,
+                report,
+                warmups=1,
+            )
             with report.lock:
-                report.data["mtcnn"].append({
-                    "photo": f"{size[0]}x{size[1]}", "batch": count,
-                    "images_per_s": round(count / batched, 1),
-                    "images_per_s_one_by_one": round(count / one_by_one, 1)})
+                report.data["mtcnn"].append(
+                    {
+                        "photo": f"{size[0]}x{size[1]}",
+                        "batch": count,
+                        "images_per_s": round(count / batched, 1),
+                        "images_per_s_one_by_one": round(count / one_by_one, 1),
+                    }
+                )
             report.save()
 
 
@@ -271,13 +351,19 @@ def enqueue_all(store, photos: list[bytes], count: int) -> list[str]:
         pipe.multi()
         for i, job_id in enumerate(ids):
             pipe.set(keys.input_key(store.prefix, job_id), photos[i % len(photos)], ex=s.input_ttl)
-            queue.enqueue_call(keys.JOB_FUNCTION, args=(job_id, store.prefix, s.result_ttl), job_id=job_id,
-                               description="simpsonize photo", ttl=s.queue_ttl, result_ttl=s.result_ttl,
-                               failure_ttl=s.result_ttl, timeout=s.job_timeout, pipeline=pipe)
+            queue.enqueue_call(
+                keys.JOB_FUNCTION,
+                args=(job_id, store.prefix, s.result_ttl),
+                job_id=job_id,
+                description="simpsonize photo",
+                ttl=s.queue_ttl,
+                result_ttl=s.result_ttl,
+                failure_ttl=s.result_ttl,
+                timeout=s.job_timeout,
+                pipeline=pipe,
+            )
         pipe.execute()
     return ids
-
-
 
 
 def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs: dict) -> None:
@@ -286,8 +372,8 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
     from rq.job import Job
 
     from simpsonize.queue import keys, liveness, rq_adapter
-    from simpsonize.serve.embedded import EmbeddedRedis
     from simpsonize.queue.jobstore import JobStore, connect
+    from simpsonize.serve.embedded import EmbeddedRedis
     from simpsonize.settings import Settings
 
     if report.left() < 40:
@@ -297,15 +383,39 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
     server = EmbeddedRedis(data_dir)
     procs["redis"] = server
     url = server.start()
-    settings = Settings(redis_url=url, queue_name=f"gpu-bench-{uuid.uuid4().hex[:6]}", max_queue=10**6,
-                        rate_limit="off", queue_ttl=3600, result_ttl=3600, job_timeout=120)
+    settings = Settings(
+        redis_url=url,
+        queue_name=f"gpu-bench-{uuid.uuid4().hex[:6]}",
+        max_queue=10**6,
+        rate_limit="off",
+        queue_ttl=3600,
+        result_ttl=3600,
+        job_timeout=120,
+    )
     store = JobStore(settings, connect(url))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPSONIZE_") and k != "REDIS_URL"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(REPO_ROOT)) if p)
     env["SIMPSONIZE_WORKER_PRECISION"] = args.precision
-    command = [sys.executable, "-m", "simpsonize.cli", "worker", "--redis-url", url, "--queue", settings.queue_name,
-               "--weights", str(weights), "--batch", str(plan.worker_batch), "--device", device.type,
-               "--name", f"gpu-bench-{os.getpid()}", "--log-level", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "simpsonize.cli",
+        "worker",
+        "--redis-url",
+        url,
+        "--queue",
+        settings.queue_name,
+        "--weights",
+        str(weights),
+        "--batch",
+        str(plan.worker_batch),
+        "--device",
+        device.type,
+        "--name",
+        f"gpu-bench-{os.getpid()}",
+        "--log-level",
+        "WARNING",
+    ]
     if device.type == "cpu":
         command += ["--threads", "1"]
     log_file = open(report.out / "worker.log", "w")
@@ -342,20 +452,22 @@ def bench_worker(report: Report, plan: Plan, weights: Path, device, args, procs:
         sizes = [m.get("batch", {}).get("size", 1) for m in metas]
         first_enqueued = min(j.enqueued_at for j in jobs)
         wall = (max(j.ended_at for j in done) - first_enqueued).total_seconds() if done else None
-        result.update({
-            "finished": sum(j.get_status(refresh=False) == "finished" for j in done),
-            "failed": sum(j.get_status(refresh=False) == "failed" for j in done),
-            "wall_s": round(wall, 3) if wall else None,
-            "jobs_per_s": round(len(done) / wall, 1) if wall else None,
-            "p50_s": round(percentile(latency, 0.5), 3) if latency else None,
-            "p95_s": round(percentile(latency, 0.95), 3) if latency else None,
-            "service_p50_s": round(percentile(service, 0.5), 3) if service else None,
-            "service_p95_s": round(percentile(service, 0.95), 3) if service else None,
-            "max_batch_seen": max(sizes) if sizes else None,
-            "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
-            "precision": metas[0].get("batch", {}).get("precision") if metas else None,
-            "device": metas[0].get("worker", {}).get("device") if metas else None,
-        })
+        result.update(
+            {
+                "finished": sum(j.get_status(refresh=False) == "finished" for j in done),
+                "failed": sum(j.get_status(refresh=False) == "failed" for j in done),
+                "wall_s": round(wall, 3) if wall else None,
+                "jobs_per_s": round(len(done) / wall, 1) if wall else None,
+                "p50_s": round(percentile(latency, 0.5), 3) if latency else None,
+                "p95_s": round(percentile(latency, 0.95), 3) if latency else None,
+                "service_p50_s": round(percentile(service, 0.5), 3) if service else None,
+                "service_p95_s": round(percentile(service, 0.95), 3) if service else None,
+                "max_batch_seen": max(sizes) if sizes else None,
+                "batch_sizes": {str(k): sizes.count(k) for k in sorted(set(sizes))},
+                "precision": metas[0].get("batch", {}).get("precision") if metas else None,
+                "device": metas[0].get("worker", {}).get("device") if metas else None,
+            }
+        )
     finally:
         with report.lock:
             report.data["worker"] = result
@@ -382,37 +494,62 @@ def stop_processes(procs: dict) -> None:
 # ------------------------------------------------------------------------------------------------------- markdown
 def render_markdown(data: dict) -> str:
     env = data.get("environment", {})
-    lines = ["# Simpsonize GPU benchmark", "",
-             f"{env.get('gpu') or env.get('device', '?')}, torch {env.get('torch', '?')}, "
-             f"commit {env.get('commit') or '?'}; budget {data['budget']['seconds']:.0f} s, used "
-             f"{data['budget']['used_s']:.0f} s" + (" — **partial**: " + "; ".join(data["budget"]["skipped"])
-                                                     if data["budget"]["partial"] else ""), ""]
+    lines = [
+        "# Simpsonize GPU benchmark",
+        "",
+        f"{env.get('gpu') or env.get('device', '?')}, torch {env.get('torch', '?')}, "
+        f"commit {env.get('commit') or '?'}; budget {data['budget']['seconds']:.0f} s, used "
+        f"{data['budget']['used_s']:.0f} s"
+        + (" — **partial**: " + "; ".join(data["budget"]["skipped"]) if data["budget"]["partial"] else ""),
+        "",
+    ]
     if data["generator"]:
-        lines += ["## Generator", "", "| model | size | batch | precision | faces/s | ms/batch | PSNR vs fp32 (dB) |",
-                  "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+        lines += [
+            "## Generator",
+            "",
+            "| model | size | batch | precision | faces/s | ms/batch | PSNR vs fp32 (dB) |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: |",
+        ]
         for r in data["generator"]:
-            lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['precision']} | {r['faces_per_s']} | "
-                         f"{r['ms_per_batch']} | {r.get('psnr_db', '') if r['precision'] == 'bf16' else ''} |")
+            lines.append(
+                f"| {r['model']} | {r['size']} | {r['batch']} | {r['precision']} | {r['faces_per_s']} | "
+                f"{r['ms_per_batch']} | {r.get('psnr_db', '') if r['precision'] == 'bf16' else ''} |"
+            )
         lines.append("")
     if data["bf16_check"]:
-        lines += ["bf16 check at each model's own size (served in bf16 from 40 dB): " + "; ".join(
-            f"{c['model']} @{c['input_size']}: {c['psnr_db']} dB -> {'bf16' if c['bf16_served'] else 'fp32'}"
-            for c in data["bf16_check"]), ""]
+        lines += [
+            "bf16 check at each model's own size (served in bf16 from 40 dB): "
+            + "; ".join(
+                f"{c['model']} @{c['input_size']}: {c['psnr_db']} dB -> {'bf16' if c['bf16_served'] else 'fp32'}"
+                for c in data["bf16_check"]
+            ),
+            "",
+        ]
     if data["mtcnn"]:
-        lines += ["## MTCNN", "", "| photo | batch | images/s batched | images/s one by one |",
-                  "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {r['photo']} | {r['batch']} | {r['images_per_s']} | {r['images_per_s_one_by_one']} |"
-                  for r in data["mtcnn"]]
+        lines += [
+            "## MTCNN",
+            "",
+            "| photo | batch | images/s batched | images/s one by one |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {r['photo']} | {r['batch']} | {r['images_per_s']} | {r['images_per_s_one_by_one']} |"
+            for r in data["mtcnn"]
+        ]
         lines.append("")
     w = data.get("worker") or {}
     if w:
-        lines += ["## Worker draining queued jobs", "",
-                  "| jobs | finished | failed | batch setting | max batch seen | jobs/s | p50 s | p95 s | "
-                  "service p50 s | service p95 s | precision |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-                  f"| {w.get('jobs')} | {w.get('finished')} | {w.get('failed')} | {w.get('batch_setting')} | "
-                  f"{w.get('max_batch_seen')} | {w.get('jobs_per_s')} | {w.get('p50_s')} | {w.get('p95_s')} | "
-                  f"{w.get('service_p50_s')} | {w.get('service_p95_s')} | {w.get('precision')} |", ""]
+        lines += [
+            "## Worker draining queued jobs",
+            "",
+            "| jobs | finished | failed | batch setting | max batch seen | jobs/s | p50 s | p95 s | "
+            "service p50 s | service p95 s | precision |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            f"| {w.get('jobs')} | {w.get('finished')} | {w.get('failed')} | {w.get('batch_setting')} | "
+            f"{w.get('max_batch_seen')} | {w.get('jobs_per_s')} | {w.get('p50_s')} | {w.get('p95_s')} | "
+            f"{w.get('service_p50_s')} | {w.get('service_p95_s')} | {w.get('precision')} |",
+            "",
+        ]
     if data["errors"]:
         lines += ["## Errors", ""] + [f"- {e}" for e in data["errors"]] + [""]
     return "\n".join(lines)
@@ -434,8 +571,23 @@ def pack(out: Path = PACK_DIR) -> int:
         except PackageNotFoundError:
             print(f"gpu_bench --pack: {name} is not installed here; skipped.", file=sys.stderr)
     platforms = [arg for p in DEVICE_PLATFORMS for arg in ("--platform", p)]
-    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-               DEVICE_PYTHON, "--implementation", "cp", *platforms, "-d", str(wheels), *pins]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        DEVICE_PYTHON,
+        "--implementation",
+        "cp",
+        *platforms,
+        "-d",
+        str(wheels),
+        *pins,
+    ]
     if subprocess.run(command).returncode != 0:
         return 1
     from simpsonize.serve.embedded import redis_server_binary
@@ -450,17 +602,26 @@ def pack(out: Path = PACK_DIR) -> int:
 # ------------------------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and counts (a CPU test run)")
-    parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS,
-                        help="the shipped generator (default simpsonize/weights/simpsonize.safetensors)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=SHIPPED_WEIGHTS,
+        help="the shipped generator (default simpsonize/weights/simpsonize.safetensors)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: $OUT, else ./gpu_bench_out)")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds before it stops and reports (240)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda or cpu")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
-                        help="the worker's SIMPSONIZE_WORKER_PRECISION (default auto: bf16 on CUDA if it passes)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp32"),
+        help="the worker's SIMPSONIZE_WORKER_PRECISION (default auto: bf16 on CUDA if it passes)",
+    )
     parser.add_argument("--jobs", type=int, help="jobs the worker drains (default 500; --quick 8)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("generator", "mtcnn", "worker"))
-    parser.add_argument("--pack", action="store_true",
-                        help="instead: put the wheels and redis-server the device lacks into .gpu_bench/")
+    parser.add_argument(
+        "--pack", action="store_true", help="instead: put the wheels and redis-server the device lacks into .gpu_bench/"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -498,9 +659,11 @@ def run(args: argparse.Namespace) -> int:
     report.data["environment"] = environment(device)
     report.data["plan"] = {**plan.__dict__, "weights": str(args.weights)}
     report.save()
-    sections = (("generator", lambda: bench_generators(report, plan, args.weights, device, scratch)),
-                ("mtcnn", lambda: bench_mtcnn(report, plan, device)),
-                ("worker", lambda: bench_worker(report, plan, args.weights, device, args, procs)))
+    sections = (
+        ("generator", lambda: bench_generators(report, plan, args.weights, device, scratch)),
+        ("mtcnn", lambda: bench_mtcnn(report, plan, device)),
+        ("worker", lambda: bench_worker(report, plan, args.weights, device, args, procs)),
+    )
     with tempfile.TemporaryDirectory(prefix="szgb-scratch-") as scratch_dir:
         scratch = Path(scratch_dir)
         for name, section in sections:

@@ -60,8 +60,14 @@ def pack(data: Path, out: Path, size: int = 128, max_mib: float = MAX_PACK_MIB) 
             (out / split / f"{i:06d}.jpg").write_bytes(blob)
     dataset = data / "dataset.json"
     info = json.loads(dataset.read_text()) if dataset.exists() else {}
-    info.update({"packed_from": str(data), "pack_size": size, "jpeg_quality": quality,
-                 "counts": {s: len(b) for s, b in encoded.items()}})
+    info.update(
+        {
+            "packed_from": str(data),
+            "pack_size": size,
+            "jpeg_quality": quality,
+            "counts": {s: len(b) for s, b in encoded.items()},
+        }
+    )
     (out / "dataset.json").write_text(json.dumps(info, indent=2))
     return {"bytes": total, "quality": quality, "counts": info["counts"]}
 
@@ -83,8 +89,15 @@ def _jpeg(image, quality: int) -> bytes:
 # Where this command's defaults differ from `simpsonize train`'s, on purpose: the reference generator with
 # resize-conv upsampling, batch 8 to fill the GPU, a 20,000-step schedule that an 8-minute budget cuts short,
 # DiffAugment, and the moving average that comes back instead of the last trained weights.
-GPU_DEFAULTS = {"upsampling": "resize_conv", "batch_size": 8, "epochs": 10, "epochs_decay": 10,
-                "steps_per_epoch": 1000, "diff_augment": "color,translation,cutout", "ema_decay": 0.999}
+GPU_DEFAULTS = {
+    "upsampling": "resize_conv",
+    "batch_size": 8,
+    "epochs": 10,
+    "epochs_decay": 10,
+    "steps_per_epoch": 1000,
+    "diff_augment": "color,translation,cutout",
+    "ema_decay": 0.999,
+}
 # The run's cadence is this command's own: one sample grid and no checkpoint or snapshot on the way (nothing but
 # $OUT comes back, and only the end of the run is returned).
 NOT_OPTIONS_HERE = ("sample_every", "snapshot_every", "checkpoint_minutes")
@@ -127,8 +140,9 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
     generators = trainer.G_ema.module if trainer.G_ema is not None else trainer.G
     summary["weights"] = f"moving average, decay {config.ema_decay:g}" if trainer.G_ema is not None else "trained"
     for name, generator in (("G_B", generators.G_B), ("G_A", generators.G_A)):
-        summary["files"] += [p.name for p in save_shards(generator, out, name, config, trainer.dataset.framing,
-                                                         trainer.step)]
+        summary["files"] += [
+            p.name for p in save_shards(generator, out, name, config, trainer.dataset.framing, trainer.step)
+        ]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     shutil.rmtree(run, ignore_errors=True)
     return summary
@@ -148,8 +162,14 @@ def save_shards(generator, out: Path, name: str, config, framing, step: int) -> 
             size = 0
         shards[-1][key] = tensor
         size += nbytes
-    meta = {"name": name, "generator": json.dumps(generator.config.to_dict()), "input_size": str(config.size),
-            "step": str(step), "framing": json.dumps(framing), "shards": str(len(shards))}
+    meta = {
+        "name": name,
+        "generator": json.dumps(generator.config.to_dict()),
+        "input_size": str(config.size),
+        "step": str(step),
+        "framing": json.dumps(framing),
+        "shards": str(len(shards)),
+    }
     paths = []
     for i, shard in enumerate(shards):
         path = out / f"{name}.{i}.safetensors"
@@ -180,9 +200,18 @@ def merge(folder: Path, run: Path) -> Path:
             raise FileNotFoundError(f"{folder} holds no {name} shards")
         generator = ResnetGenerator(GeneratorConfig.from_dict(json.loads(meta["generator"])))
         generator.load_state_dict(state)
-        save_generator(target / f"{name}.safetensors", generator, input_size=int(meta["input_size"]),
-                       extra={"direction": direction, "step": step, "run": str(run),
-                              "framing": json.loads(meta["framing"]), "trained_on": summary["device"]})
+        save_generator(
+            target / f"{name}.safetensors",
+            generator,
+            input_size=int(meta["input_size"]),
+            extra={
+                "direction": direction,
+                "step": step,
+                "run": str(run),
+                "framing": json.loads(meta["framing"]),
+                "trained_on": summary["device"],
+            },
+        )
     config = dict(summary["config"], data=summary.get("data", ""), out=str(run))
     (run / "config.json").write_text(json.dumps(config, indent=2))
     for extra in ("samples.png", "losses.csv", "summary.json"):
@@ -214,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--max-mib", type=float, default=MAX_PACK_MIB)
-    add_train_arguments(sub.add_parser("train", help="train within a wall-clock budget; write shards, samples and "
-                                                      "logs to --out"))
+    add_train_arguments(
+        sub.add_parser("train", help="train within a wall-clock budget; write shards, samples and logs to --out")
+    )
     m = sub.add_parser("merge", help="returned shards -> a run folder for `simpsonize test --all-snapshots`")
     m.add_argument("folder", type=Path)
     m.add_argument("--out", type=Path, required=True)
@@ -226,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.data} is not a prepared dataset (no trainA/).")
             return 2
         info = pack(args.data, args.out, args.size, args.max_mib)
-        print(f"pack: {sum(info['counts'].values())} faces, {info['bytes'] / 2**20:.1f} MiB at JPEG quality "
-              f"{info['quality']} -> {args.out}")
+        print(
+            f"pack: {sum(info['counts'].values())} faces, {info['bytes'] / 2**20:.1f} MiB at JPEG quality "
+            f"{info['quality']} -> {args.out}"
+        )
         return 0
     if args.command == "train":
         if not (args.pack / "trainA").is_dir():
@@ -239,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}")
             return 2
         summary = train(args.pack, args.out, args.minutes, args)
-        print(f"gpu_run: {summary['step']} steps in {summary['seconds']} s on {summary['device']} "
-              f"({summary['precision']}), {summary['images_per_second']} images/s; files {summary['files']}")
+        print(
+            f"gpu_run: {summary['step']} steps in {summary['seconds']} s on {summary['device']} "
+            f"({summary['precision']}), {summary['images_per_second']} images/s; files {summary['files']}"
+        )
         return 0
     target = merge(args.folder, args.out)
     print(f"merge: {target}")

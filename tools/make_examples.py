@@ -20,10 +20,14 @@ OUT = REPO_ROOT / "simpsonize" / "web" / "static" / "examples"  # package data: 
 SIDE = 720  # the longest side written: enough for the page's column (52 rem), small in the repository
 QUALITY = 85
 
-ASTRONAUT = ("Eileen Collins, NASA astronaut; photo by NASA (Great Images in NASA, https://flic.kr/p/r9qvLn), "
-             "public domain; shipped with scikit-image as skimage.data.astronaut.")
-CAMERAMAN = ("The cameraman; photo by Lav Varshney, CC0 1.0 (public domain dedication); shipped with scikit-image as "
-             "skimage.data.camera.")
+ASTRONAUT = (
+    "Eileen Collins, NASA astronaut; photo by NASA (Great Images in NASA, https://flic.kr/p/r9qvLn), "
+    "public domain; shipped with scikit-image as skimage.data.astronaut."
+)
+CAMERAMAN = (
+    "The cameraman; photo by Lav Varshney, CC0 1.0 (public domain dedication); shipped with scikit-image as "
+    "skimage.data.camera."
+)
 
 
 def photos():
@@ -38,13 +42,21 @@ def photos():
     group.paste(camera.resize((640, 640), Image.LANCZOS).crop((64, 0, 576, 640)), (512, 0))
     group.paste(ImageOps.mirror(astronaut).resize((640, 640), Image.LANCZOS).crop((64, 0, 576, 640)), (1024, 0))
     return [
-        ("astronaut", astronaut, "The astronaut Eileen Collins in her flight suit", "A portrait.",
-         ASTRONAUT),
-        ("cameraman", camera, "A man with a film camera on a tripod, in black and white",
-         "A black-and-white photo, the face small and looking down.", CAMERAMAN),
-        ("group", group, "Three people side by side", "A group: every face is drawn (a collage of the two photos "
-                                                        "above, the astronaut also mirrored).",
-         "Made from the two photos above: " + ASTRONAUT + " " + CAMERAMAN),
+        ("astronaut", astronaut, "The astronaut Eileen Collins in her flight suit", "A portrait.", ASTRONAUT),
+        (
+            "cameraman",
+            camera,
+            "A man with a film camera on a tripod, in black and white",
+            "A black-and-white photo, the face small and looking down.",
+            CAMERAMAN,
+        ),
+        (
+            "group",
+            group,
+            "Three people side by side",
+            "A group: every face is drawn (a collage of the two photos above, the astronaut also mirrored).",
+            "Made from the two photos above: " + ASTRONAUT + " " + CAMERAMAN,
+        ),
     ]
 
 
@@ -66,15 +78,29 @@ def main(argv: list[str] | None = None) -> int:
         scale = min(1.0, SIDE / max(photo.size))
         size = (round(photo.width * scale), round(photo.height * scale))
         for suffix, image in (("before", photo), ("after", result.composite)):
-            image.resize(size, Image.LANCZOS).save(args.out / f"{name}_{suffix}.jpg", quality=QUALITY,
-                                                   optimize=True)
-        listed.append({"name": name, "alt": alt, "caption": caption, "credit": credit,
-                       "width": size[0], "height": size[1], "faces": result.face_count})
-        sources.append(f"- `{name}_before.jpg` / `{name}_after.jpg` ({result.face_count} face"
-                       f"{'s' if result.face_count != 1 else ''} drawn): {credit}")
+            image.resize(size, Image.LANCZOS).save(args.out / f"{name}_{suffix}.jpg", quality=QUALITY, optimize=True)
+        listed.append(
+            {
+                "name": name,
+                "alt": alt,
+                "caption": caption,
+                "credit": credit,
+                "width": size[0],
+                "height": size[1],
+                "faces": result.face_count,
+            }
+        )
+        sources.append(
+            f"- `{name}_before.jpg` / `{name}_after.jpg` ({result.face_count} face"
+            f"{'s' if result.face_count != 1 else ''} drawn): {credit}"
+        )
         print(f"{name}: {result.face_count} face(s), {size[0]}x{size[1]}")
-    sources += ["", "The drawings are made by the shipped model (simpsonize/weights/simpsonize.safetensors; its licence: "
-                    "non-commercial use only, see weights/README.md) with tools/make_examples.py.", ""]
+    sources += [
+        "",
+        "The drawings are made by the shipped model (simpsonize/weights/simpsonize.safetensors; its licence: "
+        "non-commercial use only, see weights/README.md) with tools/make_examples.py.",
+        "",
+    ]
     (args.out / "examples.json").write_text(json.dumps(listed, indent=1) + "\n")
     (args.out / "SOURCES.md").write_text("\n".join(sources))
     return 0

@@ -122,8 +122,9 @@ def wrapped_json(value, width: int = 116) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS,
-                        help="the folder the mediapipe 0.10.21 wheel is unpacked into")
+    parser.add_argument(
+        "--models", type=Path, default=DEFAULT_MODELS, help="the folder the mediapipe 0.10.21 wheel is unpacked into"
+    )
     parser.add_argument("--out", type=Path, default=FIXTURE)
     args = parser.parse_args(argv)
     try:

@@ -39,9 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simpsonize.bench.common import free_port
-from simpsonize.bench.common import REPO_ROOT
-
+from simpsonize.bench.common import REPO_ROOT, free_port
 
 
 def photo_like(width: int = 4000, height: int = 3000, grain: float = 9.0, seed: int = 0) -> Image.Image:
@@ -62,16 +60,32 @@ def photo_jpeg(megapixels: float) -> bytes:
     return buffer.getvalue()
 
 
-
-
 def start_server(repo: Path, port: int, data_dir: str) -> subprocess.Popen:
     import httpx
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPSONIZE_") and k != "REDIS_URL"}
     env.update(PYTHONPATH=str(repo), SIMPSONIZE_RATE_LIMIT="off", SIMPSONIZE_MAX_QUEUE="1000")
-    process = subprocess.Popen([sys.executable, "-m", "simpsonize.cli", "serve", "--workers", "0", "--port", str(port),
-                                "--data-dir", data_dir, "--log-level", "warning"], cwd=repo, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "serve",
+            "--workers",
+            "0",
+            "--port",
+            str(port),
+            "--data-dir",
+            data_dir,
+            "--log-level",
+            "warning",
+        ],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 90
     while True:
         if process.poll() is not None:
@@ -95,8 +109,9 @@ def upload_once(page, base: str, path: Path, shrink: bool) -> dict:
         page.evaluate("delete document.getElementById('upload-form').dataset.maxSide")
         if path.stat().st_size > int(page.get_attribute("#upload-form", "data-max-bytes")):
             return {"refused": True}  # the page says it is too large, and sends nothing
-    with page.expect_response(lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST",
-                              timeout=300_000) as answer:
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST", timeout=300_000
+    ) as answer:
         picked = time.time() * 1000
         page.set_input_files("#file-input", str(path))
     response = answer.value
@@ -107,8 +122,11 @@ def upload_once(page, base: str, path: Path, shrink: bool) -> dict:
     length = request.all_headers().get("content-length")  # as sent (Playwright's body size misses a file's bytes)
     job = response.json()
     httpx.delete(base + job["status_url"], timeout=30)  # nothing will run it: tidy up now
-    return {"body": int(length) if length else float("nan"), "prepare": max(0.0, timing["startTime"] - picked),
-            "upload": timing["responseStart"]}
+    return {
+        "body": int(length) if length else float("nan"),
+        "prepare": max(0.0, timing["startTime"] - picked),
+        "upload": timing["responseStart"],
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,15 +157,22 @@ def run(args: argparse.Namespace) -> int:
     rows: dict[str, list[dict]] = {"original": [], "shrunk": []}
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            )
             context = browser.new_context()
             page = context.new_page()
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
-            cdp.send("Network.emulateNetworkConditions", {
-                "offline": False, "latency": args.latency_ms,
-                "uploadThroughput": args.upload_mbit * 1e6 / 8, "downloadThroughput": args.download_mbit * 1e6 / 8})
+            cdp.send(
+                "Network.emulateNetworkConditions",
+                {
+                    "offline": False,
+                    "latency": args.latency_ms,
+                    "uploadThroughput": args.upload_mbit * 1e6 / 8,
+                    "downloadThroughput": args.download_mbit * 1e6 / 8,
+                },
+            )
             upload_once(page, base, photo, shrink=True)  # warm-up: the page, codecs, the server's first decode
             for _ in range(args.repeat):
                 for kind in rows:
@@ -161,12 +186,16 @@ def run(args: argparse.Namespace) -> int:
             server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"photo: {photo_size[0]}x{photo_size[1]} JPEG, {photo_bytes:,} bytes; "
-          f"network: {args.upload_mbit:g} Mbit/s up, {args.download_mbit:g} down, {args.latency_ms:g} ms latency "
-          f"(Chromium emulation); {args.repeat} uploads each, medians; CPUs: {os.cpu_count()}, load average "
-          f"{os.getloadavg()[0]:.1f}")
-    print(f"{'upload':<10} {'request body, bytes':>20} {'in page, ms':>12} {'request -> 202, ms':>19} "
-          f"{'pick -> 202, ms':>16}")
+    print(
+        f"photo: {photo_size[0]}x{photo_size[1]} JPEG, {photo_bytes:,} bytes; "
+        f"network: {args.upload_mbit:g} Mbit/s up, {args.download_mbit:g} down, {args.latency_ms:g} ms latency "
+        f"(Chromium emulation); {args.repeat} uploads each, medians; CPUs: {os.cpu_count()}, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'upload':<10} {'request body, bytes':>20} {'in page, ms':>12} {'request -> 202, ms':>19} "
+        f"{'pick -> 202, ms':>16}"
+    )
     for kind, samples in rows.items():
         if any(s.get("refused") for s in samples):
             print(f"{kind:<10} refused: over the upload limit, so not sent at all")

@@ -88,18 +88,20 @@ def child(spec: str, repeats: int, weights: str | None, threads: int) -> dict:
 
     faces_text, path, composite_text, folder = spec.split(":", 3)
     faces, with_composite = int(faces_text), composite_text == "1"
-    from simpsonize.model.composite import FaceSelection
     from simpsonize.imaging import jpeg_bytes, png_bytes
+    from simpsonize.model.composite import FaceSelection
     from simpsonize.model.pipeline import Simpsonizer
     from simpsonize.worker.jobs import COMPOSITE_JPEG_QUALITY, PNG_LEVEL
 
-    model = Simpsonizer(weights=weights, device="cpu", num_threads=threads, faces=FaceSelection(),
-                        composite=with_composite)
+    model = Simpsonizer(
+        weights=weights, device="cpu", num_threads=threads, faces=FaceSelection(), composite=with_composite
+    )
     model.warm_up()
     source = (Path(folder) / (f"{faces}_worker.jpg" if path == "worker" else f"{faces}.jpg")).read_bytes()
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rows: dict[str, list[float]] = {k: [] for k in ("detect", "generate", "composite", "encode_faces",
-                                                    "encode_jpeg", "encode_png")}
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("detect", "generate", "composite", "encode_faces", "encode_jpeg", "encode_png")
+    }
     sizes: dict[str, int] = {}
     drawn = 0
     for attempt in range(repeats + 1):
@@ -119,20 +121,38 @@ def child(spec: str, repeats: int, weights: str | None, threads: int) -> dict:
             png = png_bytes(result.composite, PNG_LEVEL)
             encode_png = time.perf_counter() - started
             if attempt == 0:
-                sizes = {"jpeg_q90": len(jpeg), "png_level1": len(png),
-                         "png_level6": len(png_bytes(result.composite, 6)),
-                         "width": result.composite.width, "height": result.composite.height}
+                sizes = {
+                    "jpeg_q90": len(jpeg),
+                    "png_level1": len(png),
+                    "png_level6": len(png_bytes(result.composite, 6)),
+                    "width": result.composite.width,
+                    "height": result.composite.height,
+                }
         if attempt == 0:
             continue  # the warm-up
-        for key, value in (("detect", result.timings["detect"]), ("generate", result.timings["generate"]),
-                           ("composite", result.timings["composite"]), ("encode_faces", encode_faces),
-                           ("encode_jpeg", encode_jpeg), ("encode_png", encode_png)):
+        for key, value in (
+            ("detect", result.timings["detect"]),
+            ("generate", result.timings["generate"]),
+            ("composite", result.timings["composite"]),
+            ("encode_faces", encode_faces),
+            ("encode_jpeg", encode_jpeg),
+            ("encode_png", encode_png),
+        ):
             rows[key].append(value)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"faces": faces, "drawn": drawn, "path": path, "composite": with_composite,
-            "seconds": {k: statistics.median(v) for k, v in rows.items()}, "bytes": sizes,
-            "rss_mb": {"after_model": round(baseline_kb / 1024), "peak": round(peak_kb / 1024),
-                       "case": round((peak_kb - baseline_kb) / 1024)}}
+    return {
+        "faces": faces,
+        "drawn": drawn,
+        "path": path,
+        "composite": with_composite,
+        "seconds": {k: statistics.median(v) for k, v in rows.items()},
+        "bytes": sizes,
+        "rss_mb": {
+            "after_model": round(baseline_kb / 1024),
+            "peak": round(peak_kb / 1024),
+            "case": round((peak_kb - baseline_kb) / 1024),
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,8 +169,19 @@ def run(args: argparse.Namespace) -> int:
         specs += [f"{n}:full:1:{folder}" for n in counts]
     results = []
     for spec in specs:
-        command = [sys.executable, "-m", "simpsonize.cli", "bench", "composite", "--child", spec,
-                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "bench",
+            "composite",
+            "--child",
+            spec,
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+        ]
         if args.weights:
             command += ["--weights", args.weights]
         done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
@@ -164,27 +195,34 @@ def run(args: argparse.Namespace) -> int:
     folder.rmdir()
 
     print(f"{cpu_name()}, {args.threads} torch thread(s), medians of {args.repeats}")
-    print("| photo | faces drawn | detect | generate | composite | encode: faces / composite JPEG / composite PNG "
-          "| composite JPEG q90 / PNG level 1 / PNG level 6 | peak RSS (after model: +case) |")
+    print(
+        "| photo | faces drawn | detect | generate | composite | encode: faces / composite JPEG / composite PNG "
+        "| composite JPEG q90 / PNG level 1 / PNG level 6 | peak RSS (after model: +case) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
     kb = lambda n: f"{n / 1024:.0f} KB" if n < 1024 * 1024 else f"{n / 1048576:.2f} MB"  # noqa: E731
     for r in results:
         s, b = r["seconds"], r["bytes"]
         where = ("12 MP as the worker gets it" if r["path"] == "worker" else "12 MP, library/CLI") + (
-            f" ({b['width']}x{b['height']})" if b else ", composite off")
+            f" ({b['width']}x{b['height']})" if b else ", composite off"
+        )
         sizes = f"{kb(b['jpeg_q90'])} / {kb(b['png_level1'])} / {kb(b['png_level6'])}" if b else "-"
-        print(f"| {where} | {r['drawn']} of {r['faces']} | {ms(s['detect'])} | {ms(s['generate'])} | "
-              f"{ms(s['composite'])} | {ms(s['encode_faces'])} / {ms(s['encode_jpeg'])} / {ms(s['encode_png'])} | "
-              f"{sizes} | {r['rss_mb']['peak']} MB ({r['rss_mb']['after_model']} +{r['rss_mb']['case']}) |")
+        print(
+            f"| {where} | {r['drawn']} of {r['faces']} | {ms(s['detect'])} | {ms(s['generate'])} | "
+            f"{ms(s['composite'])} | {ms(s['encode_faces'])} / {ms(s['encode_jpeg'])} / {ms(s['encode_png'])} | "
+            f"{sizes} | {r['rss_mb']['peak']} MB ({r['rss_mb']['after_model']} +{r['rss_mb']['case']}) |"
+        )
     base = next((r for r in results if r["path"] == "worker" and not r["composite"]), None)
     one = next((r for r in results if r["path"] == "worker" and r["composite"] and r["faces"] == 1), None)
     if base and one:
         total = lambda r: sum(r["seconds"].values())  # noqa: E731
-        print(f"\nA single selfie: {total(one) / total(base):.2f}x the time without the composite "
-              f"({total(one) - total(base):+.3f} s; the composite's own cost: pasting "
-              f"{one['seconds']['composite'] * 1000:.0f} ms, encoding JPEG + PNG "
-              f"{(one['seconds']['encode_jpeg'] + one['seconds']['encode_png']) * 1000:.0f} ms).")
+        print(
+            f"\nA single selfie: {total(one) / total(base):.2f}x the time without the composite "
+            f"({total(one) - total(base):+.3f} s; the composite's own cost: pasting "
+            f"{one['seconds']['composite'] * 1000:.0f} ms, encoding JPEG + PNG "
+            f"{(one['seconds']['encode_jpeg'] + one['seconds']['encode_png']) * 1000:.0f} ms)."
+        )
     if args.json:
         print(json.dumps(results, indent=1))
     return 0

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     # 2048 and 4000x3000 (12 MP, a phone's photo): what `simpsonize predict` and library callers may pass.
     for width, height in PHOTO_SIZES:
         image = photo if (width, height) == photo.size else photo.resize((width, height), Image.BICUBIC)
-        seconds = median_seconds(lambda: crop_face(image, size=256, device=detector_device), args.repeats)
+        seconds = median_seconds(lambda image=image: crop_face(image, size=256, device=detector_device), args.repeats)
         detect_ms[(width, height)] = seconds * 1000
         print(f"detect+align ({width}x{height} photo): {seconds * 1000:7.1f} ms")
 
@@ -75,20 +75,23 @@ def run(args: argparse.Namespace) -> int:
         generator = init_weights(ResnetGenerator(config)).to(device).eval()
         x = torch.randn(1, 3, size, size, device=device)
 
-        def generate():
+        def generate(generator=generator, x=x):
             with torch.inference_mode():
                 generator(x)
 
         seconds = median_seconds(generate, args.repeats)
         baseline = baseline or seconds
         params = sum(p.numel() for p in generator.parameters()) / 1e6
-        print(f"generate {name:34s}: {seconds * 1000:7.1f} ms  ({params:4.1f} M params, "
-              f"{baseline / seconds:4.1f}x the reference speed)")
+        print(
+            f"generate {name:34s}: {seconds * 1000:7.1f} ms  ({params:4.1f} M params, "
+            f"{baseline / seconds:4.1f}x the reference speed)"
+        )
         if name.startswith("served"):
             served_ms = seconds * 1000
 
-    print("detect / generate (served): "
-          + ", ".join(f"{w}x{h} {ms / served_ms:.2f}" for (w, h), ms in detect_ms.items()))
+    print(
+        "detect / generate (served): " + ", ".join(f"{w}x{h} {ms / served_ms:.2f}" for (w, h), ms in detect_ms.items())
+    )
     if args.weights:
         from simpsonize.model.pipeline import Simpsonizer
 

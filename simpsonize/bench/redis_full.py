@@ -31,9 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import free_port
+from simpsonize.bench.common import REPO_ROOT, free_port
 from simpsonize.cpu import cpu_name
-from simpsonize.bench.common import REPO_ROOT
 
 EXIT_LINE = re.compile(r"worker pid \d+ (exited with code -?\d+|was killed by signal \d+)")
 
@@ -84,8 +83,9 @@ class Tally:
             self.counts[name] += n
 
 
-def client_loop(base: str, photo: bytes, next_index, tally: Tally, delete_every: int, job_timeout: float,
-                pause: float) -> None:
+def client_loop(
+    base: str, photo: bytes, next_index, tally: Tally, delete_every: int, job_timeout: float, pause: float
+) -> None:
     with httpx.Client(base_url=base, timeout=60) as client:
         while (index := next_index()) is not None:
             try:
@@ -153,10 +153,26 @@ def measure(args: argparse.Namespace) -> dict:
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="szfull-") as data_dir:
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SIMPSONIZE_")}
-        env.update({"SIMPSONIZE_REDIS_MAXMEMORY": args.maxmemory, "SIMPSONIZE_RATE_LIMIT": "off",
-                    "SIMPSONIZE_RESULT_TTL": str(args.result_ttl), "PYTHONPATH": str(repo)})
-        command = [sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port), "--workers", str(args.workers),
-                   "--data-dir", data_dir]
+        env.update(
+            {
+                "SIMPSONIZE_REDIS_MAXMEMORY": args.maxmemory,
+                "SIMPSONIZE_RATE_LIMIT": "off",
+                "SIMPSONIZE_RESULT_TTL": str(args.result_ttl),
+                "PYTHONPATH": str(repo),
+            }
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--data-dir",
+            data_dir,
+        ]
         if args.threads:
             command += ["--threads", str(args.threads)]
         if args.weights:
@@ -174,9 +190,13 @@ def measure(args: argparse.Namespace) -> dict:
                 with counter_lock:
                     return next(counter, None)
 
-            threads = [threading.Thread(target=client_loop, args=(base, photo, next_index, tally, args.delete_every,
-                                                                  args.job_timeout, args.pause))
-                       for _ in range(args.clients)]
+            threads = [
+                threading.Thread(
+                    target=client_loop,
+                    args=(base, photo, next_index, tally, args.delete_every, args.job_timeout, args.pause),
+                )
+                for _ in range(args.clients)
+            ]
             started = time.monotonic()
             for thread in threads:
                 thread.start()
@@ -202,18 +222,35 @@ def measure(args: argparse.Namespace) -> dict:
     exits = EXIT_LINE.findall(serve_log)
     stopped = [line for line in serve_log.splitlines() if "stopping." in line]
     return {
-        "header": {"cpu": cpu_name(), "load_average": os.getloadavg(), "maxmemory": args.maxmemory,
-                   "uploads": args.uploads, "clients": args.clients, "result_ttl": args.result_ttl,
-                   "repo": str(repo), "wall_s": round(wall, 1)},
-        "accepted": tally.counts["accepted"], "refused": tally.counts["refused"],
-        "finished": tally.counts["finished"], "failed": tally.counts["failed"],
-        "failed_by_reason": failed_by_reason(metrics_text), "failure_sentences": dict(tally.sentences),
-        "never_ended": tally.counts["never_ended"], "upload_errors": tally.counts["upload_errors"],
-        "other_answers": dict(tally.other), "refusal_answers": dict(tally.refusals),
-        "worker_exits": len(exits), "worker_exit_lines": sorted(set(exits)),
-        "serve_stayed_up": serve_up, "serve_stop_lines": stopped[:3],
-        "redis_memory": {line.split(" ")[0]: line.split(" ")[1] for line in metrics_text.splitlines()
-                         if line.startswith("simpsonize_redis_") and "memory" in line.split(" ")[0]},
+        "header": {
+            "cpu": cpu_name(),
+            "load_average": os.getloadavg(),
+            "maxmemory": args.maxmemory,
+            "uploads": args.uploads,
+            "clients": args.clients,
+            "result_ttl": args.result_ttl,
+            "repo": str(repo),
+            "wall_s": round(wall, 1),
+        },
+        "accepted": tally.counts["accepted"],
+        "refused": tally.counts["refused"],
+        "finished": tally.counts["finished"],
+        "failed": tally.counts["failed"],
+        "failed_by_reason": failed_by_reason(metrics_text),
+        "failure_sentences": dict(tally.sentences),
+        "never_ended": tally.counts["never_ended"],
+        "upload_errors": tally.counts["upload_errors"],
+        "other_answers": dict(tally.other),
+        "refusal_answers": dict(tally.refusals),
+        "worker_exits": len(exits),
+        "worker_exit_lines": sorted(set(exits)),
+        "serve_stayed_up": serve_up,
+        "serve_stop_lines": stopped[:3],
+        "redis_memory": {
+            line.split(" ")[0]: line.split(" ")[1]
+            for line in metrics_text.splitlines()
+            if line.startswith("simpsonize_redis_") and "memory" in line.split(" ")[0]
+        },
     }
 
 
@@ -221,16 +258,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maxmemory", default="12mb", help="The embedded Redis's maxmemory (default 12mb).")
     parser.add_argument("--uploads", type=int, default=400, help="Photos sent in all (default 400).")
     parser.add_argument("--clients", type=int, default=8, help="Clients sending them at once (default 8).")
-    parser.add_argument("--delete-every", type=int, default=3, help="Keep one job in this many, delete the others "
-                                                                   "after downloading (default 3).")
+    parser.add_argument(
+        "--delete-every",
+        type=int,
+        default=3,
+        help="Keep one job in this many, delete the others after downloading (default 3).",
+    )
     parser.add_argument("--result-ttl", type=int, default=3600, help="SIMPSONIZE_RESULT_TTL for the run (3600).")
     parser.add_argument("--workers", type=int, default=1, help="Workers `serve` starts (default 1).")
     parser.add_argument("--threads", type=int, help="torch threads per worker (default: serve's).")
     parser.add_argument("--weights", type=Path, help="Generator weights (default: the shipped ones).")
     parser.add_argument("--photo", type=Path, help="The photo sent (default: the astronaut, 512x512 JPEG).")
     parser.add_argument("--pause", type=float, default=0.2, help="Seconds a client waits after a 503 (0.2).")
-    parser.add_argument("--job-timeout", type=float, default=180.0, help="Seconds a job may take to end before it "
-                                                                         "counts as never ended (180).")
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=180.0,
+        help="Seconds a job may take to end before it counts as never ended (180).",
+    )
     parser.add_argument("--start-timeout", type=float, default=240.0)
     parser.add_argument("--repo", type=Path, help="Run this checkout's `serve` (default: this one).")
     parser.add_argument("--json", type=Path, help="Also write the report here.")

@@ -36,9 +36,8 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import free_port, percentile
+from simpsonize.bench.common import REPO_ROOT, free_port, percentile
 from simpsonize.cpu import cpu_name
-from simpsonize.bench.common import REPO_ROOT
 from simpsonize.resources import SHIPPED_WEIGHTS
 
 LONG_POLL_S = 30  # the API's maximum wait: a client asks again only when a long poll runs out
@@ -51,7 +50,7 @@ class Config:
     threads: int
 
     @classmethod
-    def parse(cls, text: str) -> "Config":
+    def parse(cls, text: str) -> Config:
         try:
             workers, threads = (int(part) for part in text.lower().split("x"))
         except ValueError:
@@ -64,10 +63,6 @@ class Config:
         return f"{self.workers}x{self.threads}"
 
 
-
-
-
-
 def default_photo() -> bytes:
     from PIL import Image
     from skimage import data
@@ -75,8 +70,6 @@ def default_photo() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
 
 
 def one_photo(client: httpx.Client, photo: bytes, timeout: float) -> dict:
@@ -149,8 +142,11 @@ def service_cpu_seconds(root_pid: int) -> dict[str, float]:
     for child in root.children(recursive=True):
         try:
             command = " ".join(child.cmdline())
-            role = "redis" if "redis" in command and "worker" not in command else (
-                "workers" if "worker" in command else "other")
+            role = (
+                "redis"
+                if "redis" in command and "worker" not in command
+                else ("workers" if "worker" in command else "other")
+            )
             roles[role] += cpu(child)
         except psutil.NoSuchProcess:
             continue
@@ -163,27 +159,46 @@ def client_cpu_seconds() -> float:
 
 
 def summarise_stages(results: list[dict]) -> dict[str, float]:
-    return {stage: round(statistics.median(r[stage] for r in results), 4)
-            for stage in STAGES if all(stage in r for r in results)}
+    return {
+        stage: round(statistics.median(r[stage] for r in results), 4)
+        for stage in STAGES
+        if all(stage in r for r in results)
+    }
 
 
-def measure(config: Config, weights: Path, photo: bytes, singles: int, burst_size: int, timeout: float,
-            device: str | None) -> dict:
+def measure(
+    config: Config, weights: Path, photo: bytes, singles: int, burst_size: int, timeout: float, device: str | None
+) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="szbench-") as data_dir:
-        command = [sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port),
-                   "--workers", str(config.workers),
-                   "--threads", str(config.threads), "--weights", str(weights), "--data-dir", data_dir,
-                   "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(config.workers),
+            "--threads",
+            str(config.threads),
+            "--weights",
+            str(weights),
+            "--data-dir",
+            data_dir,
+            "--log-level",
+            "warning",
+        ]
         if device:
             command += ["--device", device]
         # Benchmarks need the per-client limits off (one client sends the whole burst) and the queue wide enough.
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"SIMPSONIZE_RATE_LIMIT": "off"}
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
             wait_ready(base, process, config.workers, timeout)
             startup = time.perf_counter() - started
@@ -216,7 +231,10 @@ def measure(config: Config, weights: Path, photo: bytes, singles: int, burst_siz
     bound_service = min(config.workers, max(left / config.threads, 0.0)) / job_alone if job_alone else None
     burst_latencies = [r["latency"] for r in bursted]
     return {
-        "config": str(config), "workers": config.workers, "threads": config.threads, "cores": cores,
+        "config": str(config),
+        "workers": config.workers,
+        "threads": config.threads,
+        "cores": cores,
         "startup_s": round(startup, 2),
         "single": {
             "n": singles,
@@ -244,12 +262,15 @@ def measure(config: Config, weights: Path, photo: bytes, singles: int, burst_siz
 
 
 def markdown(rows: list[dict], header: dict) -> str:
-    lines = [f"{header['cpu']}, {header['cores']} cores, torch threads per worker as configured; photo: "
-             f"{header['photo']}; load average before: {header['load_before']}.", "",
-             "| workers × threads | 1 photo p50 / p95 | worker job (detect / generate / encode) | overhead | "
-             f"burst of {rows[0]['burst']['n']}: photos/s | bound | saturation (without the client's CPU) | "
-             "burst p50 / p95 | CPU s in burst (web / workers / redis / client) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"{header['cpu']}, {header['cores']} cores, torch threads per worker as configured; photo: "
+        f"{header['photo']}; load average before: {header['load_before']}.",
+        "",
+        "| workers × threads | 1 photo p50 / p95 | worker job (detect / generate / encode) | overhead | "
+        f"burst of {rows[0]['burst']['n']}: photos/s | bound | saturation (without the client's CPU) | "
+        "burst p50 / p95 | CPU s in burst (web / workers / redis / client) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         single, bursted = row["single"], row["burst"]
         stages, cpu = single["worker_stages_s"], bursted["cpu_s"]
@@ -260,14 +281,21 @@ def markdown(rows: list[dict], header: dict) -> str:
             f"{bursted['photos_per_s']:.2f} | {bursted['bound_photos_per_s']:.2f} | "
             f"{bursted['saturation']:.2f} ({bursted['saturation_without_client']:.2f}) | "
             f"{bursted['p50_s']:.2f} / {bursted['p95_s']:.2f} s | "
-            f"{cpu['web']:.1f} / {cpu['workers']:.1f} / {cpu['redis']:.1f} / {cpu['client']:.1f} |")
+            f"{cpu['web']:.1f} / {cpu['workers']:.1f} / {cpu['redis']:.1f} / {cpu['client']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
-    parser.add_argument("--configs", type=Config.parse, nargs="+", default=None, metavar="WxT",
-                        help="worker processes x torch threads each (default: 1xC, and Cx1 for C cores)")
+    parser.add_argument(
+        "--configs",
+        type=Config.parse,
+        nargs="+",
+        default=None,
+        metavar="WxT",
+        help="worker processes x torch threads each (default: 1xC, and Cx1 for C cores)",
+    )
     parser.add_argument("--burst", type=int, default=16, help="photos sent at once (default 16)")
     parser.add_argument("--singles", type=int, default=10, help="photos sent one at a time (default 10)")
     parser.add_argument("--photo", type=Path, help="photo to send (default: scikit-image's astronaut, 512x512)")
@@ -293,19 +321,29 @@ def run(args: argparse.Namespace) -> int:
     photo = args.photo.read_bytes() if args.photo else default_photo()
     cores = len(os.sched_getaffinity(0))
     configs = args.configs or [Config(1, cores), Config(cores, 1)]
-    header = {"cpu": cpu_name(), "cores": cores, "photo": str(args.photo or "astronaut 512x512 JPEG"),
-              "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()), "weights": str(args.weights)}
-    print(f"{header['cpu']} | {cores} CPU cores | load average {header['load_before']} | weights {args.weights}",
-          flush=True)
+    header = {
+        "cpu": cpu_name(),
+        "cores": cores,
+        "photo": str(args.photo or "astronaut 512x512 JPEG"),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "weights": str(args.weights),
+    }
+    print(
+        f"{header['cpu']} | {cores} CPU cores | load average {header['load_before']} | weights {args.weights}",
+        flush=True,
+    )
     rows = []
     for config in configs:
         row = measure(config, args.weights, photo, args.singles, args.burst, args.timeout, args.device)
         rows.append(row)
         single, bursted = row["single"], row["burst"]
-        print(f"{config}: 1 photo p50 {single['p50_s']:.3f} s, p95 {single['p95_s']:.3f} s, worker "
-              f"{single['worker_stages_s']} (overhead {single['overhead_ratio']}x) | burst of {bursted['n']}: "
-              f"{bursted['photos_per_s']:.2f} photos/s of a bound {bursted['bound_photos_per_s']} "
-              f"(saturation {bursted['saturation']}), CPU s {bursted['cpu_s']}", flush=True)
+        print(
+            f"{config}: 1 photo p50 {single['p50_s']:.3f} s, p95 {single['p95_s']:.3f} s, worker "
+            f"{single['worker_stages_s']} (overhead {single['overhead_ratio']}x) | burst of {bursted['n']}: "
+            f"{bursted['photos_per_s']:.2f} photos/s of a bound {bursted['bound_photos_per_s']} "
+            f"(saturation {bursted['saturation']}), CPU s {bursted['cpu_s']}",
+            flush=True,
+        )
     table = markdown(rows, header)
     print()
     print(table)

@@ -52,8 +52,10 @@ class Variant:
     @property
     def label(self) -> str:
         layout = f"{self.procs} DDP x {self.threads} thr" if self.procs > 1 else f"1 proc x {self.threads} thr"
-        return (f"{self.recipe}, batch {self.batch}, {layout}, {self.precision}"
-                f"{', channels_last' if self.channels_last else ''}{', compiled' if self.compile else ''}")
+        return (
+            f"{self.recipe}, batch {self.batch}, {layout}, {self.precision}"
+            f"{', channels_last' if self.channels_last else ''}{', compiled' if self.compile else ''}"
+        )
 
     @property
     def images_per_step(self) -> int:
@@ -63,8 +65,9 @@ class Variant:
 BASELINE = Variant()  # README: torchrun --nproc-per-node 2, OMP_NUM_THREADS=1, batch 1, --precision bf16
 
 
-def variants(recipes: tuple[str, ...] = ("shipped", "projected"), batches: tuple[int, ...] = (1, 2, 4, 8),
-             compile_: bool = True) -> list[Variant]:
+def variants(
+    recipes: tuple[str, ...] = ("shipped", "projected"), batches: tuple[int, ...] = (1, 2, 4, 8), compile_: bool = True
+) -> list[Variant]:
     """The baseline, then one change at a time from it, for each recipe."""
     out = [BASELINE]
     for recipe in recipes:
@@ -98,12 +101,21 @@ def _make_trainer(variant: Variant, data: Path, out: Path, networks: dict, dist_
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
 
-    config = TrainConfig(data=str(data), out=str(out), upsampling="resize_conv", epochs=1, epochs_decay=0,
-                         steps_per_epoch=1000, batch_size=variant.batch, precision=variant.precision,
-                         channels_last="on" if variant.channels_last else "off",
-                         **{**RECIPES[variant.recipe], **networks})
-    trainer = Trainer(config, device="cpu", num_workers=0, dist_info=dist_info,
-                      precision=(variant.precision == "bf16", "bench"))
+    config = TrainConfig(
+        data=str(data),
+        out=str(out),
+        upsampling="resize_conv",
+        epochs=1,
+        epochs_decay=0,
+        steps_per_epoch=1000,
+        batch_size=variant.batch,
+        precision=variant.precision,
+        channels_last="on" if variant.channels_last else "off",
+        **{**RECIPES[variant.recipe], **networks},
+    )
+    trainer = Trainer(
+        config, device="cpu", num_workers=0, dist_info=dist_info, precision=(variant.precision == "bf16", "bench")
+    )
     if variant.compile:
         for network in (trainer.G.G_A, trainer.G.G_B, trainer.D.D_A, trainer.D.D_B):
             network.compile()  # in place: the trainer calls these modules as before
@@ -145,12 +157,17 @@ def _breakdown(trainer, batches) -> dict[str, float]:
     """Milliseconds per step in each part of a step, from torch.profiler over ``batches``."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    networks = {"forward G_A": trainer.G.G_A, "forward G_B": trainer.G.G_B, "forward D_A": trainer.D.D_A,
-                "forward D_B": trainer.D.D_B}
+    networks = {
+        "forward G_A": trainer.G.G_A,
+        "forward G_B": trainer.G.G_B,
+        "forward D_A": trainer.D.D_A,
+        "forward D_B": trainer.D.D_B,
+    }
     if trainer.projected:
         networks["forward D_B projected"] = trainer.D.D_B_projected
     handles, open_ranges = [], []
     for name, module in networks.items():
+
         def enter(_module, _inputs, name=name):
             scope = record_function(name)
             scope.__enter__()
@@ -206,14 +223,21 @@ def _child(spec: dict) -> dict:
             trainer = _make_trainer(variant, data, Path(tmp) / "out", networks)
             batches, data_s = _batches(trainer, variant.batch, warmup + steps)
             times, first = _time_steps(trainer, batches, warmup)
-            breakdown = _breakdown(trainer, batches[:spec["profile_steps"]]) if spec["profile"] else None
+            breakdown = _breakdown(trainer, batches[: spec["profile_steps"]]) if spec["profile"] else None
         else:
             times, first, data_s, breakdown = _ddp(spec, variant, data, Path(tmp), networks)
     median = statistics.median(times)
-    return {"variant": asdict(variant), "label": variant.label, "seconds_per_step": median,
-            "images_per_second": variant.images_per_step / median, "step_times": times,
-            "first_step_seconds": first, "compile_seconds": max(0.0, first - median) if variant.compile else None,
-            "data_seconds_per_step": data_s, "breakdown_ms": breakdown}
+    return {
+        "variant": asdict(variant),
+        "label": variant.label,
+        "seconds_per_step": median,
+        "images_per_second": variant.images_per_step / median,
+        "step_times": times,
+        "first_step_seconds": first,
+        "compile_seconds": max(0.0, first - median) if variant.compile else None,
+        "data_seconds_per_step": data_s,
+        "breakdown_ms": breakdown,
+    }
 
 
 def _ddp_rank(rank: int, spec: dict, variant: Variant, data: Path, tmp: Path, networks: dict, port: int, queue):
@@ -223,8 +247,13 @@ def _ddp_rank(rank: int, spec: dict, variant: Variant, data: Path, tmp: Path, ne
     from simpsonize.training.ddp import Distributed
 
     torch.set_num_threads(variant.threads)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(variant.procs),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(variant.procs),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     dist.init_process_group("gloo")
     try:
         trainer = _make_trainer(variant, data, tmp / f"out{rank}", networks, Distributed(variant.procs, rank, rank))
@@ -232,7 +261,7 @@ def _ddp_rank(rank: int, spec: dict, variant: Variant, data: Path, tmp: Path, ne
         times, first = _time_steps(trainer, batches, spec["warmup"], barrier=dist.barrier)
         breakdown = None
         if spec["profile"]:
-            profiled = batches[:spec["profile_steps"]]
+            profiled = batches[: spec["profile_steps"]]
             if rank == 0:
                 breakdown = _breakdown(trainer, profiled)
             else:  # the other ranks step alongside, or rank 0's all-reduce would wait for ever
@@ -254,18 +283,38 @@ def _ddp(spec: dict, variant: Variant, data: Path, tmp: Path, networks: dict):
 
 
 # ----------------------------------------------------------------------------------------------- the parent side
-def measure(chosen: list[Variant], steps: int = 6, warmup: int = 2, quick: bool = False, data: str | None = None,
-            profile: bool = True, profile_steps: int = 3, timeout: float = 1800) -> dict:
+def measure(
+    chosen: list[Variant],
+    steps: int = 6,
+    warmup: int = 2,
+    quick: bool = False,
+    data: str | None = None,
+    profile: bool = True,
+    profile_steps: int = 3,
+    timeout: float = 1800,
+) -> dict:
     """Run each variant in its own child process (the baseline again at the end) and collect their figures."""
     rows = []
     for i, variant in enumerate([*chosen, chosen[0]]):
         # Profiled: the baseline (DDP, so the all-reduce shows) and the same step in one process.
         profiled = i == 0 or variant == replace(BASELINE, procs=1, threads=2) or quick and i == 1
-        spec = {"variant": asdict(variant), "steps": steps, "warmup": warmup, "quick": quick, "data": data,
-                "profile": profile and profiled, "profile_steps": profile_steps}
+        spec = {
+            "variant": asdict(variant),
+            "steps": steps,
+            "warmup": warmup,
+            "quick": quick,
+            "data": data,
+            "profile": profile and profiled,
+            "profile_steps": profile_steps,
+        }
         env = {**os.environ, "OMP_NUM_THREADS": str(variant.threads), "OMP_WAIT_POLICY": "PASSIVE"}
-        done = subprocess.run([sys.executable, "-m", "simpsonize.bench.train_speed", "--child", json.dumps(spec)],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+        done = subprocess.run(
+            [sys.executable, "-m", "simpsonize.bench.train_speed", "--child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"bench train: {variant.label} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -273,11 +322,17 @@ def measure(chosen: list[Variant], steps: int = 6, warmup: int = 2, quick: bool 
     base = statistics.mean([rows[0]["images_per_second"], baseline_again["images_per_second"]])
     for row in rows:
         row["ratio_to_baseline"] = row["images_per_second"] / base
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": _torch_version(), "quick": quick,
-            "steps": steps, "warmup": warmup, "baseline": rows[0]["label"],
-            "baseline_images_per_second_first_last": [rows[0]["images_per_second"],
-                                                      baseline_again["images_per_second"]],
-            "rows": rows}
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "torch": _torch_version(),
+        "quick": quick,
+        "steps": steps,
+        "warmup": warmup,
+        "baseline": rows[0]["label"],
+        "baseline_images_per_second_first_last": [rows[0]["images_per_second"], baseline_again["images_per_second"]],
+        "rows": rows,
+    }
 
 
 def _torch_version() -> str:
@@ -288,20 +343,30 @@ def _torch_version() -> str:
 
 def markdown(report: dict) -> str:
     first, last = report["baseline_images_per_second_first_last"]
-    lines = [f"CPU: {report['cpu']}, {report['cores']} cores, torch {report['torch']}; medians of "
-             f"{report['steps']} steps after {report['warmup']} warm-up; baseline (the README's command) "
-             f"{first:.2f} images/s first, {last:.2f} last",
-             "", "| variant | s / step | images / s | ratio to baseline | first step s |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"CPU: {report['cpu']}, {report['cores']} cores, torch {report['torch']}; medians of "
+        f"{report['steps']} steps after {report['warmup']} warm-up; baseline (the README's command) "
+        f"{first:.2f} images/s first, {last:.2f} last",
+        "",
+        "| variant | s / step | images / s | ratio to baseline | first step s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in report["rows"]:
-        lines.append(f"| {row['label']} | {row['seconds_per_step']:.3f} | {row['images_per_second']:.2f} | "
-                     f"{row['ratio_to_baseline']:.2f} | {row['first_step_seconds']:.2f} |")
+        lines.append(
+            f"| {row['label']} | {row['seconds_per_step']:.3f} | {row['images_per_second']:.2f} | "
+            f"{row['ratio_to_baseline']:.2f} | {row['first_step_seconds']:.2f} |"
+        )
     for row in report["rows"]:
         if row["breakdown_ms"]:
             parts = row["breakdown_ms"]
-            lines += ["", f"Where a step goes ({row['label']}; data made apart: "
-                          f"{row['data_seconds_per_step'] * 1000:.1f} ms per step)", "",
-                      "| part | ms / step | share |", "| --- | --- | --- |"]
+            lines += [
+                "",
+                f"Where a step goes ({row['label']}; data made apart: "
+                f"{row['data_seconds_per_step'] * 1000:.1f} ms per step)",
+                "",
+                "| part | ms / step | share |",
+                "| --- | --- | --- |",
+            ]
             for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
                 if part != "step":
                     lines.append(f"| {part} | {ms:.1f} | {ms / parts['step']:.0%} |")
@@ -310,8 +375,11 @@ def markdown(report: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipes", default="shipped,projected",
-                        help="comma-separated: shipped, projected (the shipped networks + the Projected GAN judge)")
+    parser.add_argument(
+        "--recipes",
+        default="shipped,projected",
+        help="comma-separated: shipped, projected (the shipped networks + the Projected GAN judge)",
+    )
     parser.add_argument("--batches", default="1,2,4,8", help="comma-separated batch sizes per process")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after --warmup)")
     parser.add_argument("--warmup", type=int, default=2)

@@ -28,9 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import free_port
-from simpsonize.bench.common import REPO_ROOT
-
+from simpsonize.bench.common import REPO_ROOT, free_port
 
 
 def transparent_png(megapixels: float) -> bytes:
@@ -62,14 +60,15 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--uploads", type=int, default=8, help="Uploads sent at once (default 8).")
     parser.add_argument("--megapixels", type=float, default=20.0, help="Pixels of each PNG (default 20 MP).")
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="Checkout to serve from (default: this one).")
-    parser.add_argument("--decoders", type=int, help="SIMPSONIZE_DECODE_CONCURRENCY for the server (default: its "
-                                                     "own, one per CPU up to 4).")
+    parser.add_argument(
+        "--decoders",
+        type=int,
+        help="SIMPSONIZE_DECODE_CONCURRENCY for the server (default: its own, one per CPU up to 4).",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,9 +80,27 @@ def run(args: argparse.Namespace) -> int:
     env.update(PYTHONPATH=str(args.repo), SIMPSONIZE_RATE_LIMIT="off", SIMPSONIZE_MAX_QUEUE="1000")
     if args.decoders:
         env["SIMPSONIZE_DECODE_CONCURRENCY"] = str(args.decoders)
-    process = subprocess.Popen([sys.executable, "-m", "simpsonize.cli", "serve", "--workers", "0", "--port", str(port),
-                                "--data-dir", data_dir, "--log-level", "warning"], cwd=args.repo, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "serve",
+            "--workers",
+            "0",
+            "--port",
+            str(port),
+            "--data-dir",
+            data_dir,
+            "--log-level",
+            "warning",
+        ],
+        cwd=args.repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -138,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
 
     growth_mb = (peak - (before_peak if exact else before_rss)) / 1024
     print(f"checkout:            {args.repo}")
-    print(f"uploads at once:     {args.uploads} transparent PNGs, {args.megapixels:g} MP, {len(photo) / 1024:.0f} KB "
-          "each")
+    print(
+        f"uploads at once:     {args.uploads} transparent PNGs, {args.megapixels:g} MP, {len(photo) / 1024:.0f} KB each"
+    )
     print(f"decoders:            {args.decoders or 'default'}")
     print(f"answers:             {dict(sorted(codes.items()))}")
     print(f"web RSS before:      {before_rss / 1024:.0f} MB")

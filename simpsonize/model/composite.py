@@ -1,4 +1,5 @@
-"""The drawn heads back in the photo: invert ``simpsonize.model.face.align_crop`` and paste each drawing through a soft mask.
+"""The drawn heads back in the photo: invert ``simpsonize.model.face.align_crop`` and paste each drawing through a
+soft mask.
 
 ``align_crop`` maps crop pixel (u, v) of an ``S``-pixel crop to the photo by rotating about the eye midpoint and
 scaling by ``k = side / S``; the crop's centre lands on ``FaceCrop.center``. So, with ``t`` = the crop's angle:
@@ -19,8 +20,8 @@ The pasting itself is numpy and PIL: no torch call, so it costs the same whereve
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -58,7 +59,7 @@ class FaceSelection:
             return []
         ordered = sorted(faces, key=lambda f: f.area, reverse=True)
         rest = [f for f in ordered[1:] if min(f.box[2] - f.box[0], f.box[3] - f.box[1]) >= self.min_face]
-        return [ordered[0], *rest][:max(1, self.max_faces)]
+        return [ordered[0], *rest][: max(1, self.max_faces)]
 
 
 def crop_to_photo(crop: FaceCrop, size: int) -> tuple[float, ...]:
@@ -133,10 +134,14 @@ def paste_face(photo: np.ndarray, drawing: Image.Image, crop: FaceCrop) -> None:
     ia, ib, ic, id_, ie, if_ = photo_to_crop(crop, size)
     coefficients = (ia, ib, ia * x0 + ib * y0 + ic, id_, ie, id_ * x0 + ie * y0 + if_)
     box = (x1 - x0, y1 - y0)
-    placed = np.asarray(drawing.convert("RGB").transform(box, Image.AFFINE, coefficients, resample=Image.BICUBIC),
-                        dtype=np.float32)
-    weight = np.asarray(Image.fromarray(mask, mode="F").transform(box, Image.AFFINE, coefficients,
-                                                                  resample=Image.BILINEAR, fillcolor=0.0))
+    placed = np.asarray(
+        drawing.convert("RGB").transform(box, Image.AFFINE, coefficients, resample=Image.BICUBIC), dtype=np.float32
+    )
+    weight = np.asarray(
+        Image.fromarray(mask, mode="F").transform(
+            box, Image.AFFINE, coefficients, resample=Image.BILINEAR, fillcolor=0.0
+        )
+    )
     weight = np.clip(weight, 0.0, 1.0)[..., None]
     region = photo[y0:y1, x0:x1].astype(np.float32)
     region += (placed - region) * weight

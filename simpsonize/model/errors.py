@@ -6,7 +6,9 @@ class SimpsonizeError(Exception):
 
 
 class NoFaceFound(SimpsonizeError):
-    def __init__(self, message: str = "No face found in the photo. Try a well-lit photo with your face clearly visible.") -> None:
+    def __init__(
+        self, message: str = "No face found in the photo. Try a well-lit photo with your face clearly visible."
+    ) -> None:
         super().__init__(message)
 
 

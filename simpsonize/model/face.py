@@ -53,8 +53,11 @@ class Face:
         return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
     def to_dict(self) -> dict:
-        return {"box": [round(v, 1) for v in self.box], "confidence": round(self.confidence, 4),
-                "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks]}
+        return {
+            "box": [round(v, 1) for v in self.box],
+            "confidence": round(self.confidence, 4),
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+        }
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,13 @@ class FaceCrop:
     outside: float = 0.0  # share of the crop that lies outside the photo (filled with its border colour)
 
     def to_dict(self) -> dict:
-        return {"face": self.face.to_dict(), "center": [round(c, 1) for c in self.center],
-                "side": round(self.side, 1), "angle": round(self.angle, 2),
-                "other_faces": [f.to_dict() for f in self.other_faces]}
+        return {
+            "face": self.face.to_dict(),
+            "center": [round(c, 1) for c in self.center],
+            "side": round(self.side, 1),
+            "angle": round(self.angle, 2),
+            "other_faces": [f.to_dict() for f in self.other_faces],
+        }
 
 
 def get_detector(device: str = "cpu"):
@@ -152,22 +159,24 @@ def _downscaled(image: Image.Image, max_side: int) -> Image.Image:
     # reducing_gap: first a box reduction by the largest whole factor that leaves >= 1x (cheap: it reads each
     # pixel once and averages, so it does not alias), then bilinear for the rest. Reading a 12 MP photo through the
     # bilinear filter alone cost as much as MTCNN itself; a gap of 3 still cost 25 ms, a gap of 1 costs 11 ms.
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR,
-                        reducing_gap=1.0)
+    return image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR, reducing_gap=1.0
+    )
 
 
 def _search(image: Image.Image, small: Image.Image, min_face: float, device: str) -> list[Face]:
     """MTCNN on ``small`` (a downscaled copy of ``image``) for faces of at least ``min_face`` of its pixels; the boxes
     and landmarks mapped back to ``image``."""
-    from facenet_pytorch.models.utils.detect_face import detect_face
     import torch
+    from facenet_pytorch.models.utils.detect_face import detect_face
 
     mtcnn = get_detector(device)
     if min(small.size) * 12.0 / min_face < 12:  # MTCNN's pyramid would be empty (it raises a bare ValueError)
         return []
     with torch.no_grad():
-        boxes, points = detect_face(small, min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds,
-                                    mtcnn.factor, mtcnn.device)
+        boxes, points = detect_face(
+            small, min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor, mtcnn.device
+        )
     return _mapped(image, small, boxes[0], points[0])
 
 
@@ -178,8 +187,11 @@ def _mapped(image: Image.Image, small: Image.Image, boxes, points) -> list[Face]
         return []
     sx, sy = image.width / small.width, image.height / small.height
     faces = [
-        Face(box=(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy), confidence=float(b[4]),
-             landmarks=tuple((float(x) * sx, float(y) * sy) for x, y in pts))
+        Face(
+            box=(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy),
+            confidence=float(b[4]),
+            landmarks=tuple((float(x) * sx, float(y) * sy) for x, y in pts),
+        )
         for b, pts in zip(boxes, points)
         if b[4] >= MIN_CONFIDENCE
     ]
@@ -194,8 +206,10 @@ def crop_face(source: ImageSource, size: int = 256, device: str = "cpu", framing
     image = open_image(source)
     if min(image.size) < MTCNN_MIN_FACE:
         width, height = image.size
-        raise NoFaceFound(f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at least "
-                          f"{MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo.")
+        raise NoFaceFound(
+            f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at least "
+            f"{MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo."
+        )
     faces = detect_faces(image, device=device)
     if not faces:
         raise NoFaceFound()
@@ -203,8 +217,9 @@ def crop_face(source: ImageSource, size: int = 256, device: str = "cpu", framing
     return align_crop(image, face, size, other_faces=tuple(faces[1:]), framing=framing)
 
 
-def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Face, ...] = (),
-               framing: Framing = Framing()) -> FaceCrop:
+def align_crop(
+    image: Image.Image, face: Face, size: int, other_faces: tuple[Face, ...] = (), framing: Framing = Framing()
+) -> FaceCrop:
     if framing.mode == "head":  # this face's own scale and eye line, from the face mesh and the person mask
         from simpsonize.model.head import head_framing  # lazy: those networks load on first use
 
@@ -240,13 +255,17 @@ def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Fac
     scale_x, scale_y = image.width / width, image.height / height
     # reducing_gap: a box reduction by a whole factor first, then bilinear over the last >= 1.1x only (the affine
     # below resamples again, so a sharper filter here was not worth its 8 ms on a 12 MP photo).
-    region = image.resize((x1 - x0, y1 - y0), Image.BILINEAR if shrink > 1.0 else Image.NEAREST,
-                          box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
-                          reducing_gap=1.1 if shrink > 1.0 else None)
+    region = image.resize(
+        (x1 - x0, y1 - y0),
+        Image.BILINEAR if shrink > 1.0 else Image.NEAREST,
+        box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
+        reducing_gap=1.1 if shrink > 1.0 else None,
+    )
     # A crop that runs past the photo is filled with the border colour, as it always was (``fillcolor`` fills what
     # lies outside ``region``, so the region must hold all of the photo that the crop sees).
-    crop = region.transform((size, size), Image.AFFINE, (a, b, c - x0, d, e, f - y0), resample=Image.BICUBIC,
-                            fillcolor=border)
+    crop = region.transform(
+        (size, size), Image.AFFINE, (a, b, c - x0, d, e, f - y0), resample=Image.BICUBIC, fillcolor=border
+    )
     grid = (np.arange(16) + 0.5) * size / 16
     u, v = np.meshgrid(grid, grid)
     x, y = a * u + b * v + c, d * u + e * v + f
@@ -255,8 +274,9 @@ def align_crop(image: Image.Image, face: Face, size: int, other_faces: tuple[Fac
     # Crop centre in original coordinates (for placing results back).
     cu, cv = size / 2, size / 2
     center = (float((a * cu + b * cv + c) * shrink), float((d * cu + e * cv + f) * shrink))
-    return FaceCrop(image=crop, face=face, center=center, side=side, angle=angle, other_faces=other_faces,
-                    outside=outside)
+    return FaceCrop(
+        image=crop, face=face, center=center, side=side, angle=angle, other_faces=other_faces, outside=outside
+    )
 
 
 def _sampled_region(coefficients: tuple[float, ...], size: int, width: int, height: int) -> tuple[int, int, int, int]:
@@ -303,29 +323,34 @@ def detect_faces_many(images: list[Image.Image], device: str = "cpu") -> list[li
         found = _search_many(images, [small for small, _ in plans], min_face, device)
     rest = [i for i, faces in enumerate(found) if not _quick_enough(images[i], faces)]
     if rest:
-        full = _search_many([images[i] for i in rest], [_downscaled(images[i], full_side) for i in rest],
-                            MTCNN_MIN_FACE, device)
+        full = _search_many(
+            [images[i] for i in rest], [_downscaled(images[i], full_side) for i in rest], MTCNN_MIN_FACE, device
+        )
         for i, faces in zip(rest, full):
             found[i] = faces
     return found
 
 
-def _search_many(images: list[Image.Image], smalls: list[Image.Image], min_face: float, device: str) -> list[list[Face]]:
+def _search_many(
+    images: list[Image.Image], smalls: list[Image.Image], min_face: float, device: str
+) -> list[list[Face]]:
     """``_search`` for several images whose copies ``smalls`` share one size: one MTCNN call."""
-    from facenet_pytorch.models.utils.detect_face import detect_face
     import torch
+    from facenet_pytorch.models.utils.detect_face import detect_face
 
     if min(smalls[0].size) * 12.0 / min_face < 12:  # MTCNN's pyramid would be empty (it raises a bare ValueError)
         return [[] for _ in images]
     mtcnn = get_detector(device)
     with torch.no_grad():
-        boxes, points = detect_face(list(smalls), min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds,
-                                    mtcnn.factor, mtcnn.device)
+        boxes, points = detect_face(
+            list(smalls), min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, mtcnn.thresholds, mtcnn.factor, mtcnn.device
+        )
     return [_mapped(image, small, b, p) for image, small, b, p in zip(images, smalls, boxes, points)]
 
 
-def find_faces(sources: list[ImageSource], device: str = "cpu"
-               ) -> tuple[list[tuple[Image.Image, list[Face]] | SimpsonizeError], list[float]]:
+def find_faces(
+    sources: list[ImageSource], device: str = "cpu"
+) -> tuple[list[tuple[Image.Image, list[Face]] | SimpsonizeError], list[float]]:
     """Each photo decoded (upright RGB) with all its confident faces, largest first, MTCNN batched over the photos of
     one size; in place of a photo, the ``SimpsonizeError`` that ``crop_face`` would raise (unreadable, too small, no
     face). Also the seconds spent on each (its share of its group's detection, plus its own decoding)."""
@@ -338,8 +363,10 @@ def find_faces(sources: list[ImageSource], device: str = "cpu"
             image = open_image(source)
             if min(image.size) < MTCNN_MIN_FACE:
                 width, height = image.size
-                raise NoFaceFound(f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at "
-                                  f"least {MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo.")
+                raise NoFaceFound(
+                    f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at "
+                    f"least {MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo."
+                )
         except SimpsonizeError as exc:
             results[i] = exc
         else:
@@ -355,8 +382,9 @@ def find_faces(sources: list[ImageSource], device: str = "cpu"
     return results, seconds  # type: ignore[return-value]
 
 
-def crop_faces(sources: list[ImageSource], size: int = 256, device: str = "cpu", framing: Framing = Framing()
-               ) -> tuple[list[FaceCrop | SimpsonizeError], list[float]]:
+def crop_faces(
+    sources: list[ImageSource], size: int = 256, device: str = "cpu", framing: Framing = Framing()
+) -> tuple[list[FaceCrop | SimpsonizeError], list[float]]:
     """``crop_face`` for each photo, with MTCNN batched over the photos of one size.
 
     Returns each photo's crop, or in its place the ``SimpsonizeError`` that ``crop_face`` would raise (unreadable, no

@@ -49,9 +49,12 @@ class Framing:
         return {"mode": self.mode, "top_margin": self.top_margin, "chin_line": self.chin_line}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Framing":
+    def from_dict(cls, data: dict | None) -> Framing:
         data = data or {}
         if data.get("mode", "eyes") == "head":
-            return cls(mode="head", top_margin=float(data.get("top_margin", HEAD_TOP_MARGIN)),
-                       chin_line=float(data.get("chin_line", HEAD_CHIN_LINE)))
+            return cls(
+                mode="head",
+                top_margin=float(data.get("top_margin", HEAD_TOP_MARGIN)),
+                chin_line=float(data.get("chin_line", HEAD_CHIN_LINE)),
+            )
         return cls(scale=float(data.get("scale", CROP_SCALE)), eye_line=float(data.get("eye_line", EYE_LINE)))

@@ -17,8 +17,8 @@ eye-to-mouth distance), so the result is the ``scale`` and ``eye_line`` of an or
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -58,8 +58,13 @@ def networks() -> tuple[FaceMesh, PersonSegmenter]:
 
 def _to_frame(points: np.ndarray, framing: Framing, size: int) -> np.ndarray:
     """Crop pixels (x, y) of a ``size`` crop cut at ``framing`` -> the face's frame."""
-    return np.stack([(points[..., 0] - size / 2) / size * framing.scale,
-                     (points[..., 1] - framing.eye_line * size) / size * framing.scale], axis=-1)
+    return np.stack(
+        [
+            (points[..., 0] - size / 2) / size * framing.scale,
+            (points[..., 1] - framing.eye_line * size) / size * framing.scale,
+        ],
+        axis=-1,
+    )
 
 
 def _to_pixels(y: float, framing: Framing, size: int) -> float:
@@ -100,8 +105,10 @@ def measure_head(image: Image.Image, face, crop: Callable) -> HeadMeasure | None
     left, right = np.percentile(oval_x, [0, 100])
     middle = (left + right) / 2
     half = 0.3 * (right - left)
-    columns = range(int(np.floor((middle - half) / MASK_FRAMING.scale * MASK_SIZE + MASK_SIZE / 2)),
-                    int(np.ceil((middle + half) / MASK_FRAMING.scale * MASK_SIZE + MASK_SIZE / 2)) + 1)
+    columns = range(
+        int(np.floor((middle - half) / MASK_FRAMING.scale * MASK_SIZE + MASK_SIZE / 2)),
+        int(np.ceil((middle + half) / MASK_FRAMING.scale * MASK_SIZE + MASK_SIZE / 2)) + 1,
+    )
     start = int(min(max(_to_pixels(forehead, MASK_FRAMING, MASK_SIZE), 0), MASK_SIZE - 1))
     tops, cut = [], 0
     for column in columns:
@@ -114,8 +121,9 @@ def measure_head(image: Image.Image, face, crop: Callable) -> HeadMeasure | None
         cut += int(row == 0 or not inside[max(row - 2, 0), column])  # stopped by the photo's (or the crop's) edge
     estimate = forehead - HAIR_ABOVE_FOREHEAD * (chin - forehead)
     if not tops or cut > len(tops) / 2:
-        return HeadMeasure(chin=chin, forehead=forehead, top=min(estimate, forehead), top_in_photo=False,
-                           mesh_score=mesh.score)
+        return HeadMeasure(
+            chin=chin, forehead=forehead, top=min(estimate, forehead), top_in_photo=False, mesh_score=mesh.score
+        )
     top = float(_to_frame(np.array([[0.0, float(np.median(tops))]]), MASK_FRAMING, MASK_SIZE)[0, 1])
     return HeadMeasure(chin=chin, forehead=forehead, top=min(top, forehead), top_in_photo=True, mesh_score=mesh.score)
 

@@ -25,9 +25,10 @@ right eye is on the left of an unmirrored photo, where MTCNN's first, "left eye"
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,8 +52,44 @@ FOREHEAD_TOP = 10
 CHIN = 152
 NOSE_TIP = 1
 MOUTH_CORNERS = (61, 291)  # the person's right, left
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176,
-             149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+FACE_OVAL = (
+    10,
+    338,
+    297,
+    332,
+    284,
+    251,
+    389,
+    356,
+    454,
+    323,
+    361,
+    288,
+    397,
+    365,
+    379,
+    378,
+    400,
+    377,
+    152,
+    148,
+    176,
+    149,
+    150,
+    136,
+    172,
+    58,
+    132,
+    93,
+    234,
+    127,
+    162,
+    21,
+    54,
+    103,
+    67,
+    109,
+)
 NUM_FACE_LANDMARKS = 468
 
 # ``face.align_crop``'s framing for the mesh, close to MediaPipe's own input: a square 1.5x the landmarks' box, centred
@@ -85,8 +122,16 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class Conv2d(nn.Module):
     """CONV_2D and DEPTHWISE_CONV_2D (``groups`` = input channels), with TFLite's padding and fused activation."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, stride: list[int], padding: str,
-                 dilation: list[int], groups: int, activation: str):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        stride: list[int],
+        padding: str,
+        dilation: list[int],
+        groups: int,
+        activation: str,
+    ):
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
@@ -125,7 +170,7 @@ class ConvTranspose2d(nn.Module):
             height, width = y.shape[2], y.shape[3]
         top = max((x.shape[2] - 1) * self.stride[0] + kh - height, 0) // 2
         left = max((x.shape[3] - 1) * self.stride[1] + kw - width, 0) // 2
-        return y[:, :, top:top + height, left:left + width]
+        return y[:, :, top : top + height, left : left + width]
 
 
 class PReLU(nn.Module):
@@ -208,8 +253,15 @@ class Reshape(nn.Module):
 def _build_op(spec: dict[str, Any], weights: dict[str, torch.Tensor]) -> nn.Module:
     kind, key = spec["op"], spec["output"]
     if kind == "conv2d":
-        return Conv2d(weights[f"{key}.weight"], weights[f"{key}.bias"], spec["stride"], spec["padding"],
-                      spec["dilation"], spec["groups"], spec["activation"])
+        return Conv2d(
+            weights[f"{key}.weight"],
+            weights[f"{key}.bias"],
+            spec["stride"],
+            spec["padding"],
+            spec["dilation"],
+            spec["groups"],
+            spec["activation"],
+        )
     if kind == "conv_transpose2d":
         return ConvTranspose2d(weights[f"{key}.weight"], weights[f"{key}.bias"], spec["stride"], spec["padding"])
     if kind == "prelu":
@@ -240,8 +292,10 @@ class TfliteGraph(nn.Module):
     def __init__(self, graph: dict[str, Any], weights: dict[str, torch.Tensor]):
         super().__init__()
         if graph.get("format_version") != FORMAT_VERSION:
-            raise WeightsError(f"MediaPipe graph format {graph.get('format_version')!r} is not the one this code "
-                               f"reads ({FORMAT_VERSION}); rerun tools/convert_mediapipe.py.")
+            raise WeightsError(
+                f"MediaPipe graph format {graph.get('format_version')!r} is not the one this code "
+                f"reads ({FORMAT_VERSION}); rerun tools/convert_mediapipe.py."
+            )
         self.graph = graph
         self.input_names = [tensor["name"] for tensor in graph["inputs"]]
         self.output_names = list(graph["outputs"])
@@ -392,4 +446,3 @@ class IrisLandmarks:
 def eye_centres(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The mean of each eye's lid contour (x, y): the person's right eye first, as MTCNN's points come."""
     return (landmarks[list(RIGHT_EYE_CONTOUR), :2].mean(axis=0), landmarks[list(LEFT_EYE_CONTOUR), :2].mean(axis=0))
-

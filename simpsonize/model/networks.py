@@ -37,7 +37,7 @@ class GeneratorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "GeneratorConfig":
+    def from_dict(cls, data: dict) -> GeneratorConfig:
         known = {k: data[k] for k in ("ngf", "n_blocks", "upsampling", "input_nc", "output_nc") if k in data}
         for key in ("ngf", "n_blocks", "input_nc", "output_nc"):
             if key in known:

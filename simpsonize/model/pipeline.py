@@ -58,11 +58,14 @@ class SimpsonizeResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no pixels)."""
-        summary = {"face": self.crop.to_dict(), "timings": {k: round(v, 4) for k, v in self.timings.items()},
-                   "size": list(self.image.size), "face_count": self.face_count,
-                   "faces_found": 1 + len(self.crop.other_faces),
-                   "faces": [{"box": f.crop.face.to_dict()["box"], "angle": round(f.crop.angle, 2)}
-                             for f in self.faces]}
+        summary = {
+            "face": self.crop.to_dict(),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "size": list(self.image.size),
+            "face_count": self.face_count,
+            "faces_found": 1 + len(self.crop.other_faces),
+            "faces": [{"box": f.crop.face.to_dict()["box"], "angle": round(f.crop.angle, 2)} for f in self.faces],
+        }
         if self.composite is not None:
             summary["composite_size"] = list(self.composite.size)
         return summary
@@ -114,8 +117,11 @@ class Simpsonizer:
             if self.bf16_psnr >= BF16_MIN_PSNR:
                 self.precision = "bf16"
             else:
-                log.warning("bf16 output is %.1f dB from fp32 (< %.0f dB): the generator runs in fp32.",
-                            self.bf16_psnr, BF16_MIN_PSNR)
+                log.warning(
+                    "bf16 output is %.1f dB from fp32 (< %.0f dB): the generator runs in fp32.",
+                    self.bf16_psnr,
+                    BF16_MIN_PSNR,
+                )
 
     def warm_up(self, batch_size: int = 1) -> None:
         """One detection and a generator pass per batch shape up to ``batch_size`` on a blank image, so the first
@@ -155,9 +161,16 @@ class Simpsonizer:
             started = time.perf_counter()
             image, faces = item
             picked = self.selection.pick(faces)
-            crops = [align_crop(image, face, self.input_size,
-                                other_faces=tuple(f for f in faces if f is not face), framing=self.framing)
-                     for face in picked]
+            crops = [
+                align_crop(
+                    image,
+                    face,
+                    self.input_size,
+                    other_faces=tuple(f for f in faces if f is not face),
+                    framing=self.framing,
+                )
+                for face in picked
+            ]
             photos.append((image, crops))
             detect_times[i] += time.perf_counter() - started
 
@@ -183,11 +196,23 @@ class Simpsonizer:
             pasted = composite(image, [(d.image, d.crop) for d in drawn]) if self.make_composite else None
             composite_time = time.perf_counter() - started
             generate_time = generate_each * len(drawn)
-            timings = {"detect": detect_time, "generate": generate_time, "composite": composite_time,
-                       "total": detect_time + generate_time + composite_time}
+            timings = {
+                "detect": detect_time,
+                "generate": generate_time,
+                "composite": composite_time,
+                "total": detect_time + generate_time + composite_time,
+            }
             first = drawn[0]
-            results.append(SimpsonizeResult(image=first.image, face_crop=first.face_crop, crop=first.crop,
-                                            timings=timings, faces=tuple(drawn), composite=pasted))
+            results.append(
+                SimpsonizeResult(
+                    image=first.image,
+                    face_crop=first.face_crop,
+                    crop=first.crop,
+                    timings=timings,
+                    faces=tuple(drawn),
+                    composite=pasted,
+                )
+            )
         return results
 
     simpsonize_batch = simpsonize_many  # the earlier name
@@ -201,11 +226,11 @@ class Simpsonizer:
         """
         out: list[Image.Image] = []
         for first in range(0, len(faces), MAX_GENERATOR_BATCH):
-            chunk = faces[first:first + MAX_GENERATOR_BATCH]
+            chunk = faces[first : first + MAX_GENERATOR_BATCH]
             batch = to_tensor(chunk)
             if (padded := self._padded(len(chunk))) > len(chunk):
                 batch = torch.cat([batch, batch[-1:].expand(padded - len(chunk), -1, -1, -1)])
-            out += to_images(self.generate(batch.to(self.device))[:len(chunk)])
+            out += to_images(self.generate(batch.to(self.device))[: len(chunk)])
         if self.output_size != self.input_size:
             out = [im.resize((self.output_size, self.output_size), Image.LANCZOS) for im in out]
         return out
@@ -214,8 +239,10 @@ class Simpsonizer:
         """The generator on a batch in [-1, 1], at this Simpsonizer's precision; fp32 out."""
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+        ):
             return self.generator(batch).float()
 
     def _padded(self, n: int) -> int:

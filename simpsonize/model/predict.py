@@ -13,21 +13,35 @@ from pathlib import Path
 
 from simpsonize.model.errors import SimpsonizeError, WeightsError
 from simpsonize.model.imaging import IMAGE_SUFFIXES
+
 PROGRESS_THRESHOLD = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="photo files or folders of photos")
-    parser.add_argument("--output", "-o", type=Path, required=True,
-                        help="output PNG for one input; a folder for several inputs or a folder input")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        help="output PNG for one input; a folder for several inputs or a folder input",
+    )
     parser.add_argument("--weights", type=Path, default=None, help="generator weights (default: weights/ shipped)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--side-by-side", action="store_true", help="write the face crop and the result together")
-    parser.add_argument("--composite", action="store_true",
-                        help="write the whole photo with every drawn head pasted back; with several faces, each "
-                             "face's drawing goes beside it as NAME_face1.png, NAME_face2.png, ...")
-    parser.add_argument("--min-face", type=float, default=64.0, metavar="PX",
-                        help="draw faces whose box is at least PX pixels (the largest is always drawn; default 64)")
+    parser.add_argument(
+        "--composite",
+        action="store_true",
+        help="write the whole photo with every drawn head pasted back; with several faces, each "
+        "face's drawing goes beside it as NAME_face1.png, NAME_face2.png, ...",
+    )
+    parser.add_argument(
+        "--min-face",
+        type=float,
+        default=64.0,
+        metavar="PX",
+        help="draw faces whose box is at least PX pixels (the largest is always drawn; default 64)",
+    )
     parser.add_argument("--max-faces", type=int, default=8, metavar="N", help="draw at most N faces (default 8)")
 
 
@@ -73,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Without --composite only the largest face is drawn, as before (and no time goes on the others).
         faces = FaceSelection(min_face=args.min_face, max_faces=args.max_faces if args.composite else 1)
-        simpsonizer = Simpsonizer(weights=args.weights, device=None if args.device == "auto" else args.device,
-                                  faces=faces, composite=args.composite)
+        simpsonizer = Simpsonizer(
+            weights=args.weights,
+            device=None if args.device == "auto" else args.device,
+            faces=faces,
+            composite=args.composite,
+        )
     except WeightsError as exc:
         hint = "" if args.weights else " Train and export a model (see README) or pass --weights FILE."
         print(f"error: {exc}{hint}", file=sys.stderr)
@@ -112,11 +130,15 @@ def run(args: argparse.Namespace) -> int:
         if not many:
             t = result.timings
             faces_text = f"{len(result.faces)} faces" if len(result.faces) > 1 else "face"
-            print(f"wrote {target} ({faces_text} found in {t['detect']:.2f} s, generated in {t['generate']:.2f} s "
-                  f"on {simpsonizer.device.type})")
+            print(
+                f"wrote {target} ({faces_text} found in {t['detect']:.2f} s, generated in {t['generate']:.2f} s "
+                f"on {simpsonizer.device.type})"
+            )
     for path, reason in failures:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     if many or failures:
-        print(f"simpsonized {written} of {len(files)} photos in {time.perf_counter() - started:.1f} s"
-              f"{f'; {len(failures)} failed' if failures else ''} -> {args.output}")
+        print(
+            f"simpsonized {written} of {len(files)} photos in {time.perf_counter() - started:.1f} s"
+            f"{f'; {len(failures)} failed' if failures else ''} -> {args.output}"
+        )
     return 1 if failures else 0

@@ -84,8 +84,13 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     path = _existing(path)
     if path.suffix in (".pth", ".pt"):
         state, config = load_reference_state_dict(path)
-        metadata = {"architecture": ARCHITECTURE, "generator": config.to_dict(), "input_size": 256,
-                    "normalization": NORMALIZATION, "source": f"reference checkpoint {path.name}"}
+        metadata = {
+            "architecture": ARCHITECTURE,
+            "generator": config.to_dict(),
+            "input_size": 256,
+            "normalization": NORMALIZATION,
+            "source": f"reference checkpoint {path.name}",
+        }
     else:
         from safetensors.torch import load_file
 
@@ -146,8 +151,13 @@ def infer_config(state: dict[str, torch.Tensor], source: str | Path = "state dic
         raise WeightsError(f"{source} has no upsampling layer at model.{up}.")
     last = state.get(f"model.{up + 7}.weight")
     output_nc = int(last.shape[0]) if last is not None else 3
-    return GeneratorConfig(ngf=int(first.shape[0]), n_blocks=n_blocks, upsampling=upsampling,
-                           input_nc=int(first.shape[1]), output_nc=output_nc)
+    return GeneratorConfig(
+        ngf=int(first.shape[0]),
+        n_blocks=n_blocks,
+        upsampling=upsampling,
+        input_nc=int(first.shape[1]),
+        output_nc=output_nc,
+    )
 
 
 def _existing(path: str | Path) -> Path:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from redis import Redis
 from redis.backoff import EqualJitterBackoff
@@ -39,8 +40,9 @@ T = TypeVar("T")
 CACHE_S = 1.0  # seconds an INFO memory reading is used for
 BUSY = "The service is busy; try again in a minute."
 BUSY_RETRY_AFTER = 60  # seconds: room comes back as results are downloaded and deleted, or expire
-FULL_FAILURE = ("The service's storage was full, so the result of this photo could not be kept. Please try again "
-                "in a minute.")
+FULL_FAILURE = (
+    "The service's storage was full, so the result of this photo could not be kept. Please try again in a minute."
+)
 FULL_READINESS = "Redis is full: uploads are refused until results are deleted or expire."
 # Part of maxmemory never planned for: allocator fragmentation and the small keys that are not per job (rate limits,
 # per-client places, metrics, RQ's registries), which grow with traffic, not with jobs.
@@ -66,7 +68,7 @@ class JobFootprint:
     per_upload_byte: float = 0.7  # the composite's bytes per byte of upload: JPEG only
 
     @classmethod
-    def for_settings(cls, composite_lossless: bool) -> "JobFootprint":
+    def for_settings(cls, composite_lossless: bool) -> JobFootprint:
         return cls(per_upload_byte=5.5 if composite_lossless else 0.7)
 
     def to_finish(self, upload_bytes: int) -> int:
@@ -113,8 +115,9 @@ class MemoryGauge:
             reading = self._reading
             if reading is None or time.monotonic() - reading.at >= self.cache_s:
                 info = self.redis.info("memory")
-                reading = self._reading = MemoryReading(int(info["used_memory"]), int(info.get("maxmemory", 0)),
-                                                        time.monotonic())
+                reading = self._reading = MemoryReading(
+                    int(info["used_memory"]), int(info.get("maxmemory", 0)), time.monotonic()
+                )
                 self._written = 0
             return MemoryReading(reading.used + self._written, reading.maxmemory, reading.at)
 
@@ -126,8 +129,9 @@ class MemoryGauge:
 class Admission:
     """The high-water mark: is there room for one more job beside every job already accepted?"""
 
-    def __init__(self, queue, key_prefix: str, footprint: JobFootprint | None = None,
-                 gauge: MemoryGauge | None = None) -> None:
+    def __init__(
+        self, queue, key_prefix: str, footprint: JobFootprint | None = None, gauge: MemoryGauge | None = None
+    ) -> None:
         self.queue = queue  # rq.Queue
         self.redis: Redis = queue.connection
         self.prefix = key_prefix

@@ -8,7 +8,7 @@ result and failure (``result_ttl``), and RQ's queue list and registries, whose T
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -44,8 +44,13 @@ def connect(url: str) -> Redis:
     A command that finds the connection broken (Redis restarted) reconnects and is retried a few times within about
     half a second; a Redis that stays away gives a ``RedisError`` fast, which the app answers with 503.
     """
-    return Redis.from_url(url, socket_connect_timeout=5, socket_timeout=SOCKET_TIMEOUT, health_check_interval=30,
-                          retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), 3))
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.2), 3),
+    )
 
 
 def refresh_rq_ttls(queue: Queue, ttl: int) -> None:
@@ -66,7 +71,7 @@ def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat()
 
 
@@ -107,9 +112,15 @@ class JobStore:
                     pipe.multi()
                     pipe.set(keys.input_key(self.prefix, job_id), image, ex=s.input_ttl)
                     queue.enqueue_call(
-                        keys.JOB_FUNCTION, args=(job_id, self.prefix, s.result_ttl),
-                        job_id=job_id, description="simpsonize photo", ttl=s.queue_ttl, result_ttl=s.result_ttl,
-                        failure_ttl=s.result_ttl, timeout=s.job_timeout, pipeline=pipe,
+                        keys.JOB_FUNCTION,
+                        args=(job_id, self.prefix, s.result_ttl),
+                        job_id=job_id,
+                        description="simpsonize photo",
+                        ttl=s.queue_ttl,
+                        result_ttl=s.result_ttl,
+                        failure_ttl=s.result_ttl,
+                        timeout=s.job_timeout,
+                        pipeline=pipe,
                     )
                     pipe.execute()
                     break
@@ -152,8 +163,11 @@ class JobStore:
         if job is None or self.redis.exists(keys.deleted_key(self.prefix, job_id)):
             return None
         rq_status = job.get_status(refresh=False)
-        fields: dict[str, Any] = {"created_at": _iso(job.enqueued_at or job.created_at),
-                                  "started_at": _iso(job.started_at), "ended_at": _iso(job.ended_at)}
+        fields: dict[str, Any] = {
+            "created_at": _iso(job.enqueued_at or job.created_at),
+            "started_at": _iso(job.started_at),
+            "ended_at": _iso(job.ended_at),
+        }
         timings: dict[str, float] = {}
         if (wait := _seconds(job.enqueued_at, job.started_at)) is not None:
             timings["queued"] = wait
@@ -164,8 +178,9 @@ class JobStore:
                 return None
             status = "finished"
             face_count = int(meta.get("face_count", 1))
-            fields.update(face=meta.get("face"), face_count=face_count,
-                          faces_found=int(meta.get("faces_found", face_count)))
+            fields.update(
+                face=meta.get("face"), face_count=face_count, faces_found=int(meta.get("faces_found", face_count))
+            )
             has_composite = bool(meta.get("composite"))
             timings.update(meta.get("timings", {}))
         elif rq_status == JobStatus.STARTED:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 import secrets
 
-JOB_FUNCTION = "simpsonize.worker.jobs.process_job"  # enqueued by name: app/ never imports worker/ (which imports model/)
+JOB_FUNCTION = (
+    "simpsonize.worker.jobs.process_job"  # enqueued by name: app/ never imports worker/ (which imports model/)
+)
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 

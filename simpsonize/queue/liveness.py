@@ -16,7 +16,7 @@ No torch here: the web process and the launcher import this module.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis import Redis
 from rq import Queue
@@ -34,7 +34,7 @@ WORKER_STOPPED = "The worker stopped while working on your photo (it crashed or 
 def heartbeat_age(redis: Redis, worker_name: str, now: datetime | None = None) -> float | None:
     """Seconds since the worker's last heartbeat; None when it has none or has registered its death."""
     beat = rq_adapter.last_heartbeat(redis, worker_name)
-    return None if beat is None else ((now or datetime.now(timezone.utc)) - beat).total_seconds()
+    return None if beat is None else ((now or datetime.now(UTC)) - beat).total_seconds()
 
 
 def is_alive(redis: Redis, worker_name: str, max_age: float) -> bool:
@@ -44,9 +44,12 @@ def is_alive(redis: Redis, worker_name: str, max_age: float) -> bool:
 
 def live_workers(queue: Queue, max_age: float) -> list[str]:
     """Names of the workers registered for ``queue`` whose heartbeat is at most ``max_age`` seconds old."""
-    now = datetime.now(timezone.utc)
-    return [name for name in rq_adapter.registered_workers(queue)
-            if (age := heartbeat_age(queue.connection, name, now)) is not None and age <= max_age]
+    now = datetime.now(UTC)
+    return [
+        name
+        for name in rq_adapter.registered_workers(queue)
+        if (age := heartbeat_age(queue.connection, name, now)) is not None and age <= max_age
+    ]
 
 
 def reap(queue: Queue, key_prefix: str, max_age: float, dead: tuple[str, ...] | list[str] = ()) -> list[str]:

@@ -2,7 +2,8 @@
 
 Whatever ends a job calls :func:`notify_done` once the end is stored: the worker after RQ has recorded the job as
 finished or failed, the reaper when it fails a dead worker's job, ``DELETE``. It leaves a one-element list
-``P:done:ID`` (``simpsonize.queue.keys.done_key``) with a short TTL. A waiting request sends ``BLMOVE key key LEFT RIGHT S``:
+``P:done:ID`` (``simpsonize.queue.keys.done_key``) with a short TTL. A waiting request sends
+``BLMOVE key key LEFT RIGHT S``:
 Redis holds the request's connection, not a thread, until the element is there or ``S`` runs out, and moving the
 element from the list onto the same list leaves it in place, so every request waiting on the job wakes, and one that
 starts waiting just after the job ended returns at once (a pub/sub message sent a moment earlier would be lost).
@@ -55,8 +56,9 @@ class CompletionWaiter:
         client = self._clients.get(loop)
         if client is None:
             # The socket timeout must outlast the longest wait, or redis-py would give up on a blocked BLMOVE.
-            client = aredis.Redis.from_url(self.redis_url, socket_connect_timeout=5, socket_timeout=MAX_WAIT + 10,
-                                           client_name=CLIENT_NAME)
+            client = aredis.Redis.from_url(
+                self.redis_url, socket_connect_timeout=5, socket_timeout=MAX_WAIT + 10, client_name=CLIENT_NAME
+            )
             self._clients[loop] = client
         return client
 

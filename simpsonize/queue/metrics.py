@@ -33,7 +33,8 @@ import functools
 import ipaddress
 import logging
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -83,8 +84,14 @@ def _observe(pipe: Pipeline, key: str, name: str, seconds: float) -> None:
             break  # above the last bound: counted in +Inf (count) only
 
 
-def record(redis: Redis | Pipeline, prefix: str, queue_name: str, outcome: str, reason: str | None = None,
-           timings: dict[str, float] | None = None) -> None:
+def record(
+    redis: Redis | Pipeline,
+    prefix: str,
+    queue_name: str,
+    outcome: str,
+    reason: str | None = None,
+    timings: dict[str, float] | None = None,
+) -> None:
     """Add one job's end to the queue's metrics: ``outcome`` is ``finished``, ``failed`` (with a ``reason`` from
     ``FAILURE_REASONS``) or ``retried``; ``timings`` (seconds) the stages it went through (``STAGES`` and ``job``).
     On a pipeline the commands join it; else they run as one transaction."""
@@ -160,11 +167,14 @@ class RedisCollector:
 
     def collect(self) -> Iterable[Any]:
         store = self.store
-        up = GaugeMetricFamily("simpsonize_redis_up", "1 when Redis answered this scrape, else 0 (and no job, queue "
-                                                      "or worker metrics).")
+        up = GaugeMetricFamily(
+            "simpsonize_redis_up", "1 when Redis answered this scrape, else 0 (and no job, queue or worker metrics)."
+        )
         try:
-            fields = {k.decode(): v.decode() for k, v in
-                      store.redis.hgetall(metrics_key(store.prefix, store.queue.name)).items()}
+            fields = {
+                k.decode(): v.decode()
+                for k, v in store.redis.hgetall(metrics_key(store.prefix, store.queue.name)).items()
+            }
             queued = store.redis.llen(store.queue.key)
             running = rq_adapter.running_count(store.queue)
             workers = store.live_workers()
@@ -186,14 +196,19 @@ class RedisCollector:
         finished = CounterMetricFamily("simpsonize_jobs_finished", "Jobs that produced a result (all workers).")
         finished.add_metric([], number("finished"))
         yield finished
-        failed = CounterMetricFamily("simpsonize_jobs_failed", "Jobs that failed (all workers), by reason: photo (no "
-                                     "face, unreadable), timeout, out_of_memory, full (Redis had no room for the "
-                                     "result), error (a bug), worker_stopped (its worker died).", labels=["reason"])
+        failed = CounterMetricFamily(
+            "simpsonize_jobs_failed",
+            "Jobs that failed (all workers), by reason: photo (no "
+            "face, unreadable), timeout, out_of_memory, full (Redis had no room for the "
+            "result), error (a bug), worker_stopped (its worker died).",
+            labels=["reason"],
+        )
         for reason in FAILURE_REASONS:
             failed.add_metric([reason], number(f"failed:{reason}"))
         yield failed
-        retried = CounterMetricFamily("simpsonize_jobs_retried", "Job runs that failed and were queued again by "
-                                      "RQ's retry (all workers).")
+        retried = CounterMetricFamily(
+            "simpsonize_jobs_retried", "Job runs that failed and were queued again by RQ's retry (all workers)."
+        )
         retried.add_metric([], number("retried"))
         yield retried
 
@@ -205,25 +220,41 @@ class RedisCollector:
             rows.append(("+Inf", max(cumulative, number(f"{name}:count"))))
             return rows, number(f"{name}:sum")
 
-        stages = HistogramMetricFamily("simpsonize_job_stage_seconds", "Time of each stage of finished jobs: "
-                                       "face detection and alignment, the generator, PNG encoding.",
-                                       labels=["stage"])
+        stages = HistogramMetricFamily(
+            "simpsonize_job_stage_seconds",
+            "Time of each stage of finished jobs: face detection and alignment, the generator, PNG encoding.",
+            labels=["stage"],
+        )
         for stage in STAGES:
             stages.add_metric([stage], *buckets(stage))
         yield stages
         rows, total = buckets("job")
-        yield HistogramMetricFamily("simpsonize_job_duration_seconds", "Whole run of finished jobs in the worker "
-                                    "(reading the photo to storing the result).", buckets=rows, sum_value=total)
+        yield HistogramMetricFamily(
+            "simpsonize_job_duration_seconds",
+            "Whole run of finished jobs in the worker (reading the photo to storing the result).",
+            buckets=rows,
+            sum_value=total,
+        )
         yield GaugeMetricFamily("simpsonize_queue_depth", "Jobs waiting in the queue.", value=queued)
-        yield GaugeMetricFamily("simpsonize_jobs_in_progress", "Jobs a worker has started and not ended.",
-                                value=running)
-        yield GaugeMetricFamily("simpsonize_workers_live", "Workers of this queue whose heartbeat is at most 2 "
-                                "heartbeat intervals old (as /readyz counts them).", value=workers)
-        yield GaugeMetricFamily("simpsonize_redis_used_memory_bytes", "Redis's used_memory (INFO memory).",
-                                value=int(memory.get("used_memory", 0)))
-        yield GaugeMetricFamily("simpsonize_redis_max_memory_bytes", "Redis's maxmemory (0: no limit); uploads are "
-                                "refused before used memory gets there (simpsonize.queue.capacity).",
-                                value=int(memory.get("maxmemory", 0)))
+        yield GaugeMetricFamily(
+            "simpsonize_jobs_in_progress", "Jobs a worker has started and not ended.", value=running
+        )
+        yield GaugeMetricFamily(
+            "simpsonize_workers_live",
+            "Workers of this queue whose heartbeat is at most 2 heartbeat intervals old (as /readyz counts them).",
+            value=workers,
+        )
+        yield GaugeMetricFamily(
+            "simpsonize_redis_used_memory_bytes",
+            "Redis's used_memory (INFO memory).",
+            value=int(memory.get("used_memory", 0)),
+        )
+        yield GaugeMetricFamily(
+            "simpsonize_redis_max_memory_bytes",
+            "Redis's maxmemory (0: no limit); uploads are "
+            "refused before used memory gets there (simpsonize.queue.capacity).",
+            value=int(memory.get("maxmemory", 0)),
+        )
 
 
 class WebMetrics:
@@ -231,14 +262,27 @@ class WebMetrics:
 
     def __init__(self, store) -> None:
         self.registry = CollectorRegistry()  # no describe-by-collecting: no Redis call at start
-        self.requests = Counter("simpsonize_http_requests", "HTTP requests answered by this web process, by method, "
-                                "route template and status.", ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("simpsonize_http_request_duration_seconds", "Time to answer HTTP requests (long "
-                                 "polls included: ?wait= holds the request), by method and route template.",
-                                 ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
-        self.memory_refusals = Counter("simpsonize_uploads_refused_memory", "Uploads this web process refused "
-                                       "with 503 because Redis had no room for one more job "
-                                       "(simpsonize.queue.capacity).", registry=self.registry)
+        self.requests = Counter(
+            "simpsonize_http_requests",
+            "HTTP requests answered by this web process, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "simpsonize_http_request_duration_seconds",
+            "Time to answer HTTP requests (long "
+            "polls included: ?wait= holds the request), by method and route template.",
+            ["method", "route"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        self.memory_refusals = Counter(
+            "simpsonize_uploads_refused_memory",
+            "Uploads this web process refused "
+            "with 503 because Redis had no room for one more job "
+            "(simpsonize.queue.capacity).",
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)
         self.registry.register(RedisCollector(store))
 
@@ -313,8 +357,9 @@ def allowed_networks(setting: str) -> list[ipaddress.IPv4Network | ipaddress.IPv
     try:
         return [ipaddress.ip_network(item, strict=False) for item in items]
     except ValueError as exc:
-        raise ValueError(f"SIMPSONIZE_METRICS_ALLOW_IPS must list addresses or networks, '*' or 'off' ({exc}).") \
-            from None
+        raise ValueError(
+            f"SIMPSONIZE_METRICS_ALLOW_IPS must list addresses or networks, '*' or 'off' ({exc})."
+        ) from None
 
 
 def client_allowed(host: str | None, networks) -> bool:

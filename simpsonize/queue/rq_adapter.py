@@ -20,7 +20,7 @@ No torch, no model: the web process imports this module.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 
 from redis import Redis
@@ -38,8 +38,9 @@ SUPPORTED_RQ = (3, 0)  # major, minor: pyproject.toml says rq>=3.0,<3.1
 Worker = SimpleWorker
 WORKER_KEY_PREFIX = SimpleWorker.redis_worker_namespace_prefix  # a worker's hash: this + its name
 JOB_STATUS_FIELD = "status"  # of a job's hash: RQ's own record of where the job is
-ENDED = frozenset(status.value for status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED,
-                                              JobStatus.CANCELED))
+ENDED = frozenset(
+    status.value for status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+)
 
 
 def rq_version() -> tuple[int, int]:
@@ -51,9 +52,17 @@ def rq_version() -> tuple[int, int]:
 def bookkeeping_keys(queue: Queue) -> list[str]:
     """The keys RQ keeps for ``queue`` and never expires: its list, intermediate list, the set of queues and the job
     registries. They only hold ids."""
-    return [queue.key, queue.intermediate_queue_key, Queue.redis_queues_keys, queue.started_job_registry.key,
-            queue.finished_job_registry.key, queue.failed_job_registry.key, queue.canceled_job_registry.key,
-            queue.deferred_job_registry.key, queue.scheduled_job_registry.key]
+    return [
+        queue.key,
+        queue.intermediate_queue_key,
+        Queue.redis_queues_keys,
+        queue.started_job_registry.key,
+        queue.finished_job_registry.key,
+        queue.failed_job_registry.key,
+        queue.canceled_job_registry.key,
+        queue.deferred_job_registry.key,
+        queue.scheduled_job_registry.key,
+    ]
 
 
 def open_job_ids(queue: Queue) -> list[str]:
@@ -79,8 +88,10 @@ def ended_count(queue: Queue) -> int:
 def started_entries(queue: Queue) -> list[tuple[str, str]]:
     """(entry, job id) of every job of ``queue`` RQ holds as started; an entry names the job and its execution."""
     registry = queue.started_job_registry
-    return [(entry, registry.parse_job_id(entry))
-            for entry in (raw.decode() for raw in queue.connection.zrange(registry.key, 0, -1))]
+    return [
+        (entry, registry.parse_job_id(entry))
+        for entry in (raw.decode() for raw in queue.connection.zrange(registry.key, 0, -1))
+    ]
 
 
 def drop_started_entry(connection, queue: Queue, entry: str) -> None:
@@ -135,7 +146,7 @@ def last_heartbeat(redis: Redis, worker_name: str) -> datetime | None:
         when = utils.utcparse(beat.decode())
     except (ValueError, UnicodeDecodeError):
         return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def keep_registered(connection, worker_key: str, queue_names: Iterable[str], ttl: int) -> None:
@@ -161,8 +172,16 @@ def forget_worker(redis: Redis, queue: Queue, worker_name: str) -> None:
 # The steps of RQ's worker loop that ModelWorker overrides or calls, with their parameters as RQ declares them. RQ
 # calls the overrides itself: a step renamed, or called with other arguments, would bypass them silently.
 WORKER_HOOKS: dict[str, tuple[str, ...]] = {
-    "work": ("burst", "logging_level", "date_format", "log_format", "max_jobs", "max_idle_time", "with_scheduler",
-             "dequeue_strategy"),
+    "work": (
+        "burst",
+        "logging_level",
+        "date_format",
+        "log_format",
+        "max_jobs",
+        "max_idle_time",
+        "with_scheduler",
+        "dequeue_strategy",
+    ),
     "bootstrap": ("logging_level", "date_format", "log_format"),
     "teardown": (),
     "execute_job": ("job", "queue"),
@@ -183,8 +202,20 @@ WORKER_HOOKS: dict[str, tuple[str, ...]] = {
     "queue_names": (),
 }
 # What else of a worker ModelWorker uses: RQ's attributes (set on the class or in __init__).
-WORKER_ATTRIBUTES = ("queue_class", "job_class", "serializer", "death_penalty_class", "worker_ttl", "log", "key",
-                     "name", "queues", "connection", "max_connection_wait_time", "_stop_requested")
+WORKER_ATTRIBUTES = (
+    "queue_class",
+    "job_class",
+    "serializer",
+    "death_penalty_class",
+    "worker_ttl",
+    "log",
+    "key",
+    "name",
+    "queues",
+    "connection",
+    "max_connection_wait_time",
+    "_stop_requested",
+)
 
 
 def stop_requested(worker: SimpleWorker) -> bool:
@@ -199,9 +230,14 @@ def stop_at_next_turn(worker: SimpleWorker) -> None:
 def dequeue_now(worker: SimpleWorker, queue: Queue) -> Job | None:
     """The next job of ``queue`` through RQ's own dequeue (moved to the intermediate list as RQ does), without
     waiting; None when the queue is empty."""
-    result = worker.queue_class.dequeue_any([queue], None, connection=worker.connection, job_class=worker.job_class,
-                                            serializer=worker.serializer,
-                                            death_penalty_class=worker.death_penalty_class)
+    result = worker.queue_class.dequeue_any(
+        [queue],
+        None,
+        connection=worker.connection,
+        job_class=worker.job_class,
+        serializer=worker.serializer,
+        death_penalty_class=worker.death_penalty_class,
+    )
     return None if result is None else result[0]
 
 
@@ -218,9 +254,19 @@ RELIED_ON: list[tuple[object, str, tuple[str, ...] | None]] = [
     (Queue, "dequeue_any", ("queues", "timeout", "connection", "job_class", "serializer", "death_penalty_class")),
     (Queue, "DEFAULT_TIMEOUT", None),
     (Queue, "redis_queues_keys", None),
-    *((Queue, name, None) for name in ("key", "intermediate_queue_key", "started_job_registry",
-                                       "finished_job_registry", "failed_job_registry", "canceled_job_registry",
-                                       "deferred_job_registry", "scheduled_job_registry")),
+    *(
+        (Queue, name, None)
+        for name in (
+            "key",
+            "intermediate_queue_key",
+            "started_job_registry",
+            "finished_job_registry",
+            "failed_job_registry",
+            "canceled_job_registry",
+            "deferred_job_registry",
+            "scheduled_job_registry",
+        )
+    ),
     (StartedJobRegistry, "parse_job_id", ("entry",)),
     (StartedJobRegistry, "key", None),
     (StartedJobRegistry, "count", None),

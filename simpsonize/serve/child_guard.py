@@ -1,6 +1,7 @@
 """Start a child that dies with the process that started it, without ``preexec_fn``.
 
-``python -m simpsonize.serve.child_guard --parent PID -- PROGRAM ARGS...`` asks the kernel for SIGTERM when its parent dies
+``python -m simpsonize.serve.child_guard --parent PID -- PROGRAM ARGS...`` asks the kernel for SIGTERM when its parent
+dies
 (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere), checks that its parent is still ``PID`` (had the parent died before
 the request, no signal would ever come), then replaces itself with ``PROGRAM`` (``execvp``: same pid, same
 environment; the request survives ``execve`` for programs that are not set-user-ID, such as ``redis-server`` and
@@ -28,8 +29,15 @@ EXIT_PARENT_GONE = 1
 
 def guarded(argv: list[str], parent: int | None = None) -> list[str]:
     """The command that runs ``argv`` as a child of ``parent`` (default: this process) that dies with it."""
-    return [sys.executable, "-m", "simpsonize.serve.child_guard", "--parent", str(os.getpid() if parent is None else parent),
-            "--", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "simpsonize.serve.child_guard",
+        "--parent",
+        str(os.getpid() if parent is None else parent),
+        "--",
+        *argv,
+    ]
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         os.execvp(command[0], command)
     except OSError as exc:
         print(f"cannot run {command[0]}: {exc}", file=sys.stderr)
-        raise SystemExit(127)
+        raise SystemExit(127) from None
 
 
 if __name__ == "__main__":

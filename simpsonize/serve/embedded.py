@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import BusyLoadingError, ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from simpsonize.serve.child_guard import guarded
 
@@ -61,8 +63,10 @@ def secure_data_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.stat()
     if info.st_uid != os.geteuid():
-        raise DataDirUnsafe(f"The data directory {path} belongs to user id {info.st_uid}, not to this user "
-                            f"({os.geteuid()}); use a directory of your own (--data-dir or SIMPSONIZE_DATA_DIR).")
+        raise DataDirUnsafe(
+            f"The data directory {path} belongs to user id {info.st_uid}, not to this user "
+            f"({os.geteuid()}); use a directory of your own (--data-dir or SIMPSONIZE_DATA_DIR)."
+        )
     if info.st_mode & 0o077:
         path.chmod(0o700)
 
@@ -96,7 +100,9 @@ class EmbeddedRedis:
         except BlockingIOError:
             self._lock_file.close()
             self._lock_file = None
-            raise DataDirInUse(f"Another Simpsonize server is already using the data directory {self.data_dir}.")
+            raise DataDirInUse(
+                f"Another Simpsonize server is already using the data directory {self.data_dir}."
+            ) from None
         try:
             return self._launch(timeout)
         except BaseException:
@@ -114,12 +120,34 @@ class EmbeddedRedis:
         """Start redis-server on the socket and return at once; ``answering()`` tells when it is up. It gets SIGTERM
         if this process dies (``simpsonize.serve.child_guard``: no ``preexec_fn``, safe in a process with threads)."""
         self.socket.unlink(missing_ok=True)
-        command = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                   "--dir", str(self.data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
-                   "--loglevel", "warning", "--logfile", "", "--maxmemory", self.maxmemory,
-                   "--maxmemory-policy", "noeviction"]
-        self.process = subprocess.Popen(guarded(command), stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        command = [
+            redis_server_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            "",
+            "--maxmemory",
+            self.maxmemory,
+            "--maxmemory-policy",
+            "noeviction",
+        ]
+        self.process = subprocess.Popen(
+            guarded(command), stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
     def answering(self) -> bool:
         """One quick PING of the server ``spawn()`` started; raises ``RuntimeError`` if it has exited."""
@@ -157,7 +185,7 @@ class EmbeddedRedis:
             self._lock_file.close()
             self._lock_file = None
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import uvicorn
 
-from simpsonize.serve.child_guard import guarded
 from simpsonize.cpu import available_cpus
+from simpsonize.serve.child_guard import guarded
 from simpsonize.settings import get_settings
 
 WORKER_STOP_TIMEOUT = 30.0
@@ -40,17 +40,28 @@ def _on_sigterm(signum, frame):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1; "
-                                                           "0.0.0.0 for all).")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="Interface to listen on (default 127.0.0.1; 0.0.0.0 for all)."
+    )
     parser.add_argument("--port", type=int, default=8000, help="Port (default 8000).")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="Worker processes to start with the embedded Redis (default 1; ignored with REDIS_URL).")
-    parser.add_argument("--weights", type=Path, help="Generator weights for the workers (default: "
-                                                     "$SIMPSONIZE_WEIGHTS or weights/simpsonize.safetensors).")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Worker processes to start with the embedded Redis (default 1; ignored with REDIS_URL).",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="Generator weights for the workers (default: $SIMPSONIZE_WEIGHTS or weights/simpsonize.safetensors).",
+    )
     parser.add_argument("--device", help="Worker device: cpu, cuda, ... (default: CUDA when present).")
     parser.add_argument("--threads", type=int, help="torch CPU threads per worker (default: cores / workers).")
-    parser.add_argument("--data-dir", type=Path, help="Where the embedded Redis keeps its socket "
-                                                      "(default: $SIMPSONIZE_DATA_DIR or ./data).")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="Where the embedded Redis keeps its socket (default: $SIMPSONIZE_DATA_DIR or ./data).",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info).")
 
 
@@ -61,14 +72,20 @@ def _say(message: str) -> None:
 def uvicorn_options(settings) -> dict:
     """uvicorn's limits. Forwarded headers are handled by the app itself (``ProxyHeadersMiddleware``, trusting only
     ``SIMPSONIZE_FORWARDED_ALLOW_IPS``), so uvicorn's own handling, which would trust its own list, is off."""
-    return dict(proxy_headers=False, limit_concurrency=settings.limit_concurrency, timeout_keep_alive=5,
-                server_header=False, timeout_graceful_shutdown=10,
-                access_log=settings.access_log)  # off by default: its URLs hold job ids, which are bearer tokens
+    return dict(
+        proxy_headers=False,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=5,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        access_log=settings.access_log,
+    )  # off by default: its URLs hold job ids, which are bearer tokens
 
 
 def _config(app, args) -> uvicorn.Config:
-    return uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                          **uvicorn_options(app.state.settings))
+    return uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, **uvicorn_options(app.state.settings)
+    )
 
 
 class SupervisedServer(uvicorn.Server):
@@ -130,9 +147,14 @@ class WorkerPool:
     MAX_QUICK_CRASHES = 5
     RESTART_DELAY = 1.0
 
-    def __init__(self, commands: list[list[str]], env: dict[str, str], name_prefix: str | None = None,
-                 on_exit: Callable[[str], None] | None = None,
-                 redis_trouble: Callable[[], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        commands: list[list[str]],
+        env: dict[str, str],
+        name_prefix: str | None = None,
+        on_exit: Callable[[str], None] | None = None,
+        redis_trouble: Callable[[], str | None] | None = None,
+    ) -> None:
         self.commands = commands
         self.redis_trouble = redis_trouble
         self.env = env
@@ -155,8 +177,9 @@ class WorkerPool:
             name = f"{self.name_prefix}-{i + 1}.{self.generation[i]}"
             command += ["--name", name]
         # Own session: the terminal's Ctrl-C reaches only the launcher, which stops things in order.
-        self.processes[i] = subprocess.Popen(guarded(command), env=self.env, start_new_session=True,
-                                             stdin=subprocess.DEVNULL)
+        self.processes[i] = subprocess.Popen(
+            guarded(command), env=self.env, start_new_session=True, stdin=subprocess.DEVNULL
+        )
         self.names[i] = name
         self.started[i] = time.monotonic()
         self.restart_at[i] = None
@@ -194,16 +217,20 @@ class WorkerPool:
                 if trouble:
                     self.redis_exits[i] += 1
                     delay = min(30.0, self.RESTART_DELAY * 2 ** (self.redis_exits[i] - 1))
-                    _say(f"worker pid {process.pid} {how} while Redis is {trouble}; not a crash of the worker, so "
-                         f"serve stays up (uploads get 503 meanwhile); starting a new one in {delay:.0f} s.")
+                    _say(
+                        f"worker pid {process.pid} {how} while Redis is {trouble}; not a crash of the worker, so "
+                        f"serve stays up (uploads get 503 meanwhile); starting a new one in {delay:.0f} s."
+                    )
                     self.restart_at[i] = now + delay
                     continue
                 self.redis_exits[i] = 0
                 quick = now - self.started[i] < self.MIN_UPTIME
                 self.quick_crashes[i] = self.quick_crashes[i] + 1 if quick else 0
                 if self.quick_crashes[i] >= self.MAX_QUICK_CRASHES:
-                    _say(f"worker pid {process.pid} {how}, the {self.quick_crashes[i]}th time in a row within "
-                         f"{self.MIN_UPTIME:.0f} s of starting; stopping.")
+                    _say(
+                        f"worker pid {process.pid} {how}, the {self.quick_crashes[i]}th time in a row within "
+                        f"{self.MIN_UPTIME:.0f} s of starting; stopping."
+                    )
                     return code if code > 0 else 1
                 if self.quick_crashes[i]:
                     delay = min(30.0, self.RESTART_DELAY * 2 ** (self.quick_crashes[i] - 1))
@@ -282,13 +309,16 @@ class RedisSupervisor:
             elif time.monotonic() - self.starting_since > self.START_TIMEOUT:
                 process.kill()
                 process.wait()
-                return self._failure(f"redis-server did not answer on {self.redis.socket} within "
-                                     f"{self.START_TIMEOUT:.0f} s.")
+                return self._failure(
+                    f"redis-server did not answer on {self.redis.socket} within {self.START_TIMEOUT:.0f} s."
+                )
             return None
         if process.poll() is None:
             return None
-        _say(f"embedded Redis (pid {process.pid}) exited with code {process.returncode}; restarting it on "
-             f"{self.redis.socket}.")
+        _say(
+            f"embedded Redis (pid {process.pid}) exited with code {process.returncode}; restarting it on "
+            f"{self.redis.socket}."
+        )
         try:
             self.redis.spawn()
         except (OSError, RuntimeError) as exc:
@@ -393,8 +423,10 @@ def run(args: argparse.Namespace) -> int:
     workers = max(0, args.workers)
     weights = Path(args.weights or settings.weights)
     if workers and not weights.is_file():
-        _say(f"cannot start workers because the weights file {weights} does not exist; export trained weights "
-             "there (simpsonize export) or pass --weights / set SIMPSONIZE_WEIGHTS.")
+        _say(
+            f"cannot start workers because the weights file {weights} does not exist; export trained weights "
+            "there (simpsonize export) or pass --weights / set SIMPSONIZE_WEIGHTS."
+        )
         return 2
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -425,8 +457,9 @@ def run(args: argparse.Namespace) -> int:
             from simpsonize.queue import liveness, rq_adapter
 
             try:
-                for job_id in liveness.reap(store.queue, settings.key_prefix, 4 * settings.worker_heartbeat,
-                                            dead=[name]):
+                for job_id in liveness.reap(
+                    store.queue, settings.key_prefix, 4 * settings.worker_heartbeat, dead=[name]
+                ):
                     _say(f"job {job_id} failed: its worker {name} stopped.")
                 rq_adapter.forget_worker(store.redis, store.queue, name)
             except RedisError as exc:
@@ -438,12 +471,15 @@ def run(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().run_in_executor(None, end_jobs_of, name)
 
         watch = RedisWatch(app.state.admission)
-        pool = WorkerPool(commands, env, name_prefix=f"embedded-{os.getpid()}", on_exit=worker_exited,
-                          redis_trouble=watch.current)
+        pool = WorkerPool(
+            commands, env, name_prefix=f"embedded-{os.getpid()}", on_exit=worker_exited, redis_trouble=watch.current
+        )
         server = SupervisedServer(_config(app, args), checks=[RedisSupervisor(redis).check, watch.check, pool.check])
         pool.start()
-        _say(f"http://{args.host}:{args.port} with {workers} worker(s), {threads} thread(s) each, "
-             f"embedded Redis at {url}. Ctrl-C stops everything.")
+        _say(
+            f"http://{args.host}:{args.port} with {workers} worker(s), {threads} thread(s) each, "
+            f"embedded Redis at {url}. Ctrl-C stops everything."
+        )
         server.run()
     except (KeyboardInterrupt, _Terminated):
         pass

@@ -56,9 +56,15 @@ def _translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     padded = F.pad(x, (1, 1, 1, 1))
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     # gather pixel (src_y, src_x) of each image for every channel: (n, h, w, c) -> (n, c, h, w)
-    return padded.permute(0, 2, 3, 1)[batch, src_y, src_x].permute(0, 3, 1, 2).contiguous(
-        memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-        else torch.contiguous_format)
+    return (
+        padded.permute(0, 2, 3, 1)[batch, src_y, src_x]
+        .permute(0, 3, 1, 2)
+        .contiguous(
+            memory_format=torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+    )
 
 
 def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
@@ -74,4 +80,3 @@ def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
 
 
 _TRANSFORMS = {"color": _color, "translation": _translation, "cutout": _cutout}
-

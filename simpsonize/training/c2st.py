@@ -59,8 +59,12 @@ class C2STResult:
         return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        return {"c2st": round(self.mean, 4), "c2st_std": round(self.spread, 4),
-                "c2st_per_seed": [round(a, 4) for a in self.accuracies], "n_per_set": self.n}
+        return {
+            "c2st": round(self.mean, 4),
+            "c2st_std": round(self.spread, 4),
+            "c2st_per_seed": [round(a, 4) for a in self.accuracies],
+            "n_per_set": self.n,
+        }
 
     def __str__(self) -> str:
         return f"{self.mean:.3f} ± {self.spread:.3f} (n={self.n} per set, {len(self.accuracies)} seeds)"
@@ -70,12 +74,14 @@ def resize(images: torch.Tensor, size: int = C2ST_SIZE) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1] -> (N, 3, size, size), antialiased so no set keeps sharper high frequencies."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
-                                     antialias=True).clamp(-1, 1)
+    return nn.functional.interpolate(
+        images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    ).clamp(-1, 1)
 
 
-def two_sample_accuracy(first: torch.Tensor, second: torch.Tensor, seed: int, steps: int | None = None,
-                        batch: int = 64) -> float:
+def two_sample_accuracy(
+    first: torch.Tensor, second: torch.Tensor, seed: int, steps: int | None = None, batch: int = 64
+) -> float:
     """Train a fresh classifier on half of each set (balanced, random flips) and return its held-out accuracy."""
     steps = STEPS if steps is None else steps
     n = min(len(first), len(second))
@@ -109,7 +115,7 @@ def two_sample_accuracy(first: torch.Tensor, second: torch.Tensor, seed: int, st
             optimiser.step()
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([model(test_x[i:i + 256]) for i in range(0, len(test_x), 256)])
+            logits = torch.cat([model(test_x[i : i + 256]) for i in range(0, len(test_x), 256)])
     return float(((logits > 0).float() == test_y).float().mean())
 
 
@@ -146,7 +152,7 @@ def c2st_placement_blind(first: torch.Tensor, second: torch.Tensor, seeds=SEEDS)
 def yellow_tint(images: torch.Tensor, strength: float = 0.6) -> torch.Tensor:
     """Photos pushed towards Simpsons yellow (255, 217, 15): what a colour filter app would do, not a drawing."""
     yellow = torch.tensor([1.0, 0.70, -0.88]).view(1, 3, 1, 1)  # (255, 217, 15) in [-1, 1]
-    luminance = (0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3])
+    luminance = 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
     tinted = (luminance + 1) / 2 * (yellow + 1) - 1  # yellow, shaded by the photo's own brightness
     return (strength * tinted + (1 - strength) * images).clamp(-1, 1)
 
@@ -159,8 +165,9 @@ SANITY_EXPECTED = {  # row -> (low, high): outside this band the measure is brok
 }
 
 
-def sanity_sets(other_simpsons: torch.Tensor, photos: torch.Tensor,
-                zoomed_simpsons: torch.Tensor) -> dict[str, torch.Tensor]:
+def sanity_sets(
+    other_simpsons: torch.Tensor, photos: torch.Tensor, zoomed_simpsons: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Rows that tell whether the measure works: name -> images to compare with the reference Simpsons.
 
     The zoomed row must differ from the reference in framing only, not in sharpness: ``zoomed_simpsons`` are the

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from simpsonize.cpu import cpu_model_name
 from simpsonize.model.weights import save_generator
 from simpsonize.training.config import TrainConfig, check_removed_options
 from simpsonize.training.losses import LOSS_NAMES
-from simpsonize.cpu import cpu_model_name
 from simpsonize.training.precision import hardware_name
 
 # Architecture fields that must match for another run's networks to load into this one.
@@ -44,15 +44,24 @@ def write_config(out: Path, config: TrainConfig) -> None:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def record_session(out: Path, start_step: int, device: torch.device, world_size: int, bf16: bool,
-                   precision_reason: str) -> None:
+def record_session(
+    out: Path, start_step: int, device: torch.device, world_size: int, bf16: bool, precision_reason: str
+) -> None:
     """Append where and how this stretch of training ran."""
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.exists() else []
-    sessions.append({"start_step": start_step, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "device": f"{device.type}: {hardware_name(device)}", "threads": torch.get_num_threads(),
-                     "world_size": world_size, "precision": "bf16" if bf16 else "fp32",
-                     "precision_reason": precision_reason, "torch": torch.__version__})
+    sessions.append(
+        {
+            "start_step": start_step,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "device": f"{device.type}: {hardware_name(device)}",
+            "threads": torch.get_num_threads(),
+            "world_size": world_size,
+            "precision": "bf16" if bf16 else "fp32",
+            "precision_reason": precision_reason,
+            "torch": torch.__version__,
+        }
+    )
     path.write_text(json.dumps(sessions, indent=2))
 
 
@@ -71,8 +80,12 @@ def save_checkpoint(out: Path, state: dict) -> Path:
 
 def rng_state() -> dict:
     """Every RNG a step draws from (DiffAugment and the initial weights: torch's; the pools have their own)."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def restore_rng(rng: dict) -> None:
@@ -93,8 +106,11 @@ def read_source(source: str | Path, config: TrainConfig) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=False)
     theirs = state.get("config") or {}
     ours = config.to_dict()
-    different = [f"{name} {theirs.get(name)!r} (this run {ours[name]!r})"
-                 for name in NETWORK_FIELDS if theirs.get(name, ours[name]) != ours[name]]
+    different = [
+        f"{name} {theirs.get(name)!r} (this run {ours[name]!r})"
+        for name in NETWORK_FIELDS
+        if theirs.get(name, ours[name]) != ours[name]
+    ]
     if theirs.get("spectral_norm"):  # a removed option that changed the discriminators' layers
         different.append("spectral_norm True (this trainer has none)")
     if different:
@@ -114,8 +130,9 @@ def continue_optimiser(optimizer: torch.optim.Optimizer, scheduler, state: dict)
 def save_generators(folder: Path, generators: nn.Module, size: int, meta: dict) -> None:
     """Both generators as served-weights files (``test --all-snapshots`` ranks them, ``export`` ships one)."""
     for name, generator, direction in (("G_A", generators.G_A, "AtoB"), ("G_B", generators.G_B, "BtoA")):
-        save_generator(folder / f"{name}.safetensors", generator, input_size=size,
-                       extra={"direction": direction, **meta})
+        save_generator(
+            folder / f"{name}.safetensors", generator, input_size=size, extra={"direction": direction, **meta}
+        )
 
 
 class LossLog:
@@ -127,16 +144,26 @@ class LossLog:
         if path.exists() and resume_step > 0:
             with path.open() as handle:
                 # Columns of removed tricks (an older run's log) are dropped: they were 0 while the trick was off.
-                rows = [{k: v for k, v in r.items() if k in columns} for r in csv.DictReader(handle)
-                        if int(r["step"]) <= resume_step]
+                rows = [
+                    {k: v for k, v in r.items() if k in columns}
+                    for r in csv.DictReader(handle)
+                    if int(r["step"]) <= resume_step
+                ]
         self.handle = path.open("w", newline="")
         self.writer = csv.DictWriter(self.handle, fieldnames=columns)
         self.writer.writeheader()
         self.writer.writerows(rows)
 
     def write(self, step: int, epoch: float, lr: float, losses: dict[str, float], seconds: float) -> None:
-        self.writer.writerow({"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.3e}",
-                              **{k: f"{v:.5f}" for k, v in losses.items()}, "seconds": f"{seconds:.3f}"})
+        self.writer.writerow(
+            {
+                "step": step,
+                "epoch": f"{epoch:.4f}",
+                "lr": f"{lr:.3e}",
+                **{k: f"{v:.5f}" for k, v in losses.items()},
+                "seconds": f"{seconds:.3f}",
+            }
+        )
         if step % 10 == 0:
             self.handle.flush()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from simpsonize.model.networks import GeneratorConfig
@@ -27,19 +28,34 @@ MIN_DISCRIMINATOR_SIDE = 24
 # Tricks whose ablations lost (docs/experiments.md) and that left the trainer in issue 29, with the value that meant
 # "off". A run folder that left them off resumes here; one that used one must go back to the commit that has it.
 REMOVED_OPTIONS: dict[str, Any] = {
-    "lambda_tv": 0.0, "d_scales": 1, "d_thumbnail": 0, "cycle_noise": 0.0, "cycle_eyes": 1.0,
-    "cycle_surround": 1.0, "spectral_norm": False, "objective": "cyclegan", "d_warmup": 0, "r1_gamma": 0.0,
+    "lambda_tv": 0.0,
+    "d_scales": 1,
+    "d_thumbnail": 0,
+    "cycle_noise": 0.0,
+    "cycle_eyes": 1.0,
+    "cycle_surround": 1.0,
+    "spectral_norm": False,
+    "objective": "cyclegan",
+    "d_warmup": 0,
+    "r1_gamma": 0.0,
 }
 # lambda_nce, nce_patches and r1_every were settings of CUT and R1: inert while those were off, so they are ignored.
 LAST_COMMIT_WITH_REMOVED_OPTIONS = "f6bafa5"
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, metavar: str | None = None,
-           resumable: bool = False) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    resumable: bool = False,
+) -> Any:
     """A config field that is also a command-line option. ``resumable``: ``--resume`` may change it (how long and
     how visibly the run goes on), where every other field stays as the run began."""
-    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar,
-                                            "resumable": resumable})
+    return field(
+        default=default, metadata={"help": help, "choices": choices, "metavar": metavar, "resumable": resumable}
+    )
 
 
 @dataclass
@@ -51,44 +67,81 @@ class TrainConfig:
     size: int = option(128, "training crop side in px (a multiple of 4)", metavar="PX")
     ngf: int = option(64, "filters of the generators' first layer")
     n_blocks: int = option(9, "residual blocks of each generator", metavar="N")
-    upsampling: str = option("transpose", "transpose: the reference layout; resize_conv: avoids checkerboard "
-                             "artefacts", choices=UPSAMPLINGS)
+    upsampling: str = option(
+        "transpose", "transpose: the reference layout; resize_conv: avoids checkerboard artefacts", choices=UPSAMPLINGS
+    )
     ndf: int = option(64, "filters of the discriminators' first layer")
     batch_size: int = option(1, "images per step in each process", metavar="N")
-    epochs: int = option(100, "epochs at the initial learning rate (with --resume: lengthen or shorten the run's "
-                         "schedule, e.g. to add a decay after an ablation arm won)", metavar="N", resumable=True)
+    epochs: int = option(
+        100,
+        "epochs at the initial learning rate (with --resume: lengthen or shorten the run's "
+        "schedule, e.g. to add a decay after an ablation arm won)",
+        metavar="N",
+        resumable=True,
+    )
     epochs_decay: int = option(100, "epochs of linear decay to 0 after --epochs", metavar="N", resumable=True)
-    steps_per_epoch: int = option(0, "define an epoch as this many steps (0: one pass over the larger domain, as "
-                                  "in the reference code)", metavar="N")
+    steps_per_epoch: int = option(
+        0,
+        "define an epoch as this many steps (0: one pass over the larger domain, as in the reference code)",
+        metavar="N",
+    )
     lr: float = option(2e-4, "Adam's learning rate")
     lr_d: float = option(0.0, "the discriminators' learning rate (0: --lr)", metavar="LR")
     beta1: float = option(0.5, "Adam's beta1")
     lambda_cycle: float = option(10.0, "weight of the cycle L1, both ways", metavar="WEIGHT")
-    lambda_identity: float = option(0.5, "weight of the identity L1, as a share of --lambda-cycle (0: off)",
-                                    metavar="SHARE")
+    lambda_identity: float = option(
+        0.5, "weight of the identity L1, as a share of --lambda-cycle (0: off)", metavar="SHARE"
+    )
     pool_size: int = option(50, "fakes kept in each discriminator's history pool (0: none)", metavar="N")
     seed: int = option(0, "seed of the initial weights, the data order and the augmentations")
-    precision: str = option("auto", "auto: bf16 on CUDA; on a CPU only with AMX, or where a 3-step probe finds it "
-                            "faster", choices=PRECISIONS, resumable=True)
-    channels_last: str = option("auto", "memory layout: auto (channels_last with bf16 or on CUDA), on, off; "
-                                "`simpsonize bench train` says which is faster on this CPU (on a Zen 4 EPYC, bf16 "
-                                "was 1.13x faster off)", choices=CHANNELS_LAST_CHOICES)
-    diff_augment: str = option("", "DiffAugment on every discriminator input, e.g. color,translation,cutout "
-                               "(none: off)", metavar="POLICY")
-    init_from: str = option("", "start a new run from the networks and Adam moments of another run's checkpoint "
-                            "(same architecture); the learning-rate schedule, pools and step count start fresh",
-                            metavar="RUN")
-    d_projected: str = option("off", "a Projected GAN judge of the Simpsons side on frozen ImageNet "
-                              "EfficientNet-Lite0 features (Sauer et al., 2021): alone (instead of the PatchGAN D_B) "
-                              "or with-patch (beside it)", choices=PROJECTED_MODES)
-    eye_judge: float = option(0.0, "weight of a local judge of the eyes (training/eye_judge.py): G_B's eyes at "
-                              "the person's eye positions against the show's eye patches, e.g. 1 (0: off)",
-                              metavar="WEIGHT")
-    ema_decay: float = option(0.0, "also keep a moving average of the generators' weights (e.g. 0.999), saved "
-                              "with every snapshot as step_N_ema (0: off)", metavar="DECAY")
+    precision: str = option(
+        "auto",
+        "auto: bf16 on CUDA; on a CPU only with AMX, or where a 3-step probe finds it faster",
+        choices=PRECISIONS,
+        resumable=True,
+    )
+    channels_last: str = option(
+        "auto",
+        "memory layout: auto (channels_last with bf16 or on CUDA), on, off; "
+        "`simpsonize bench train` says which is faster on this CPU (on a Zen 4 EPYC, bf16 "
+        "was 1.13x faster off)",
+        choices=CHANNELS_LAST_CHOICES,
+    )
+    diff_augment: str = option(
+        "", "DiffAugment on every discriminator input, e.g. color,translation,cutout (none: off)", metavar="POLICY"
+    )
+    init_from: str = option(
+        "",
+        "start a new run from the networks and Adam moments of another run's checkpoint "
+        "(same architecture); the learning-rate schedule, pools and step count start fresh",
+        metavar="RUN",
+    )
+    d_projected: str = option(
+        "off",
+        "a Projected GAN judge of the Simpsons side on frozen ImageNet "
+        "EfficientNet-Lite0 features (Sauer et al., 2021): alone (instead of the PatchGAN D_B) "
+        "or with-patch (beside it)",
+        choices=PROJECTED_MODES,
+    )
+    eye_judge: float = option(
+        0.0,
+        "weight of a local judge of the eyes (training/eye_judge.py): G_B's eyes at "
+        "the person's eye positions against the show's eye patches, e.g. 1 (0: off)",
+        metavar="WEIGHT",
+    )
+    ema_decay: float = option(
+        0.0,
+        "also keep a moving average of the generators' weights (e.g. 0.999), saved "
+        "with every snapshot as step_N_ema (0: off)",
+        metavar="DECAY",
+    )
     sample_every: int = option(0, "steps between sample grids (0: once per epoch)", metavar="STEPS", resumable=True)
-    snapshot_every: int = option(0, "steps between G_B snapshots kept for `simpsonize test --all-snapshots` "
-                                 "(0: none)", metavar="STEPS", resumable=True)
+    snapshot_every: int = option(
+        0,
+        "steps between G_B snapshots kept for `simpsonize test --all-snapshots` (0: none)",
+        metavar="STEPS",
+        resumable=True,
+    )
     checkpoint_minutes: float = option(10.0, "minutes between checkpoints", metavar="MINUTES", resumable=True)
 
     def generator_config(self) -> GeneratorConfig:
@@ -97,7 +150,7 @@ class TrainConfig:
         return GeneratorConfig(ngf=self.ngf, n_blocks=self.n_blocks, upsampling=self.upsampling)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         """A saved config; fields it lacks take their defaults, and fields no longer known are dropped (whether a
         dropped one mattered is ``check_removed_options``'s question)."""
         names = {f.name for f in fields(cls)}
@@ -115,8 +168,9 @@ class TrainConfig:
         if self.size % 4:
             raise ValueError(f"--size must be a multiple of 4, not {self.size}.")
         if self.size < MIN_DISCRIMINATOR_SIDE:
-            raise ValueError(f"--size {self.size} is too small: a 70x70 PatchGAN needs at least "
-                             f"{MIN_DISCRIMINATOR_SIDE} px.")
+            raise ValueError(
+                f"--size {self.size} is too small: a 70x70 PatchGAN needs at least {MIN_DISCRIMINATOR_SIDE} px."
+            )
         if self.diff_augment:
             from simpsonize.training.augment import parse_policy
 
@@ -134,8 +188,9 @@ class TrainConfig:
             raise ValueError("--eye-judge runs in one process only (not yet under DDP).")
 
     @classmethod
-    def from_options(cls, data: str, out: str, given: Mapping[str, Any],
-                     defaults: Mapping[str, Any] | None = None) -> "TrainConfig":
+    def from_options(
+        cls, data: str, out: str, given: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+    ) -> TrainConfig:
         """A new run's config: the options given, else ``defaults`` (a caller's own, e.g. gpu_run's), else the
         fields' defaults."""
         return cls(data=data, out=out, **{**(defaults or {}), **given})
@@ -150,16 +205,20 @@ def option_fields(skip: Collection[str] = ()) -> list:
     return [f for f in fields(TrainConfig) if "help" in f.metadata and f.name not in skip]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None,
-                         skip: Collection[str] = ()) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None, skip: Collection[str] = ()
+) -> None:
     """One option per config field. An option that is not given stays out of the parsed namespace (argparse's
     SUPPRESS), so ``given_options`` tells what was asked for from what was defaulted: ``--resume`` needs that."""
     hints = typing.get_type_hints(TrainConfig)
     for f in option_fields(skip):
         default = (defaults or {}).get(f.name, f.default)
         shown = default if default != "" else "none"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{f.metadata['help']} (default: {shown})"}
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+            "help": f"{f.metadata['help']} (default: {shown})",
+        }
         if hints[f.name] is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -181,14 +240,17 @@ def resumable_options() -> tuple[str, ...]:
 
 def check_removed_options(saved: Mapping[str, Any]) -> None:
     """A saved config that used a removed option cannot train here: say which, and where it still exists."""
-    used = [_as_flag(name, saved[name]) for name, off in REMOVED_OPTIONS.items()
-            if name in saved and saved[name] != off]
+    used = [
+        _as_flag(name, saved[name]) for name, off in REMOVED_OPTIONS.items() if name in saved and saved[name] != off
+    ]
     if used:
         many = len(used) > 1
         listed = f"{', '.join(used[:-1])} and {used[-1]}" if many else used[0]
-        raise ValueError(f"this run uses {listed}, {'options' if many else 'an option'} removed from the "
-                         f"trainer after {'their' if many else 'its'} ablation lost (docs/experiments.md); commit "
-                         f"{LAST_COMMIT_WITH_REMOVED_OPTIONS} still has {'them' if many else 'it'}.")
+        raise ValueError(
+            f"this run uses {listed}, {'options' if many else 'an option'} removed from the "
+            f"trainer after {'their' if many else 'its'} ablation lost (docs/experiments.md); commit "
+            f"{LAST_COMMIT_WITH_REMOVED_OPTIONS} still has {'them' if many else 'it'}."
+        )
 
 
 def _as_flag(name: str, value: Any) -> str:

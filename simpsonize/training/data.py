@@ -32,8 +32,15 @@ class UnpairedFaces(Dataset):
     stored image (the eye judge's eyes) can follow the augmentation. The images and the draws are the same either
     way."""
 
-    def __init__(self, root: str | Path, phase: str = "train", size: int = 128, seed: int = 0,
-                 augment: bool = True, positions: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        phase: str = "train",
+        size: int = 128,
+        seed: int = 0,
+        augment: bool = True,
+        positions: bool = False,
+    ) -> None:
         root = Path(root)
         self.files_a = list_images(root / f"{phase}A")
         self.files_b = list_images(root / f"{phase}B")
@@ -56,8 +63,14 @@ class UnpairedFaces(Dataset):
         b, crop_b = self._load(self.files_b[index_b], rng)
         if not self.positions:
             return {"A": a, "B": b}
-        return {"A": a, "B": b, "A_index": index_a, "B_index": index_b,
-                "A_crop": torch.tensor(crop_a), "B_crop": torch.tensor(crop_b)}
+        return {
+            "A": a,
+            "B": b,
+            "A_index": index_a,
+            "B_index": index_b,
+            "A_crop": torch.tensor(crop_a),
+            "B_crop": torch.tensor(crop_b),
+        }
 
     def _load(self, path: Path, rng: np.random.Generator) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """The image as a tensor, and how it was cut: (x, y, flipped)."""

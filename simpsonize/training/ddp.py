@@ -9,9 +9,9 @@ would replace here is this file's few lines of ``torch.distributed``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -29,10 +29,11 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "Distributed":
+    def from_env(cls) -> Distributed:
         """The process's place as ``torchrun`` sets it (one process without it)."""
-        return cls(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(
+            int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+        )
 
 
 @contextmanager
@@ -55,14 +56,16 @@ def process_group(info: Distributed, device: str) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, device: torch.device, find_unused_parameters: bool = False,
-         broadcast_buffers: bool = True) -> nn.Module:
+def wrap(
+    module: nn.Module, device: torch.device, find_unused_parameters: bool = False, broadcast_buffers: bool = True
+) -> nn.Module:
     """``module`` under DDP: its gradients are averaged over the processes in its backward."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused_parameters,
-                                   broadcast_buffers=broadcast_buffers)
+    return DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers
+    )
 
 
 def any_rank(flag: bool, info: Distributed, device: torch.device) -> bool:

@@ -128,8 +128,13 @@ def load_pool(data: Path, n: int = POOL_SIZE, seed: int = 0) -> QualityPool:
     order = torch.randperm(len(simpsons), generator=torch.Generator().manual_seed(seed)).tolist()
     n_ref = min(len(photo_files), len(simpsons) // 2)
     info = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").exists() else {}
-    return QualityPool([simpsons[i] for i in order[:n_ref]], [simpsons[i] for i in order[n_ref:2 * n_ref]],
-                       photo_files, data, info.get("framing"))
+    return QualityPool(
+        [simpsons[i] for i in order[:n_ref]],
+        [simpsons[i] for i in order[n_ref : 2 * n_ref]],
+        photo_files,
+        data,
+        info.get("framing"),
+    )
 
 
 def recrop(data: Path, files: list[Path], framing, size: int) -> torch.Tensor:
@@ -144,7 +149,7 @@ def recrop(data: Path, files: list[Path], framing, size: int) -> torch.Tensor:
         by_stem = {Path(k).stem: k for k, v in faces.items() if v}
         sources = [by_stem[f.stem.split("_", 1)[1]] for f in files]
     images = []
-    for source in sources[:len(files)]:
+    for source in sources[: len(files)]:
         found = faces[str(source)]
         face = Face(tuple(found["box"]), found["confidence"], tuple(tuple(p) for p in found["landmarks"]))
         images.append(align_crop(open_image(Path(source)), face, size, framing=framing).image)
@@ -153,11 +158,17 @@ def recrop(data: Path, files: list[Path], framing, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def translate(generator: ResnetGenerator, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    return torch.cat([generator(images[i:i + batch]).clamp(-1, 1) for i in range(0, len(images), batch)])
+    return torch.cat([generator(images[i : i + batch]).clamp(-1, 1) for i in range(0, len(images), batch)])
 
 
-def c2st_of_generator(g_b: ResnetGenerator, pool: QualityPool, size: int, g_a: ResnetGenerator | None = None,
-                      seeds=SEEDS, framing: dict | None = None) -> tuple[dict, torch.Tensor]:
+def c2st_of_generator(
+    g_b: ResnetGenerator,
+    pool: QualityPool,
+    size: int,
+    g_a: ResnetGenerator | None = None,
+    seeds=SEEDS,
+    framing: dict | None = None,
+) -> tuple[dict, torch.Tensor]:
     """C2ST of G_B's translations of the test pool (and B->A cycle L1 when G_A is given); returns the translations."""
     photos = pool.photos(size) if framing is None else pool.photos_framed(framing, size)
     fake = translate(g_b, photos)
@@ -177,8 +188,14 @@ def sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[dict]:
     for name, images in sanity_sets(pool.others(size), pool.photos(size), pool.others_zoomed(size)).items():
         result = c2st(pool.reference(size), images, seeds=seeds)
         low, high = SANITY_EXPECTED[name]
-        rows.append({"row": name, **result.to_dict(), "expected": f"{low:.2f}-{high:.2f}",
-                     "as_expected": low <= result.mean <= high})
+        rows.append(
+            {
+                "row": name,
+                **result.to_dict(),
+                "expected": f"{low:.2f}-{high:.2f}",
+                "as_expected": low <= result.mean <= high,
+            }
+        )
     return rows
 
 
@@ -196,18 +213,22 @@ def cached_sanity_rows(pool: QualityPool, size: int = 128, seeds=SEEDS) -> list[
 
 
 def format_table(rows: list[dict], first: str) -> str:
-    lines = [f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels | C2ST placement-blind "
-             "| eyes | eyes, show |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"| {first} | C2ST (mean ± sd over seeds) | per seed | cycle L1 | flat pixels | C2ST placement-blind "
+        "| eyes | eyes, show |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         cycle, flat, blind = row.get("cycle_l1"), row.get("flat"), row.get("c2st_placement_blind")
         eyes, eyes_show = row.get("eyes"), row.get("eyes_show")
-        lines.append(f"| {row[first]} | {row['c2st']:.3f} ± {row['c2st_std']:.3f} | "
-                     f"{', '.join(f'{a:.2f}' for a in row['c2st_per_seed'])} | "
-                     f"{'' if cycle is None else f'{cycle:.4f}'} | {'' if flat is None else f'{float(flat):.2f}'} | "
-                     f"{'' if blind is None else f'{float(blind):.3f}'} | "
-                     f"{'' if eyes is None else f'{float(eyes):.1%}'} | "
-                     f"{'' if eyes_show is None else f'{float(eyes_show):.1%}'} |")
+        lines.append(
+            f"| {row[first]} | {row['c2st']:.3f} ± {row['c2st_std']:.3f} | "
+            f"{', '.join(f'{a:.2f}' for a in row['c2st_per_seed'])} | "
+            f"{'' if cycle is None else f'{cycle:.4f}'} | {'' if flat is None else f'{float(flat):.2f}'} | "
+            f"{'' if blind is None else f'{float(blind):.3f}'} | "
+            f"{'' if eyes is None else f'{float(eyes):.1%}'} | "
+            f"{'' if eyes_show is None else f'{float(eyes_show):.1%}'} |"
+        )
     return "\n".join(lines)
 
 
@@ -236,11 +257,12 @@ class DomainClassifier(nn.Module):
 @torch.no_grad()
 def is_simpsons(classifier: DomainClassifier, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     classifier.eval()
-    return torch.cat([classifier(images[i:i + batch]) > 0 for i in range(0, len(images), batch)])
+    return torch.cat([classifier(images[i : i + batch]) > 0 for i in range(0, len(images), batch)])
 
 
-def train_classifier(data: Path, grayscale: bool = True, steps: int = 400, seed: int = 0
-                     ) -> tuple[DomainClassifier, float]:
+def train_classifier(
+    data: Path, grayscale: bool = True, steps: int = 400, seed: int = 0
+) -> tuple[DomainClassifier, float]:
     """Fit on trainA/trainB (balanced batches, flips); return it and its accuracy on testA/testB."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -293,8 +315,12 @@ class DirectionResult:
     domain_score_colour: float
 
     def to_dict(self) -> dict:
-        return {"count": self.count, "cycle_l1": round(self.cycle_l1, 4), "domain_score": round(self.domain_score, 4),
-                "domain_score_colour": round(self.domain_score_colour, 4)}
+        return {
+            "count": self.count,
+            "cycle_l1": round(self.cycle_l1, 4),
+            "domain_score": round(self.domain_score, 4),
+            "domain_score_colour": round(self.domain_score_colour, 4),
+        }
 
 
 def target_share(classifier: DomainClassifier, images: torch.Tensor, target_is_simpsons: bool) -> float:
@@ -304,31 +330,51 @@ def target_share(classifier: DomainClassifier, images: torch.Tensor, target_is_s
 
 
 @torch.no_grad()
-def evaluate_direction(forward: ResnetGenerator, backward: ResnetGenerator, images: torch.Tensor,
-                       classifiers: tuple[DomainClassifier, DomainClassifier], target_is_simpsons: bool,
-                       batch: int = 16) -> tuple[DirectionResult, torch.Tensor, torch.Tensor]:
+def evaluate_direction(
+    forward: ResnetGenerator,
+    backward: ResnetGenerator,
+    images: torch.Tensor,
+    classifiers: tuple[DomainClassifier, DomainClassifier],
+    target_is_simpsons: bool,
+    batch: int = 16,
+) -> tuple[DirectionResult, torch.Tensor, torch.Tensor]:
     fakes, recs = [], []
     for i in range(0, len(images), batch):
-        fake = forward(images[i:i + batch]).clamp(-1, 1)
+        fake = forward(images[i : i + batch]).clamp(-1, 1)
         fakes.append(fake)
         recs.append(backward(fake).clamp(-1, 1))
     fake, rec = torch.cat(fakes), torch.cat(recs)
     cycle_l1 = float((rec - images).abs().mean() / 2)  # [-1, 1] range -> pixel fraction
     structure, colour = classifiers
-    result = DirectionResult("", len(images), cycle_l1, target_share(structure, fake, target_is_simpsons),
-                             target_share(colour, fake, target_is_simpsons))
+    result = DirectionResult(
+        "",
+        len(images),
+        cycle_l1,
+        target_share(structure, fake, target_is_simpsons),
+        target_share(colour, fake, target_is_simpsons),
+    )
     return result, fake, rec
 
 
-def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, directions=DIRECTIONS,
-             out: Path | None = None, c2st_pool: QualityPool | None = None, seeds=SEEDS) -> dict:
+def evaluate(
+    g_a: ResnetGenerator,
+    g_b: ResnetGenerator,
+    data: Path,
+    size: int,
+    directions=DIRECTIONS,
+    out: Path | None = None,
+    c2st_pool: QualityPool | None = None,
+    seeds=SEEDS,
+) -> dict:
     """Metrics for the requested directions; with ``out``, also grids and a gallery there. With ``c2st_pool``,
     B->A also gets the C2ST on the whole pool."""
     structure, accuracy = get_classifier(data, grayscale=True)
     colour, colour_accuracy = get_classifier(data, grayscale=False)
     classifiers = (structure, colour)
-    metrics: dict = {"classifier_test_accuracy": round(accuracy, 4),
-                     "classifier_colour_test_accuracy": round(colour_accuracy, 4)}
+    metrics: dict = {
+        "classifier_test_accuracy": round(accuracy, 4),
+        "classifier_colour_test_accuracy": round(colour_accuracy, 4),
+    }
     pages = []
     for direction in directions:
         source = "testA" if direction == "AtoB" else "testB"
@@ -337,8 +383,9 @@ def evaluate(g_a: ResnetGenerator, g_b: ResnetGenerator, data: Path, size: int, 
             continue
         images = load_fixed(files, size)
         forward, backward = (g_a, g_b) if direction == "AtoB" else (g_b, g_a)
-        result, fake, rec = evaluate_direction(forward, backward, images, classifiers,
-                                               target_is_simpsons=direction == "BtoA")
+        result, fake, rec = evaluate_direction(
+            forward, backward, images, classifiers, target_is_simpsons=direction == "BtoA"
+        )
         result.direction = direction
         metrics[direction] = result.to_dict()
         if direction == "BtoA" and c2st_pool is not None:
@@ -358,7 +405,7 @@ def _write_direction(folder: Path, direction: str, files, images, fake, rec, res
     names = []
     for i, path in enumerate(files):
         name = f"{path.stem}.png"
-        save_grid(folder / name, {"real": images[i:i + 1], "fake": fake[i:i + 1], "rec": rec[i:i + 1]})
+        save_grid(folder / name, {"real": images[i : i + 1], "fake": fake[i : i + 1], "rec": rec[i : i + 1]})
         names.append(f"{direction}/{name}")
     overview = {"real": images[:8], "translated": fake[:8], "reconstructed": rec[:8]}
     save_grid(folder.parent / f"{direction}_overview.png", overview)
@@ -366,35 +413,44 @@ def _write_direction(folder: Path, direction: str, files, images, fake, rec, res
 
 
 def _write_index(out: Path, metrics: dict, pages) -> None:
-    parts = ["<!doctype html><meta charset='utf-8'><title>simpsonize test</title>",
-             "<style>body{font-family:sans-serif} "
-             "img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}</style>",
-             "<h1>Test-split translations</h1>",
-             "<p>Domain classifier accuracy on the test splits: "
-             f"{metrics['classifier_test_accuracy']:.1%} (grey-scale), "
-             f"{metrics['classifier_colour_test_accuracy']:.1%} (colour)</p>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>simpsonize test</title>",
+        "<style>body{font-family:sans-serif} img{image-rendering:pixelated;margin:2px;border:1px solid #ccc}</style>",
+        "<h1>Test-split translations</h1>",
+        "<p>Domain classifier accuracy on the test splits: "
+        f"{metrics['classifier_test_accuracy']:.1%} (grey-scale), "
+        f"{metrics['classifier_colour_test_accuracy']:.1%} (colour)</p>",
+    ]
     if "sanity" in metrics:
         parts.append("<h2>C2ST sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok")
-        parts += [f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
-                  f"<td>{'yes' if r['as_expected'] else 'NO'}" for r in metrics["sanity"]]
+        parts += [
+            f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
+            f"<td>{'yes' if r['as_expected'] else 'NO'}"
+            for r in metrics["sanity"]
+        ]
         parts.append("</table>")
     for direction, names in pages:
         m = metrics[direction]
         if "c2st" in m:
-            parts.append(f"<p><b>{direction} C2ST {m['c2st']:.3f} ± {m['c2st_std']:.3f}</b> on {m['n_per_set']} "
-                         "translated test faces against as many Simpsons faces (0.5: indistinguishable); eyes with a "
-                         f"pupil in {m['eyes']:.1%} of them (the show's faces: {m['eyes_show']:.1%})</p>")
+            parts.append(
+                f"<p><b>{direction} C2ST {m['c2st']:.3f} ± {m['c2st_std']:.3f}</b> on {m['n_per_set']} "
+                "translated test faces against as many Simpsons faces (0.5: indistinguishable); eyes with a "
+                f"pupil in {m['eyes']:.1%} of them (the show's faces: {m['eyes_show']:.1%})</p>"
+            )
         parts.append(f"<h2>{direction} ({'Simpsons → real' if direction == 'AtoB' else 'real → Simpsons'})</h2>")
-        parts.append(f"<p>{m['count']} images · domain score {m['domain_score']:.1%} (grey-scale classifier; "
-                     f"colour classifier {m['domain_score_colour']:.1%}) · cycle L1 {m['cycle_l1']:.4f}"
-                     "<br>each image: real | translated | reconstructed</p>")
+        parts.append(
+            f"<p>{m['count']} images · domain score {m['domain_score']:.1%} (grey-scale classifier; "
+            f"colour classifier {m['domain_score_colour']:.1%}) · cycle L1 {m['cycle_l1']:.4f}"
+            "<br>each image: real | translated | reconstructed</p>"
+        )
         parts += [f"<img src='{html.escape(n)}' alt='{html.escape(n)}'>" for n in names]
     (out / "index.html").write_text("\n".join(parts))
 
 
 # ---------------------------------------------------------------------------------------- snapshots
-def rank_snapshots(run: Path, data: Path, size: int, pool: QualityPool | None = None,
-                   last: int | None = None, seeds=SEEDS) -> tuple[list[dict], dict]:
+def rank_snapshots(
+    run: Path, data: Path, size: int, pool: QualityPool | None = None, last: int | None = None, seeds=SEEDS
+) -> tuple[list[dict], dict]:
     """C2ST and cycle L1 of every snapshot (or the ``last`` few), and the translations of the same gallery faces."""
     pool = pool or load_pool(data)
     rows, gallery = [], {}
@@ -454,31 +510,42 @@ def read_snapshot_table(path: Path) -> list[dict]:
     with path.open(newline="") as handle:
         for record in csv.DictReader(handle):
             row = {key: value(text) for key, text in record.items() if not key.startswith(SEED_COLUMN)}
-            seeds = sorted((int(key.removeprefix(SEED_COLUMN)), value(text)) for key, text in record.items()
-                           if key.startswith(SEED_COLUMN) and text != "")
+            seeds = sorted(
+                (int(key.removeprefix(SEED_COLUMN)), value(text))
+                for key, text in record.items()
+                if key.startswith(SEED_COLUMN) and text != ""
+            )
             row["c2st_per_seed"] = [accuracy for _, accuracy in seeds]
             rows.append(row)
     return rows
 
 
-def write_snapshot_gallery(out: Path, pool: QualityPool, size: int, gallery: dict, rows: list[dict],
-                           sanity: list[dict]) -> Path:
+def write_snapshot_gallery(
+    out: Path, pool: QualityPool, size: int, gallery: dict, rows: list[dict], sanity: list[dict]
+) -> Path:
     """One row per snapshot, the same 16 test faces in every row, and an index.html with the ranking."""
     grid = {"test faces": pool.photos(size)[:GALLERY_FACES]}
     by_name = {r["snapshot"]: r for r in rows}
     for name, fake in gallery.items():
         grid[f"{name} C2ST {by_name[name]['c2st']:.2f}"] = fake
     path = save_grid(out / "snapshots_gallery.png", grid, thumb=min(size, 96))
-    table = "".join(f"<tr><td>{html.escape(r['snapshot'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}"
-                    f"<td>{r['cycle_l1']:.4f}<td>{r['eyes']:.1%}<td>{r['eyes_show']:.1%}" for r in rows)
-    checks = "".join(f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
-                     f"<td>{'yes' if r['as_expected'] else 'NO'}" for r in sanity)
+    table = "".join(
+        f"<tr><td>{html.escape(r['snapshot'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}"
+        f"<td>{r['cycle_l1']:.4f}<td>{r['eyes']:.1%}<td>{r['eyes_show']:.1%}"
+        for r in rows
+    )
+    checks = "".join(
+        f"<tr><td>{html.escape(r['row'])}<td>{r['c2st']:.3f} ± {r['c2st_std']:.3f}<td>{r['expected']}"
+        f"<td>{'yes' if r['as_expected'] else 'NO'}"
+        for r in sanity
+    )
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>snapshots</title><style>body{font-family:sans-serif}</style>"
         "<h1>Snapshots ranked by C2ST (lower is better; 0.5 = indistinguishable from the show)</h1>"
         f"<table border=1 cellpadding=4><tr><th>snapshot<th>C2ST<th>B→A cycle L1<th>eyes<th>eyes, show{table}</table>"
         f"<h2>Sanity rows</h2><table border=1 cellpadding=4><tr><th>row<th>C2ST<th>expected<th>ok{checks}</table>"
-        f"<h2>The same {GALLERY_FACES} test faces, every snapshot</h2><img src='{path.name}'>")
+        f"<h2>The same {GALLERY_FACES} test faces, every snapshot</h2><img src='{path.name}'>"
+    )
     return path
 
 
@@ -488,8 +555,7 @@ def companion_g_a(path: Path) -> Path | None:
     return other if path.name == "G_B.safetensors" and other.is_file() else None
 
 
-def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None,
-                    seeds=SEEDS) -> dict:
+def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Path | None = None, seeds=SEEDS) -> dict:
     """C2ST of served weights files on one dataset's test pool, in one run (for comparing models fairly); with
     ``grid``, a picture of the same first GALLERY_FACES test photos for every model: each framing's crops of them
     once, then each model's translations. A snapshot's G_B also gets its B->A cycle L1, from the G_A saved beside it
@@ -505,8 +571,12 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
         row, fake = c2st_of_generator(g_b, pool, size, g_a=g_a, framing=framing, seeds=seeds)
         row["c2st_placement_blind"] = round(c2st_placement_blind(pool.reference(size), fake, seeds=seeds).mean, 3)
         rows.append({"weights": str(path), "step": (meta.get("training") or {}).get("steps"), **row})
-        show = lambda x: nn.functional.interpolate(x[:GALLERY_FACES], size=(128, 128), mode="bilinear",
-                                                   antialias=True, align_corners=False)
+
+        def show(x):
+            return nn.functional.interpolate(
+                x[:GALLERY_FACES], size=(128, 128), mode="bilinear", antialias=True, align_corners=False
+            )
+
         crop = (size, json.dumps(framing, sort_keys=True))  # models cropped alike share one row of inputs
         if crop not in inputs:
             inputs[crop] = f"input {size} px" + (f" {framing}" if len(inputs) else "")
@@ -515,9 +585,12 @@ def measure_weights(files: list[Path], data: Path, sanity: bool = True, grid: Pa
     if grid is not None:
         save_grid(grid, pictures, thumb=128)
     sizes = sorted(sizes)
-    return {"data": str(data), "weights": rows,
-            "flat_reference": {size: round(flat_share(pool.reference(size)), 3) for size in sizes},
-            "sanity": [dict(r, size=size) for size in sizes for r in cached_sanity_rows(pool, size)] if sanity else []}
+    return {
+        "data": str(data),
+        "weights": rows,
+        "flat_reference": {size: round(flat_share(pool.reference(size)), 3) for size in sizes},
+        "sanity": [dict(r, size=size) for size in sizes for r in cached_sanity_rows(pool, size)] if sanity else [],
+    }
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -526,21 +599,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both")
     parser.add_argument("--data", type=Path, default=None, help="dataset (default: the one the run trained on)")
     parser.add_argument("--snapshot", default=None, help="evaluate snapshots/STEP instead of the last checkpoint")
-    parser.add_argument("--all-snapshots", action="store_true",
-                        help="rank every snapshot by the C2ST (cycle L1 breaks ties), name the best")
-    parser.add_argument("--last", type=int, default=None, metavar="N",
-                        help="with --all-snapshots: rank only the newest N snapshots (each costs a C2ST)")
-    parser.add_argument("--weights", type=Path, action="append", default=None, metavar="FILE",
-                        help="measure served weights files instead of a run (repeat to compare; needs --data)")
-    parser.add_argument("--report", type=Path, default=None, metavar="FILE",
-                        help="with --weights: where the JSON report goes, its picture beside it as .png (default: "
-                             "DATA/c2st_weights.json; give one per comparison that runs at the same time)")
+    parser.add_argument(
+        "--all-snapshots",
+        action="store_true",
+        help="rank every snapshot by the C2ST (cycle L1 breaks ties), name the best",
+    )
+    parser.add_argument(
+        "--last",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --all-snapshots: rank only the newest N snapshots (each costs a C2ST)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="measure served weights files instead of a run (repeat to compare; needs --data)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --weights: where the JSON report goes, its picture beside it as .png (default: "
+        "DATA/c2st_weights.json; give one per comparison that runs at the same time)",
+    )
     parser.add_argument("--no-sanity", action="store_true", help="skip the C2ST sanity rows")
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), metavar="N",
-                        help=f"fresh classifiers per C2ST (at least {MIN_SEEDS}; default {len(SEEDS)}; the sanity "
-                             "rows keep 3). The spread "
-                             "over seeds is about 0.02, as large as most differences between fine-tunes; 12 seeds "
-                             "bring the mean's own error to about 0.004, at 4x the classifier time")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=len(SEEDS),
+        metavar="N",
+        help=f"fresh classifiers per C2ST (at least {MIN_SEEDS}; default {len(SEEDS)}; the sanity "
+        "rows keep 3). The spread "
+        "over seeds is about 0.02, as large as most differences between fine-tunes; 12 seeds "
+        "bring the mean's own error to about 0.004, at 4x the classifier time",
+    )
 
 
 def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetGenerator, ResnetGenerator, dict]:
@@ -602,8 +699,10 @@ def run(args: argparse.Namespace) -> int:
         (out / "best_snapshot.json").write_text(json.dumps(best, indent=2))
         print(format_table(rows, "snapshot"))
         _print_sanity(sanity)
-        print(f"test: ranked {len(rows)} snapshots by C2ST; best {best['snapshot']} (C2ST {best['c2st']:.3f}, "
-              f"cycle L1 {best['cycle_l1']:.4f}); gallery {out / 'index.html'}, table {out / 'snapshots.csv'}")
+        print(
+            f"test: ranked {len(rows)} snapshots by C2ST; best {best['snapshot']} (C2ST {best['c2st']:.3f}, "
+            f"cycle L1 {best['cycle_l1']:.4f}); gallery {out / 'index.html'}, table {out / 'snapshots.csv'}"
+        )
         return 0
     try:
         g_a, g_b, info = load_run_generators(run_dir, args.snapshot)
@@ -619,14 +718,21 @@ def run(args: argparse.Namespace) -> int:
         _write_index(out, metrics, [(d, [f"{d}/{p.stem}.png" for p in list_images(out / d)]) for d in directions])
     metrics["step"] = info["step"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    summary = "; ".join(f"{d}: domain score {metrics[d]['domain_score']:.1%}, cycle L1 {metrics[d]['cycle_l1']:.4f}"
-                        for d in directions if d in metrics)
+    summary = "; ".join(
+        f"{d}: domain score {metrics[d]['domain_score']:.1%}, cycle L1 {metrics[d]['cycle_l1']:.4f}"
+        for d in directions
+        if d in metrics
+    )
     if "BtoA" in metrics and "c2st" in metrics["BtoA"]:
-        summary += (f"; B->A C2ST {metrics['BtoA']['c2st']:.3f} ± {metrics['BtoA']['c2st_std']:.3f}, eyes with a "
-                    f"pupil {metrics['BtoA']['eyes']:.1%} (show {metrics['BtoA']['eyes_show']:.1%})")
+        summary += (
+            f"; B->A C2ST {metrics['BtoA']['c2st']:.3f} ± {metrics['BtoA']['c2st_std']:.3f}, eyes with a "
+            f"pupil {metrics['BtoA']['eyes']:.1%} (show {metrics['BtoA']['eyes_show']:.1%})"
+        )
     _print_sanity(metrics.get("sanity", []))
-    print(f"test: step {info['step']}: {summary} (classifier accuracy {metrics['classifier_test_accuracy']:.1%}); "
-          f"gallery {out / 'index.html'}")
+    print(
+        f"test: step {info['step']}: {summary} (classifier accuracy {metrics['classifier_test_accuracy']:.1%}); "
+        f"gallery {out / 'index.html'}"
+    )
     return 0
 
 
@@ -636,8 +742,10 @@ def _print_sanity(rows: list[dict]) -> None:
     print(format_table(rows, "row"))
     broken = [r["row"] for r in rows if not r["as_expected"]]
     if broken:
-        print(f"warning: the C2ST sanity rows {', '.join(broken)} fell outside their expected bands: "
-              "the measure may be broken on this data.")
+        print(
+            f"warning: the C2ST sanity rows {', '.join(broken)} fell outside their expected bands: "
+            "the measure may be broken on this data."
+        )
 
 
 def run_weights(args: argparse.Namespace) -> int:
@@ -652,17 +760,26 @@ def run_weights(args: argparse.Namespace) -> int:
     if out.suffix != ".json" or not out.parent.is_dir():
         print(f"error: --report {out} must be a .json file in an existing folder.")
         return 2
-    report = measure_weights(args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"),
-                             seeds=classifier_seeds(args))
+    report = measure_weights(
+        args.weights, args.data, sanity=not args.no_sanity, grid=out.with_suffix(".png"), seeds=classifier_seeds(args)
+    )
     print(format_table(report["weights"], "weights"))
-    print("flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
-          + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items()))
-    print("eyes: share of translated faces where the show's eye finder (training/eyes.py) finds at least one eye "
-          "with a pupil; eyes, show: the same share on the Simpsons reference faces")
-    print("C2ST placement-blind: both sets moved and scaled at random first (how much of the C2ST is the aligned "
-          "crop's fixed eye positions rather than the drawing); the ship rule uses the plain C2ST.")
+    print(
+        "flat pixels: share of neighbouring pixel pairs that differ by < 0.04; the Simpsons reference set: "
+        + ", ".join(f"{v:.2f} at {k} px" for k, v in report["flat_reference"].items())
+    )
+    print(
+        "eyes: share of translated faces where the show's eye finder (training/eyes.py) finds at least one eye "
+        "with a pupil; eyes, show: the same share on the Simpsons reference faces"
+    )
+    print(
+        "C2ST placement-blind: both sets moved and scaled at random first (how much of the C2ST is the aligned "
+        "crop's fixed eye positions rather than the drawing); the ship rule uses the plain C2ST."
+    )
     _print_sanity(report["sanity"])
     out.write_text(json.dumps(report, indent=2))
-    print(f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}, "
-          f"picture {out.with_suffix('.png')}")
+    print(
+        f"test: measured {len(args.weights)} weights file(s) on {args.data / 'testB'}; report {out}, "
+        f"picture {out.with_suffix('.png')}"
+    )
     return 0

@@ -23,8 +23,10 @@ from simpsonize.training.data import load_fixed
 from simpsonize.training.prepare import list_images
 
 MIN_FP16_PSNR = 40.0
-DATA_LICENCE = ("Trained on Simpsons frames (copyright of their owner), UTKFace (non-commercial research only) and "
-                "selfie2anime selfies (no clear licence): these weights are for non-commercial use only.")
+DATA_LICENCE = (
+    "Trained on Simpsons frames (copyright of their owner), UTKFace (non-commercial research only) and "
+    "selfie2anime selfies (no clear licence): these weights are for non-commercial use only."
+)
 REFERENCE_FILES = ("latest_net_G_B.pth", "latest_net_G.pth")
 
 
@@ -39,15 +41,24 @@ def fp16_psnr(generator: ResnetGenerator, images: torch.Tensor) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, help="run folder from `simpsonize train`")
-    parser.add_argument("--from-reference", type=Path, metavar="DIR",
-                        help="import a reference CycleGAN checkpoint folder (latest_net_G_B.pth) instead of a run")
+    parser.add_argument(
+        "--from-reference",
+        type=Path,
+        metavar="DIR",
+        help="import a reference CycleGAN checkpoint folder (latest_net_G_B.pth) instead of a run",
+    )
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.safetensors)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--snapshot", help="export snapshots/STEP instead of the last checkpoint")
-    which.add_argument("--best", action="store_true",
-                       help="export the snapshot `simpsonize test --all-snapshots` ranked best")
-    parser.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
-                        help=f"auto: fp16 when it matches fp32 at PSNR >= {MIN_FP16_PSNR:g} dB on the test faces")
+    which.add_argument(
+        "--best", action="store_true", help="export the snapshot `simpsonize test --all-snapshots` ranked best"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp16", "fp32"),
+        default="auto",
+        help=f"auto: fp16 when it matches fp32 at PSNR >= {MIN_FP16_PSNR:g} dB on the test faces",
+    )
     parser.add_argument("--input-size", type=int, default=256, help="input size recorded for --from-reference")
 
 
@@ -75,9 +86,16 @@ def export_reference(folder: Path, out: Path, input_size: int) -> int:
     state, config = load_reference_state_dict(path)
     generator = ResnetGenerator(config)
     generator.load_state_dict(state)
-    save_generator(out, generator, input_size=input_size,
-                   extra={"direction": "BtoA", "source": f"reference CycleGAN checkpoint {path.name}",
-                          "exported": dt.date.today().isoformat()})
+    save_generator(
+        out,
+        generator,
+        input_size=input_size,
+        extra={
+            "direction": "BtoA",
+            "source": f"reference CycleGAN checkpoint {path.name}",
+            "exported": dt.date.today().isoformat(),
+        },
+    )
     print(f"export: {path} -> {out} (ngf {config.ngf}, {config.n_blocks} blocks, {config.upsampling})")
     return 0
 
@@ -125,8 +143,11 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
             "wall_time_hours": round(wall_seconds / 3600, 2),
             "hardware": hardware,
         },
-        "data": {"counts": dataset.get("counts"), "sources": dataset.get("sources"),
-                 "skipped": {"real_without_face": dataset.get("real", {}).get("no_face")}},
+        "data": {
+            "counts": dataset.get("counts"),
+            "sources": dataset.get("sources"),
+            "skipped": {"real_without_face": dataset.get("real", {}).get("no_face")},
+        },
         "framing": dataset.get("framing"),  # the Simpsonizer crops uploads this way
         "metrics": metrics,
         "fp16_psnr_db": None if math.isinf(measured_psnr) else round(measured_psnr, 2),
@@ -136,9 +157,11 @@ def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = F
     save_generator(out, g_b, input_size=size, half=half, extra=extra)
     served, _ = load_generator(out)  # the written file must load as served; the examples use it
     examples = write_examples(served, test_faces[:8], size, out.with_name(f"{out.stem}_examples.png"))
-    print(f"export: step {step} ({info['source']}) -> {out} ({out.stat().st_size / 1e6:.1f} MB, "
-          f"{'fp16' if half else 'fp32'}, fp16 PSNR {measured_psnr:.1f} dB); "
-          f"B->A domain score {metrics.get('BtoA', {}).get('domain_score')}; examples {examples}")
+    print(
+        f"export: step {step} ({info['source']}) -> {out} ({out.stat().st_size / 1e6:.1f} MB, "
+        f"{'fp16' if half else 'fp32'}, fp16 PSNR {measured_psnr:.1f} dB); "
+        f"B->A domain score {metrics.get('BtoA', {}).get('domain_score')}; examples {examples}"
+    )
     return 0
 
 
@@ -175,8 +198,13 @@ def _wall_time(run: Path, step: int, sessions: list[dict]) -> tuple[float, str]:
     if log.exists():
         with log.open() as handle:
             seconds = sum(float(r["seconds"]) for r in csv.DictReader(handle) if int(r["step"]) <= step)
-    devices = sorted({f"{s['device']} ({s['precision']}, {_processes(s)}{s['threads']} threads)" for s in sessions
-                      if s["start_step"] <= step})
+    devices = sorted(
+        {
+            f"{s['device']} ({s['precision']}, {_processes(s)}{s['threads']} threads)"
+            for s in sessions
+            if s["start_step"] <= step
+        }
+    )
     return seconds, "; ".join(devices) or "unknown"
 
 

@@ -70,8 +70,10 @@ def eyes_framing(framing: dict | None):
 
     frame = Framing.from_dict(framing)
     if frame.mode != "eyes":
-        raise ValueError("--eye-judge needs a dataset cropped with the eyes framing: a head framing places each "
-                         "face's eyes from its own head, which this judge does not record.")
+        raise ValueError(
+            "--eye-judge needs a dataset cropped with the eyes framing: a head framing places each "
+            "face's eyes from its own head, which this judge does not record."
+        )
     return frame
 
 
@@ -152,8 +154,9 @@ def to_crop(x: float, y: float, crop: torch.Tensor, load_size: int, size: int) -
     return u, v
 
 
-def eye_boxes(eyes: list[list[tuple[float, float, float]]], crops: torch.Tensor, load_size: int, size: int
-              ) -> torch.Tensor:
+def eye_boxes(
+    eyes: list[list[tuple[float, float, float]]], crops: torch.Tensor, load_size: int, size: int
+) -> torch.Tensor:
     """(K, 5) boxes for ``roi_align``: [image index, x1, y1, x2, y2] in training-crop px. ``eyes[i]``: image i's
     eyes as (x, y, half side), x and y fractions of the stored image, the half side a fraction of it too."""
     rows = []
@@ -171,8 +174,14 @@ def cut_patches(images: torch.Tensor, boxes: torch.Tensor, patch: int) -> torch.
 
     if len(boxes) == 0:
         return images.new_zeros((0, images.shape[1], patch, patch))
-    return roi_align(images.float(), boxes.to(images.device), output_size=(patch, patch), spatial_scale=1.0,
-                     sampling_ratio=2, aligned=True)
+    return roi_align(
+        images.float(),
+        boxes.to(images.device),
+        output_size=(patch, patch),
+        spatial_scale=1.0,
+        sampling_ratio=2,
+        aligned=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------- the judge
@@ -182,10 +191,16 @@ class EyePatchDiscriminator(nn.Module):
     def __init__(self, ndf: int = 32) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf, ndf * 2, 4, stride=2, padding=1), nn.InstanceNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 2, ndf * 4, 4, stride=1, padding=1), nn.InstanceNorm2d(ndf * 4), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(ndf * 4, 1, 4, stride=1, padding=1))
+            nn.Conv2d(3, ndf, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, stride=2, padding=1),
+            nn.InstanceNorm2d(ndf * 2),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, stride=1, padding=1),
+            nn.InstanceNorm2d(ndf * 4),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 4, 1, 4, stride=1, padding=1),
+        )
         for module in self.modules():  # the reference CycleGAN's init: N(0, 0.02)
             if isinstance(module, nn.Conv2d):
                 nn.init.normal_(module.weight, 0.0, 0.02)
@@ -203,17 +218,29 @@ def lsgan(prediction: torch.Tensor, is_real: bool) -> torch.Tensor:
 class EyeJudge(nn.Module):
     """The judge with the dataset's eye positions: boxes for a batch from the samples' file indices and crops."""
 
-    def __init__(self, data: Path, files_a: list[Path], files_b: list[Path], load_size: int, size: int,
-                 config: EyeJudgeConfig = EyeJudgeConfig(), seed: int = 0) -> None:
+    def __init__(
+        self,
+        data: Path,
+        files_a: list[Path],
+        files_b: list[Path],
+        load_size: int,
+        size: int,
+        config: EyeJudgeConfig = EyeJudgeConfig(),
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.config, self.load_size, self.size = config, load_size, size
         # Built from its own seed, so every other network of the run starts as without it.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.D = EyePatchDiscriminator(config.ndf)
-        self.show = [[(e["x"], e["y"], config.box_radii * e["r"]) for e in eyes]
-                     for eyes in simpsons_eyes(data, files_a)]
-        half = lambda eyes: config.box_radii * config.real_radius * abs(eyes[1][0] - eyes[0][0])
+        self.show = [
+            [(e["x"], e["y"], config.box_radii * e["r"]) for e in eyes] for eyes in simpsons_eyes(data, files_a)
+        ]
+
+        def half(eyes):
+            return config.box_radii * config.real_radius * abs(eyes[1][0] - eyes[0][0])
+
         self.person = [[(x, y, half(eyes)) for x, y in eyes] for eyes in real_eyes(data, files_b)]
 
     def show_boxes(self, indices: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
@@ -226,12 +253,15 @@ class EyeJudge(nn.Module):
         """G_B's loss: its eyes at the person's eye positions should pass for the show's."""
         return lsgan(self.D(cut_patches(fake, boxes, self.config.patch)), True)
 
-    def discriminator_loss(self, real: torch.Tensor, real_boxes: torch.Tensor, fake: torch.Tensor,
-                           fake_boxes: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(
+        self, real: torch.Tensor, real_boxes: torch.Tensor, fake: torch.Tensor, fake_boxes: torch.Tensor
+    ) -> torch.Tensor:
         """Half on the show's eye patches, half on the generated ones; 0 when the batch's Simpsons faces have no
         eye the finder found (about one in eight), so the judge never learns from fakes alone."""
         if len(real_boxes) == 0:
             return real.new_zeros(())
         patch = self.config.patch
-        return 0.5 * (lsgan(self.D(cut_patches(real, real_boxes, patch)), True)
-                      + lsgan(self.D(cut_patches(fake.detach(), fake_boxes, patch)), False))
+        return 0.5 * (
+            lsgan(self.D(cut_patches(real, real_boxes, patch)), True)
+            + lsgan(self.D(cut_patches(fake.detach(), fake_boxes, patch)), False)
+        )

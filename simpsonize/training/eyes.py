@@ -99,8 +99,9 @@ def _split(white: np.ndarray) -> np.ndarray:
     distance = ndi.distance_transform_edt(white)
     blobs, _ = ndi.label(white)
     min_r = MIN_RADIUS * WORK_SIDE
-    peaks = peak_local_max(distance, min_distance=max(2, int(min_r)), threshold_abs=min_r, labels=blobs,
-                           exclude_border=False)
+    peaks = peak_local_max(
+        distance, min_distance=max(2, int(min_r)), threshold_abs=min_r, labels=blobs, exclude_border=False
+    )
     markers = np.zeros(white.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     parts = watershed(-distance, markers, mask=white)
@@ -124,7 +125,7 @@ def _round(mask: np.ndarray) -> bool:
     from skimage.morphology import convex_hull_image
 
     ys, xs = np.nonzero(mask)
-    hull = convex_hull_image(mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+    hull = convex_hull_image(mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
     props = regionprops(hull.astype(np.uint8))[0]
     return props.axis_major_length > 0 and props.axis_minor_length / props.axis_major_length >= MIN_ROUNDNESS
 
@@ -185,10 +186,15 @@ def find_eyes(image) -> list[Eye]:
             py, px = (float(c) for c in ndi.center_of_mass(pupil))
             # the dot lies within the disc (show: 95 % within 1.09 of the hull's equal-area radius)
             offset = float(np.hypot(px - cx, py - cy)) / np.sqrt(hull.sum() / np.pi)
-            if (MIN_PUPIL <= share <= MAX_PUPIL and extent >= MIN_PUPIL_EXTENT and sizes[best - 1] >= 3
-                    and float(high[y0:y1, x0:x1][pupil].mean()) <= PUPIL_MAX and offset <= MAX_PUPIL_OFFSET
-                    and float(high[y0:y1, x0:x1][pupil].min()) <= PUPIL_CORE_MAX
-                    and _white_around(pupil, hull, white[y0:y1, x0:x1]) >= MIN_WHITE_AROUND):
+            if (
+                MIN_PUPIL <= share <= MAX_PUPIL
+                and extent >= MIN_PUPIL_EXTENT
+                and sizes[best - 1] >= 3
+                and float(high[y0:y1, x0:x1][pupil].mean()) <= PUPIL_MAX
+                and offset <= MAX_PUPIL_OFFSET
+                and float(high[y0:y1, x0:x1][pupil].min()) <= PUPIL_CORE_MAX
+                and _white_around(pupil, hull, white[y0:y1, x0:x1]) >= MIN_WHITE_AROUND
+            ):
                 eye.update(pupil=True, px=(x0 + px + 0.5) / side, py=(y0 + py + 0.5) / side)
         eyes.append(Eye(**eye))
     return sorted(eyes, key=lambda e: -e.r)
@@ -231,10 +237,15 @@ def save_eye_grid(files, path, columns: int = 8, thumb: int = 96) -> tuple[int, 
         draw = ImageDraw.Draw(image)
         for e in eyes:
             colour = (0, 220, 0) if e.pupil else (255, 0, 0)
-            draw.ellipse([(e.x - e.r) * thumb, (e.y - e.r) * thumb, (e.x + e.r) * thumb, (e.y + e.r) * thumb],
-                         outline=colour, width=2)
+            draw.ellipse(
+                [(e.x - e.r) * thumb, (e.y - e.r) * thumb, (e.x + e.r) * thumb, (e.y + e.r) * thumb],
+                outline=colour,
+                width=2,
+            )
             if e.pupil:
-                draw.ellipse([e.px * thumb - 2, e.py * thumb - 2, e.px * thumb + 2, e.py * thumb + 2], fill=(0, 90, 255))
+                draw.ellipse(
+                    [e.px * thumb - 2, e.py * thumb - 2, e.px * thumb + 2, e.py * thumb + 2], fill=(0, 90, 255)
+                )
         grid.paste(image, ((i % columns) * thumb, (i // columns) * thumb))
     grid.save(path, quality=70)
     return one, both

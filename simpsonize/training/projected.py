@@ -81,7 +81,7 @@ class RandomProjection(nn.Module):
         freeze(self)
         self.eval()
 
-    def train(self, mode: bool = True) -> "RandomProjection":
+    def train(self, mode: bool = True) -> RandomProjection:
         return super().train(False)  # always eval: the pretrained batch norms keep their ImageNet statistics
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -105,8 +105,13 @@ def head(channels: int, side: int) -> nn.Sequential:
         out = min(channels * 2, MAX_HEAD_CHANNELS)
         # Batch statistics only (no running buffers): the judge is never run in eval mode, and with a batch of one
         # image this is an instance norm; under DDP there is then no buffer for the ranks to keep in step.
-        layers.extend([sn(nn.Conv2d(channels, out, 4 if stride == 2 else 3, stride=stride, padding=1)),
-                       nn.BatchNorm2d(out, track_running_stats=False), nn.LeakyReLU(0.2, inplace=True)])
+        layers.extend(
+            [
+                sn(nn.Conv2d(channels, out, 4 if stride == 2 else 3, stride=stride, padding=1)),
+                nn.BatchNorm2d(out, track_running_stats=False),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        )
         channels = out
 
     while side > HEAD_END_SIDE or (not layers and side >= 4):
@@ -140,8 +145,9 @@ class ProjectedDiscriminator(nn.Module):
         if self.policy:
             images = diff_augment(images, self.policy)
         if self.input_size and images.shape[-1] != self.input_size:
-            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
-                                   align_corners=False, antialias=False)
+            images = F.interpolate(
+                images, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=False
+            )
         return [h(f) for h, f in zip(self.heads, self.projection(images))]
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
@@ -153,8 +159,10 @@ class ProjectedDiscriminator(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("projection.features.")]
         if missing or unexpected:
-            raise ValueError(f"the projected discriminator's checkpoint does not match it: missing {missing}, "
-                             f"unexpected {unexpected}")
+            raise ValueError(
+                f"the projected discriminator's checkpoint does not match it: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
 
 
 def projected_lsgan(predictions: list[torch.Tensor], is_real: bool) -> torch.Tensor:

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-from simpsonize.training.checkpoint import device_description, read_checkpoint, record_session, write_config
-from simpsonize.training.config import (TrainConfig, add_config_arguments, flag, given_options,
-                                        resumable_options)
-from simpsonize.training.ddp import Distributed, process_group
 from simpsonize.model.device import pick_device
 from simpsonize.model.errors import SimpsonizeError
+from simpsonize.training.checkpoint import device_description, read_checkpoint, record_session, write_config
+from simpsonize.training.config import TrainConfig, add_config_arguments, flag, given_options, resumable_options
+from simpsonize.training.ddp import Distributed, process_group
 from simpsonize.training.precision import hardware_name
 from simpsonize.training.trainer import Trainer
 
@@ -33,12 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, samples)")
     add_config_arguments(parser)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this")
-    parser.add_argument("--max-cpu-minutes", type=float, default=None,
-                        help="stop after this much CPU time of this process (equal-compute ablations)")
+    parser.add_argument(
+        "--max-cpu-minutes",
+        type=float,
+        default=None,
+        help="stop after this much CPU time of this process (equal-compute ablations)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many more steps")
-    parser.add_argument("--resume", action="store_true",
-                        help=f"continue the run in --out exactly where it stopped; of the run's options only "
-                             f"{', '.join(flag(name) for name in resumable_options())} may change")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run in --out exactly where it stopped; of the run's options only "
+        f"{', '.join(flag(name) for name in resumable_options())} may change",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--num-workers", type=int, default=None, help="data loader processes")
 
@@ -74,15 +79,15 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
                 raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
             config = config_from_args(args)
         config.validate(info.world_size)
-        trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info,
-                          precision=precision)
+        trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info, precision=precision)
     except (FileNotFoundError, ValueError, SimpsonizeError) as exc:  # SimpsonizeError: e.g. CUDA asked, none here
         print(f"error: {exc}")
         return 2
     if info.is_main:
         write_config(out, config)
-        record_session(out, state["step"] if state else 0, trainer.device, info.world_size, trainer.bf16,
-                       trainer.precision_reason)
+        record_session(
+            out, state["step"] if state else 0, trainer.device, info.world_size, trainer.bf16, trainer.precision_reason
+        )
     if state is not None:
         trainer.load_state_dict(state)
     elif config.init_from:
@@ -94,17 +99,23 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
         if info.is_main:
             print(f"train: networks from {config.init_from} (its step {start}); the schedule starts fresh")
     if info.is_main:
-        print(f"train: precision {'bf16' if trainer.bf16 else 'fp32'} ({trainer.precision_reason}) on "
-              f"{device_description(trainer.device)}")
-    summary = trainer.fit(max_minutes=args.max_minutes, max_steps=args.max_steps,
-                          max_cpu_minutes=args.max_cpu_minutes)
+        print(
+            f"train: precision {'bf16' if trainer.bf16 else 'fp32'} ({trainer.precision_reason}) on "
+            f"{device_description(trainer.device)}"
+        )
+    summary = trainer.fit(max_minutes=args.max_minutes, max_steps=args.max_steps, max_cpu_minutes=args.max_cpu_minutes)
     if info.is_main:
-        how = "stopped by its time budget" if summary["stopped_by_clock"] else (
-            "finished" if summary["finished"] else "stopped by --max-steps")
-        print(f"train: {how} at step {summary['step']}/{summary['total_steps']} after {summary['minutes']:.1f} min "
-              f"({summary['cpu_minutes']:.1f} CPU min) "
-              f"on {trainer.device} ({'bf16' if trainer.bf16 else 'fp32'}, world size {info.world_size}); "
-              f"checkpoint {out / 'checkpoint.pt'}")
+        how = (
+            "stopped by its time budget"
+            if summary["stopped_by_clock"]
+            else ("finished" if summary["finished"] else "stopped by --max-steps")
+        )
+        print(
+            f"train: {how} at step {summary['step']}/{summary['total_steps']} after {summary['minutes']:.1f} min "
+            f"({summary['cpu_minutes']:.1f} CPU min) "
+            f"on {trainer.device} ({'bf16' if trainer.bf16 else 'fp32'}, world size {info.world_size}); "
+            f"checkpoint {out / 'checkpoint.pt'}"
+        )
     return 0
 
 

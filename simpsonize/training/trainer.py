@@ -30,8 +30,14 @@ from simpsonize.training.projected import DEFAULT_POLICY, projected_lsgan
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, device: str | None = None, num_workers: int | None = None,
-                 dist_info: Distributed | None = None, precision: tuple[bool, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        device: str | None = None,
+        num_workers: int | None = None,
+        dist_info: Distributed | None = None,
+        precision: tuple[bool, str] | None = None,
+    ) -> None:
         self.config = config
         self.dist = dist_info or Distributed()
         config.validate(self.dist.world_size)
@@ -47,16 +53,21 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # same initial weights on every rank
         # With the eye judge, the samples also say which files they are and how they were cut (the same images).
-        self.dataset = UnpairedFaces(config.data, "train", config.size, seed=config.seed,
-                                     positions=config.eye_judge > 0)
+        self.dataset = UnpairedFaces(
+            config.data, "train", config.size, seed=config.seed, positions=config.eye_judge > 0
+        )
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
 
         self.G = Generators(config.generator_config()).to(self.device)
-        self.D = Discriminators(DiscriminatorConfig(ndf=config.ndf), projected=config.d_projected,
-                                image_size=config.size, projected_policy=config.diff_augment or DEFAULT_POLICY,
-                                seed=config.seed).to(self.device)
+        self.D = Discriminators(
+            DiscriminatorConfig(ndf=config.ndf),
+            projected=config.d_projected,
+            image_size=config.size,
+            projected_policy=config.diff_augment or DEFAULT_POLICY,
+            seed=config.seed,
+        ).to(self.device)
         if config.diff_augment:
             from simpsonize.training.augment import diff_augment
 
@@ -70,8 +81,14 @@ class Trainer:
         if config.eye_judge:
             from simpsonize.training.eye_judge import EyeJudge
 
-            self.eye_judge = EyeJudge(Path(config.data), self.dataset.files_a, self.dataset.files_b,
-                                      self.dataset.load_size, config.size, seed=config.seed).to(self.device)
+            self.eye_judge = EyeJudge(
+                Path(config.data),
+                self.dataset.files_a,
+                self.dataset.files_b,
+                self.dataset.load_size,
+                config.size,
+                seed=config.seed,
+            ).to(self.device)
         self._build_optimisers()
         # Only the main process saves, and DDP keeps every rank's generators identical, so only it averages.
         self.G_ema = generator_average(self.G, config.ema_decay) if config.ema_decay and self.dist.is_main else None
@@ -85,8 +102,12 @@ class Trainer:
             # before every forward. They never change, so the ranks stay in step without it. D_B sits out (no
             # gradient) when the projected judge replaces it.
             self.G_train = wrap(self.G, self.device)
-            self.D_train = wrap(self.D, self.device, find_unused_parameters=config.d_projected == "alone",
-                                broadcast_buffers=not self.projected)
+            self.D_train = wrap(
+                self.D,
+                self.device,
+                find_unused_parameters=config.d_projected == "alone",
+                broadcast_buffers=not self.projected,
+            )
 
         fixed = min(4, len(self.dataset.files_a), len(self.dataset.files_b))
         test_root = Path(config.data)
@@ -155,8 +176,9 @@ class Trainer:
         # Each judge pushes with its full weight (summed, not averaged): an average would halve the PatchGAN's push
         # against the cycle and so change the balance of the recipe the judges are compared with. A judge that is
         # off adds an exact 0, so without it the sum is the published objective's to the bit.
-        loss_G = (loss_G_A + loss_G_B + l1["cycle_A"] + l1["cycle_B"] + l1["idt_A"] + l1["idt_B"]
-                  + loss_G_B_proj + loss_G_eye)
+        loss_G = (
+            loss_G_A + loss_G_B + l1["cycle_A"] + l1["cycle_B"] + l1["idt_A"] + l1["idt_B"] + loss_G_B_proj + loss_G_eye
+        )
         loss_G.backward()
         self.opt_G.step()
 
@@ -173,8 +195,9 @@ class Trainer:
             real_b, fake_b, real_a, fake_a, real_proj, fake_proj = self.D_train(real_A, real_B, fake_A, fake_B)
             loss_D_A = discriminator_lsgan(real_b, fake_b)
             loss_D_B = discriminator_lsgan(real_a, fake_a) if real_a is not None else zero
-            loss_D_B_proj = (0.5 * (projected_lsgan(real_proj, True) + projected_lsgan(fake_proj, False))
-                             if self.projected else zero)
+            loss_D_B_proj = (
+                0.5 * (projected_lsgan(real_proj, True) + projected_lsgan(fake_proj, False)) if self.projected else zero
+            )
         loss_D_eye = self._eye_discriminator_loss(real_A, out["fake_A"], eyes)
         (loss_D_A + loss_D_B + loss_D_B_proj + loss_D_eye).backward()
         for optimizer, scheduler in self._discriminator_optimisers():
@@ -183,8 +206,20 @@ class Trainer:
 
         self.sched_G.step()
         self.step += 1
-        values = (loss_D_A, loss_G_A, l1["cycle_A"], l1["idt_A"], loss_D_B, loss_G_B, l1["cycle_B"], l1["idt_B"],
-                  loss_D_B_proj, loss_G_B_proj, loss_D_eye, loss_G_eye)
+        values = (
+            loss_D_A,
+            loss_G_A,
+            l1["cycle_A"],
+            l1["idt_A"],
+            loss_D_B,
+            loss_G_B,
+            l1["cycle_B"],
+            l1["idt_B"],
+            loss_D_B_proj,
+            loss_G_B_proj,
+            loss_D_eye,
+            loss_G_eye,
+        )
         return {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
 
     def _judges_learn(self, learn: bool) -> None:
@@ -206,8 +241,11 @@ class Trainer:
             return torch.zeros((), device=self.device)
         with self.autocast():
             return self.eye_judge.discriminator_loss(
-                real_A, self.eye_judge.show_boxes(eyes["A_index"], eyes["A_crop"]),
-                fake_A, self.eye_judge.person_boxes(eyes["B_index"], eyes["B_crop"]))
+                real_A,
+                self.eye_judge.show_boxes(eyes["A_index"], eyes["A_crop"]),
+                fake_A,
+                self.eye_judge.person_boxes(eyes["B_index"], eyes["B_crop"]),
+            )
 
     # ------------------------------------------------------------------------------------ the run folder
     def networks(self) -> tuple[tuple[str, nn.Module], ...]:
@@ -216,22 +254,32 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where the trainer is (checkpoint.pt)."""
-        state = {"config": self.config.to_dict(), "step": self.step,
-                 "precision": {"bf16": self.bf16, "reason": self.precision_reason,
-                               "hardware": hardware_name(self.device)},
-                 **{name: module.state_dict() for name, module in self.networks()},
-                 "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
-                 "sched_G": self.sched_G.state_dict(), "sched_D": self.sched_D.state_dict(),
-                 "pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
+        state = {
+            "config": self.config.to_dict(),
+            "step": self.step,
+            "precision": {"bf16": self.bf16, "reason": self.precision_reason, "hardware": hardware_name(self.device)},
+            **{name: module.state_dict() for name, module in self.networks()},
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict(),
+            "sched_G": self.sched_G.state_dict(),
+            "sched_D": self.sched_D.state_dict(),
+            "pool_A": self.pool_A.state_dict(),
+            "pool_B": self.pool_B.state_dict(),
+        }
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
         if self.projected:  # its heads and random mixing; the pretrained network comes from its package
-            state.update(D_B_projected=self.D.D_B_projected[0].trained_state_dict(),
-                         opt_D_projected=self.opt_D_projected.state_dict(),
-                         sched_D_projected=self.sched_D_projected.state_dict())
+            state.update(
+                D_B_projected=self.D.D_B_projected[0].trained_state_dict(),
+                opt_D_projected=self.opt_D_projected.state_dict(),
+                sched_D_projected=self.sched_D_projected.state_dict(),
+            )
         if self.eye_judge is not None:
-            state.update(D_eye=self.eye_judge.state_dict(), opt_D_eye=self.opt_D_eye.state_dict(),
-                         sched_D_eye=self.sched_D_eye.state_dict())
+            state.update(
+                D_eye=self.eye_judge.state_dict(),
+                opt_D_eye=self.opt_D_eye.state_dict(),
+                sched_D_eye=self.sched_D_eye.state_dict(),
+            )
         state["rng"] = checkpoint.rng_state()
         return state
 
@@ -279,12 +327,20 @@ class Trainer:
         """Both generators at this step, so `test --all-snapshots` can rank them; with --ema-decay their moving
         average too, in a folder of its own (step_N_ema), ranked beside them."""
         folder = self.out / "snapshots" / f"step_{self.step:07d}"
-        meta = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4), "run": str(self.out),
-                "framing": self.dataset.framing}
+        meta = {
+            "step": self.step,
+            "epoch": round(self.step / self.steps_per_epoch, 4),
+            "run": str(self.out),
+            "framing": self.dataset.framing,
+        }
         checkpoint.save_generators(folder, self.G, self.config.size, meta)
         if self.G_ema is not None:
-            checkpoint.save_generators(folder.with_name(folder.name + "_ema"), self.G_ema.module, self.config.size,
-                                       {**meta, "ema_decay": self.config.ema_decay})
+            checkpoint.save_generators(
+                folder.with_name(folder.name + "_ema"),
+                self.G_ema.module,
+                self.config.size,
+                {**meta, "ema_decay": self.config.ema_decay},
+            )
         return folder
 
     @torch.no_grad()
@@ -298,13 +354,20 @@ class Trainer:
             fake_A = self.G.G_B(self.sample_B).float()
             rec_B = self.G.G_A(fake_A).float()
         self.G.train()
-        rows = {"real_A": self.sample_A, "fake_B": fake_B, "rec_A": rec_A,
-                "real_B": self.sample_B, "fake_A": fake_A, "rec_B": rec_B}
+        rows = {
+            "real_A": self.sample_A,
+            "fake_B": fake_B,
+            "rec_A": rec_A,
+            "real_B": self.sample_B,
+            "fake_A": fake_A,
+            "rec_B": rec_B,
+        }
         return save_grid(self.out / "samples" / f"step_{self.step:07d}.png", rows)
 
     # -------------------------------------------------------------------------------------- the loop
-    def fit(self, max_minutes: float | None = None, max_steps: int | None = None,
-            max_cpu_minutes: float | None = None) -> dict:
+    def fit(
+        self, max_minutes: float | None = None, max_steps: int | None = None, max_cpu_minutes: float | None = None
+    ) -> dict:
         """Train until the schedule ends or a budget runs out. ``max_cpu_minutes`` counts this process's CPU time
         (all its threads), so ablation arms get equal compute even when something else shares the machine."""
         c = self.config
@@ -316,7 +379,8 @@ class Trainer:
         loader = DataLoader(
             self.dataset,
             batch_sampler=StepBatches(self.step, end_step, c.batch_size, self.dist.world_size, self.dist.rank),
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             # The loader draws a seed for its workers when it starts; from its own generator, so that starting it
             # again on --resume does not move torch's global RNG (DiffAugment draws from that one).
@@ -335,14 +399,20 @@ class Trainer:
             eyes = None
             if self.eye_judge is not None:  # where the batch's eyes are: its files and crops
                 eyes = {k: batch[k] for k in ("A_index", "A_crop", "B_index", "B_crop")}
-            losses = self.train_step(batch["A"].to(self.device, non_blocking=True),
-                                     batch["B"].to(self.device, non_blocking=True), eyes)
+            losses = self.train_step(
+                batch["A"].to(self.device, non_blocking=True), batch["B"].to(self.device, non_blocking=True), eyes
+            )
             if self.G_ema is not None:
                 self.G_ema.update_parameters(self.G)
             now = time.time()
             if main:
-                log.write(self.step, self.step / self.steps_per_epoch, self.sched_G.get_last_lr()[0], losses,
-                          now - step_started)
+                log.write(
+                    self.step,
+                    self.step / self.steps_per_epoch,
+                    self.sched_G.get_last_lr()[0],
+                    losses,
+                    now - step_started,
+                )
                 progress.update(1)
                 if self.step % 20 == 0:
                     progress.set_postfix({k: f"{v:.2f}" for k, v in losses.items() if k in ("G_B", "D_B", "cycle_B")})
@@ -352,7 +422,8 @@ class Trainer:
                     self.save_snapshot()
             step_started = now
             over_budget = (max_minutes is not None and (now - started) / 60 >= max_minutes) or (
-                max_cpu_minutes is not None and (time.process_time() - cpu_started) / 60 >= max_cpu_minutes)
+                max_cpu_minutes is not None and (time.process_time() - cpu_started) / 60 >= max_cpu_minutes
+            )
             over_budget = any_rank(over_budget, self.dist, self.device)  # every rank must stop on the same step
             if main and (now - last_checkpoint) / 60 >= c.checkpoint_minutes:
                 self.save_checkpoint()
@@ -373,5 +444,11 @@ class Trainer:
             from simpsonize.training.visuals import plot_losses
 
             plot_losses(self.out / "losses.csv", self.out / "losses.png")
-        return {"step": self.step, "total_steps": self.total_steps, "minutes": minutes, "cpu_minutes": cpu_minutes,
-                "stopped_by_clock": stopped_by_clock, "finished": self.step >= self.total_steps}
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "minutes": minutes,
+            "cpu_minutes": cpu_minutes,
+            "stopped_by_clock": stopped_by_clock,
+            "finished": self.step >= self.total_steps,
+        }

@@ -41,8 +41,9 @@ def plot_losses(csv_path: Path, png_path: Path, window: int = 50) -> Path | None
     if not rows:
         return None
     steps = [int(r["step"]) for r in rows]
-    names = [n for n in rows[0] if n not in ("step", "epoch", "lr", "seconds")
-             and any(float(r[n] or 0) != 0 for r in rows)]  # a judge that is off logs only zeros
+    names = [
+        n for n in rows[0] if n not in ("step", "epoch", "lr", "seconds") and any(float(r[n] or 0) != 0 for r in rows)
+    ]  # a judge that is off logs only zeros
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for name in names:
         values = [float(r[name] or 0) for r in rows]  # empty: a column added after the run began

@@ -8,9 +8,9 @@ from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.concurrency import run_in_threadpool
 
 from simpsonize.queue.capacity import BUSY, BUSY_RETRY_AFTER, Admission, StorageFull
-from simpsonize.web.guard import Busy, ClientLimits, UploadGate, client_key, with_deadline
 from simpsonize.queue.jobstore import JobStore, QueueFull
 from simpsonize.settings import Settings
+from simpsonize.web.guard import Busy, ClientLimits, UploadGate, client_key, with_deadline
 from simpsonize.web.uploads import UploadError, normalise, read_upload
 
 
@@ -47,8 +47,9 @@ async def submit_upload(request: Request) -> str:
     limits: ClientLimits = request.app.state.client_limits
     gate: UploadGate = request.app.state.upload_gate
     admission: Admission = request.app.state.admission
-    busy = ServiceUnavailable("Too many photos are waiting right now; please try again in a few seconds.",
-                              settings.retry_after)
+    busy = ServiceUnavailable(
+        "Too many photos are waiting right now; please try again in a few seconds.", settings.retry_after
+    )
     client = client_key(request.client.host if request.client else None)
     token = None
     try:
@@ -58,14 +59,20 @@ async def submit_upload(request: Request) -> str:
         await run_in_threadpool(admission.check)  # room in Redis for a photo of a usual size and its result
         async with gate.upload():
             try:
-                upload = await with_deadline(read_upload(request, settings.max_upload_bytes),
-                                             settings.upload_timeout)
+                upload = await with_deadline(read_upload(request, settings.max_upload_bytes), settings.upload_timeout)
             except TimeoutError:
-                raise UploadError(408, f"The upload took longer than {settings.upload_timeout:g} seconds; "
-                                       "please try again on a faster connection or with a smaller photo.") from None
-            image = await gate.decode(normalise, upload.data, max_pixels=settings.max_pixels,
-                                      max_side=settings.max_side,
-                                      max_pixels_full_decode=settings.max_pixels_full_decode)
+                raise UploadError(
+                    408,
+                    f"The upload took longer than {settings.upload_timeout:g} seconds; "
+                    "please try again on a faster connection or with a smaller photo.",
+                ) from None
+            image = await gate.decode(
+                normalise,
+                upload.data,
+                max_pixels=settings.max_pixels,
+                max_side=settings.max_side,
+                max_pixels_full_decode=settings.max_pixels_full_decode,
+            )
             del upload
         await run_in_threadpool(admission.check, len(image.jpeg))  # and for this one
         job_id = await run_in_threadpool(store.submit, image.jpeg)
@@ -74,16 +81,19 @@ async def submit_upload(request: Request) -> str:
         token = None
         return job_id
     except Busy:
-        raise ServiceUnavailable("The server is receiving too many photos right now; please try again in a few "
-                                 "seconds.", settings.retry_after) from None
+        raise ServiceUnavailable(
+            "The server is receiving too many photos right now; please try again in a few seconds.",
+            settings.retry_after,
+        ) from None
     except QueueFull:
         raise busy from None
     except (StorageFull, OutOfMemoryError) as exc:  # Redis is (nearly) full: room comes back as results go
         request.app.state.metrics.memory_refusals.inc()
         raise ServiceUnavailable(BUSY, max(settings.retry_after, BUSY_RETRY_AFTER)) from exc
     except RedisError as exc:
-        raise ServiceUnavailable("The job queue is unreachable right now; please try again shortly.",
-                                 settings.retry_after) from exc
+        raise ServiceUnavailable(
+            "The job queue is unreachable right now; please try again shortly.", settings.retry_after
+        ) from exc
     finally:
         if token is not None:
             try:

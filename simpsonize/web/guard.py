@@ -91,8 +91,9 @@ class ClientLimits:
         self.items = parse_many(settings.rate_limit) if self.enabled else []
         self.limiter = None
         if self.enabled:
-            storage = RedisStorage("redis://", connection_pool=redis.connection_pool,
-                                   key_prefix=f"{self.prefix}:ratelimit")
+            storage = RedisStorage(
+                "redis://", connection_pool=redis.connection_pool, key_prefix=f"{self.prefix}:ratelimit"
+            )
             self.limiter = MovingWindowRateLimiter(storage)
         self._reserve = redis.register_script(_RESERVE)
 
@@ -112,7 +113,9 @@ class ClientLimits:
                 raise TooManyRequests(
                     f"Too many uploads from your address: the limit is {_plural(item.amount, 'photo')} per "
                     f"{_plural(item.multiples, item.GRANULARITY.name) if item.multiples > 1 else item.GRANULARITY.name}"
-                    f"; please try again in {_plural(retry, 'second')}.", retry)
+                    f"; please try again in {_plural(retry, 'second')}.",
+                    retry,
+                )
 
     # -- jobs waiting ----------------------------------------------------------------------------------------------
     def reserve(self, client: str) -> str | None:
@@ -131,7 +134,9 @@ class ClientLimits:
         if not self._reserve(keys=[key], args=[now, s.max_queued_per_client, token, expiry, s.input_ttl]):
             raise TooManyRequests(
                 f"You already have {_plural(s.max_queued_per_client, 'photo')} waiting; please wait for one to "
-                f"finish before uploading another.", s.retry_after)
+                f"finish before uploading another.",
+                s.retry_after,
+            )
         return token
 
     def confirm(self, client: str, token: str | None, job_id: str) -> None:
@@ -184,6 +189,7 @@ class UploadGate:
 
     async def decode(self, fn, *args, **kwargs):
         """Run ``fn`` in a worker thread once a decoder is free."""
+
         def counted():
             with self._count_lock:
                 self.decoding += 1

@@ -30,8 +30,10 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
 SWAGGER_CDN = "https://cdn.jsdelivr.net"
 COMMON_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -48,10 +50,13 @@ def docs_csp(html: str) -> str:
     """The policy for the Swagger UI page ``html``: its CDN, and its inline scripts by their SHA-256."""
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
-        for script in re.findall(r"<script>(.*?)</script>", html, re.S))
-    return (f"default-src 'none'; script-src {SWAGGER_CDN} {hashes}; style-src {SWAGGER_CDN}; "
-            "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'; "
-            "base-uri 'none'; object-src 'none'")
+        for script in re.findall(r"<script>(.*?)</script>", html, re.S)
+    )
+    return (
+        f"default-src 'none'; script-src {SWAGGER_CDN} {hashes}; style-src {SWAGGER_CDN}; "
+        "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'; object-src 'none'"
+    )
 
 
 class SecurityHeaders:
@@ -85,7 +90,7 @@ def _netloc(url_or_host: str, scheme: str | None = None) -> str:
     else:
         netloc = url_or_host
     netloc = netloc.lower()
-    for default in ((":80",) if scheme == "http" else (":443",) if scheme == "https" else (":80", ":443")):
+    for default in (":80",) if scheme == "http" else (":443",) if scheme == "https" else (":80", ":443"):
         if netloc.endswith(default):
             netloc = netloc[: -len(default)]
     return netloc

@@ -1,4 +1,5 @@
-"""The FastAPI application. ``create_app(settings)`` builds it; ``uvicorn --factory simpsonize.web.main:create_app`` serves it.
+"""The FastAPI application. ``create_app(settings)`` builds it; ``uvicorn --factory simpsonize.web.main:create_app``
+serves it.
 
 No torch here, ever: the web process validates and queues, workers (worker/) run the model.
 """
@@ -21,13 +22,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from simpsonize.queue import metrics
 from simpsonize.queue.capacity import Admission, JobFootprint
-from simpsonize.web.guard import ClientLimits, UploadGate
-from simpsonize.web.http_security import CrossSiteGuard, SecurityHeaders, TrustedHosts, docs_csp
 from simpsonize.queue.jobstore import JobStore, connect
 from simpsonize.queue.longpoll import CompletionWaiter
-from simpsonize.web.routes import health, jobs, pages
 from simpsonize.resources import STATIC_DIR, TEMPLATES_DIR
 from simpsonize.settings import Settings, get_settings
+from simpsonize.web.guard import ClientLimits, UploadGate
+from simpsonize.web.http_security import CrossSiteGuard, SecurityHeaders, TrustedHosts, docs_csp
+from simpsonize.web.routes import health, jobs, pages
 
 DESCRIPTION = """Turn a selfie into a Simpsons character.
 
@@ -64,8 +65,9 @@ def allowed_methods(app: FastAPI, scope: dict) -> list[str]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not settings.redis_url:
-        raise ValueError("REDIS_URL is not set: run `simpsonize serve`, which starts an embedded Redis, "
-                         "or set REDIS_URL.")
+        raise ValueError(
+            "REDIS_URL is not set: run `simpsonize serve`, which starts an embedded Redis, or set REDIS_URL."
+        )
     waiter = CompletionWaiter(settings.redis_url)
 
     @asynccontextmanager
@@ -73,14 +75,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await waiter.aclose()
 
-    app = FastAPI(title="Simpsonize", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="Simpsonize", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     app.state.settings = settings
     app.state.waiter = waiter
     app.state.store = JobStore(settings, connect(settings.redis_url))
     app.state.client_limits = ClientLimits(settings, app.state.store.redis)
-    app.state.admission = Admission(app.state.store.queue, settings.key_prefix,
-                                    JobFootprint.for_settings(settings.composite_lossless))
+    app.state.admission = Admission(
+        app.state.store.queue, settings.key_prefix, JobFootprint.for_settings(settings.composite_lossless)
+    )
     app.state.upload_gate = UploadGate(settings)
     app.state.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
@@ -99,8 +103,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow = ", ".join(allowed_methods(app, request.scope))
         if request.method == "OPTIONS":  # what the path offers (RFC 9110 §9.3.7); CORS preflights never get here
             return Response(status_code=204, headers={"Allow": allow})
-        return JSONResponse({"detail": f"{request.method} is not allowed here; this path takes {allow}."},
-                            status_code=405, headers={"Allow": allow})
+        return JSONResponse(
+            {"detail": f"{request.method} is not allowed here; this path takes {allow}."},
+            status_code=405,
+            headers={"Allow": allow},
+        )
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -110,8 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: client address first (from trusted proxies only), then Host, headers, CORS, cross-site.
     app.add_middleware(CrossSiteGuard, api_prefix=jobs.PREFIX, cors_origins=settings.split(settings.cors_origins))
     if cors := settings.split(settings.cors_origins):
-        app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["*"], expose_headers=["Location", "Retry-After"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["*"],
+            expose_headers=["Location", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(SecurityHeaders)
     if (hosts := settings.split(settings.allowed_hosts)) and "*" not in hosts:
         # Loopback names stay allowed: the container healthchecks ask http://127.0.0.1:8000/healthz.

@@ -121,9 +121,18 @@ async def read_upload(request: Request, limit: int) -> Upload:
         raise too_large(limit)
 
     collector = _PartCollector(limit)
-    callbacks = {name: getattr(collector, name) for name in (
-        "on_part_begin", "on_header_field", "on_header_value", "on_header_end", "on_headers_finished",
-        "on_part_data", "on_part_end")}
+    callbacks = {
+        name: getattr(collector, name)
+        for name in (
+            "on_part_begin",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+            "on_part_data",
+            "on_part_end",
+        )
+    }
     parser = MultipartParser(params[b"boundary"], callbacks)
     received = 0
     try:
@@ -164,8 +173,9 @@ def pixel_limit(image_format: str | None, max_pixels: int, max_pixels_full_decod
     return min(max_pixels, max_pixels_full_decode)
 
 
-def normalise(data: bytes, *, max_pixels: int, max_side: int,
-              max_pixels_full_decode: int | None = None) -> NormalisedImage:
+def normalise(
+    data: bytes, *, max_pixels: int, max_side: int, max_pixels_full_decode: int | None = None
+) -> NormalisedImage:
     """Decode for real and normalise; raises ``UploadError`` (413 pixel limit, 415 not a supported image).
 
     Memory: one full-size decode (JPEG: reduced by up to 8x first) plus small copies. The image is shrunk before
@@ -180,10 +190,13 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
             width, height = image.size
             limit = pixel_limit(image.format, max_pixels, max_pixels_full_decode)
             if width * height > limit:
-                raise UploadError(413, f"The photo has too many pixels ({width}x{height}); the limit is "
-                                       f"{limit / 1e6:.0f} megapixels" + (
-                                           "" if limit == max_pixels else
-                                           f" for {image.format} ({max_pixels / 1e6:.0f} for JPEG)") + ".")
+                raise UploadError(
+                    413,
+                    f"The photo has too many pixels ({width}x{height}); the limit is "
+                    f"{limit / 1e6:.0f} megapixels"
+                    + ("" if limit == max_pixels else f" for {image.format} ({max_pixels / 1e6:.0f} for JPEG)")
+                    + ".",
+                )
             check_shape(width, height)
             source_format = image.format or "?"
             if image.format in REDUCED_DECODE:
@@ -198,15 +211,21 @@ def normalise(data: bytes, *, max_pixels: int, max_side: int,
     except UploadError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, hit while opening
-        raise UploadError(413, f"The photo has too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels.") \
-            from None
+        raise UploadError(
+            413, f"The photo has too many pixels; the limit is {max_pixels / 1e6:.0f} megapixels."
+        ) from None
     except UnidentifiedImageError:
         raise not_an_image from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, RuntimeError) as exc:
         # RuntimeError: Pillow's AVIF and pillow-heif's HEIF decoders report damaged data that way (found by fuzzing).
         raise UploadError(415, "The image could not be decoded: the file looks damaged or truncated.") from exc
-    return NormalisedImage(jpeg=jpeg_bytes(rgb, quality=95, subsampling=0), width=rgb.width, height=rgb.height,
-                           source_format=source_format, source_size=(width, height))
+    return NormalisedImage(
+        jpeg=jpeg_bytes(rgb, quality=95, subsampling=0),
+        width=rgb.width,
+        height=rgb.height,
+        source_format=source_format,
+        source_size=(width, height),
+    )
 
 
 def check_shape(width: int, height: int) -> None:
@@ -214,11 +233,17 @@ def check_shape(width: int, height: int) -> None:
     if width < 1 or height < 1:
         raise UploadError(415, f"The file is not a {FORMAT_NAMES} image.")
     if min(width, height) < MIN_SIDE:
-        raise UploadError(422, f"The photo is too small ({width}x{height} pixels): it needs at least {MIN_SIDE} "
-                               f"pixels on each side to find a face. Please upload a bigger photo.")
+        raise UploadError(
+            422,
+            f"The photo is too small ({width}x{height} pixels): it needs at least {MIN_SIDE} "
+            f"pixels on each side to find a face. Please upload a bigger photo.",
+        )
     if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise UploadError(422, f"The photo is {width}x{height} pixels: too long and thin to be a photo of a face "
-                               f"(at most {MAX_ASPECT:g} times longer than wide). Please crop it around the face.")
+        raise UploadError(
+            422,
+            f"The photo is {width}x{height} pixels: too long and thin to be a photo of a face "
+            f"(at most {MAX_ASPECT:g} times longer than wide). Please crop it around the face.",
+        )
 
 
 def _target_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -255,7 +280,8 @@ def shrink_to_rgb(image: Image.Image, max_side: int) -> Image.Image:
         strip = convert(image.crop((0, top, width, bottom)))
         # The box is where these output rows come from; Pillow reads the margin around it, so the strips join
         # seamlessly, as one resize of the whole image would.
-        part = strip.resize((target[0], last - first), Image.LANCZOS,
-                            box=(0, first * scale - top, width, last * scale - top))
+        part = strip.resize(
+            (target[0], last - first), Image.LANCZOS, box=(0, first * scale - top, width, last * scale - top)
+        )
         shrunk.paste(part, (0, first))
     return shrunk

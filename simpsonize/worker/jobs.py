@@ -32,10 +32,10 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from simpsonize.imaging import jpeg_bytes, png_bytes
+from simpsonize.model.errors import SimpsonizeError
 from simpsonize.queue import capacity, keys, metrics
 from simpsonize.queue.jobstore import GENERIC_FAILURE
 from simpsonize.settings import get_settings
-from simpsonize.model.errors import SimpsonizeError
 
 # zlib level 1: still lossless, about 11 % more bytes than level 6 for a 256x256 result (132 vs 118 KB) and several
 # times quicker to encode (benchmarks/encode_formats.py; its timings so far come from a busy machine only). For a
@@ -63,8 +63,14 @@ class ModelHolder:
         self._model = model
         self._lock = threading.Lock()
 
-    def load(self, weights: str | Path | None = None, device: str | None = None, num_threads: int | None = None,
-             precision: str = "fp32", batch_size: int = 1):
+    def load(
+        self,
+        weights: str | Path | None = None,
+        device: str | None = None,
+        num_threads: int | None = None,
+        precision: str = "fp32",
+        batch_size: int = 1,
+    ):
         """Build the Simpsonizer. ``precision``: fp32, bf16 or auto (bf16 on CUDA), bf16 only where it passes the
         Simpsonizer's check; ``batch_size``: the largest batch to warm up for."""
         from simpsonize.model.composite import FaceSelection
@@ -73,8 +79,9 @@ class ModelHolder:
         settings = get_settings()
         faces = FaceSelection(min_face=settings.min_face, max_faces=settings.max_faces)
         with self._lock:
-            self._model = Simpsonizer(weights=weights, device=device, num_threads=num_threads, precision=precision,
-                                      faces=faces)
+            self._model = Simpsonizer(
+                weights=weights, device=device, num_threads=num_threads, precision=precision, faces=faces
+            )
             self._model.warm_up(batch_size)
             return self._model
 
@@ -131,8 +138,14 @@ def encode_result(result, lossless_composite: bool | None = None) -> JobOutput:
     meta = result.to_dict()
     meta["timings"]["encode"] = round(time.perf_counter() - started, 4)
     meta["composite"] = {"jpeg_bytes": len(composite_jpeg), "png_bytes": len(composite_png)} if composite_jpeg else None
-    return JobOutput(image_png=image_png, face_jpeg=face_jpeg, meta=meta, more_faces=more,
-                     composite_jpeg=composite_jpeg, composite_png=composite_png)
+    return JobOutput(
+        image_png=image_png,
+        face_jpeg=face_jpeg,
+        meta=meta,
+        more_faces=more,
+        composite_jpeg=composite_jpeg,
+        composite_png=composite_png,
+    )
 
 
 @dataclass
@@ -210,9 +223,14 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
         else:
             output = encode_result(prepared.outcome)
         model = photo_jobs.model.get()
-        meta = {**output.meta, "worker": {"device": str(model.device)},
-                "batch": {"size": 1 if prepared is None else prepared.batch,
-                          "precision": getattr(model, "precision", "fp32")}}
+        meta = {
+            **output.meta,
+            "worker": {"device": str(model.device)},
+            "batch": {
+                "size": 1 if prepared is None else prepared.batch,
+                "precision": getattr(model, "precision", "fp32"),
+            },
+        }
         meta["timings"]["job"] = round(time.perf_counter() - started, 4)
         if redis.exists(keys.deleted_key(key_prefix, job_id)):
             return {"deleted": True}
@@ -236,8 +254,7 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
         _record_failure(job, capacity.FULL_FAILURE, started)
         raise
     except JobTimeoutException:
-        _record_failure(job, f"Simpsonizing took longer than {job.timeout} seconds. Please try again later.",
-                        started)
+        _record_failure(job, f"Simpsonizing took longer than {job.timeout} seconds. Please try again later.", started)
         raise
     except Exception as exc:
         # Causes that can be named get their own sentence; the generic one is for real bugs only (RQ logs their
@@ -248,14 +265,16 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
         redis.delete(input_key)
 
 
-OUT_OF_MEMORY = ("The server ran out of memory while working on this photo. Please try again in a minute, or "
-                 "upload a smaller photo.")
+OUT_OF_MEMORY = (
+    "The server ran out of memory while working on this photo. Please try again in a minute, or upload a smaller photo."
+)
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, or torch's (CUDA/MPS) OutOfMemoryError, recognised by name: no torch import needed here."""
-    return isinstance(exc, MemoryError) or (type(exc).__name__ == "OutOfMemoryError"
-                                            and not isinstance(exc, OutOfMemoryError))  # redis's: Redis is full
+    return isinstance(exc, MemoryError) or (
+        type(exc).__name__ == "OutOfMemoryError" and not isinstance(exc, OutOfMemoryError)
+    )  # redis's: Redis is full
 
 
 def _record_failure(job, message: str, started: float) -> None:

@@ -29,8 +29,16 @@ import time
 from collections import deque
 from pathlib import Path
 
-from redis.exceptions import (ConnectionError as RedisConnectionError, OutOfMemoryError, RedisError,
-                              TimeoutError as RedisTimeoutError)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    OutOfMemoryError,
+    RedisError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
 from rq import Queue
 
 from simpsonize.cpu import limited_cpus
@@ -233,8 +241,7 @@ class ModelWorker(rq_adapter.Worker):
     def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
         if job.id in self._prestarted:  # started with its batch already; RQ's perform_job calls this again
             return
-        capacity.with_room(lambda: super(ModelWorker, self).prepare_job_execution(job,
-                                                                                   remove_from_intermediate_queue))
+        capacity.with_room(lambda: super(ModelWorker, self).prepare_job_execution(job, remove_from_intermediate_queue))
 
     def prepare_execution(self, job):
         return capacity.with_room(lambda: super(ModelWorker, self).prepare_execution(job))
@@ -378,8 +385,12 @@ class ModelWorker(rq_adapter.Worker):
 
     def _heartbeat(self, timeout=None, pipeline=None):
         super().heartbeat(timeout, pipeline)
-        rq_adapter.keep_registered(pipeline if pipeline is not None else self.connection, self.key,
-                                   self.queue_names(), max(int(timeout or 0), self.worker_ttl + 60))
+        rq_adapter.keep_registered(
+            pipeline if pipeline is not None else self.connection,
+            self.key,
+            self.queue_names(),
+            max(int(timeout or 0), self.worker_ttl + 60),
+        )
 
 
 def default_name() -> str:
@@ -396,31 +407,50 @@ def check(redis_url: str, queue_name: str, max_age: float) -> int:
         print(f"unhealthy: Redis is not reachable ({type(exc).__name__}).")
         return 1
     mine = [name for name in alive if name.startswith(f"{host}-")]
-    print(f"healthy: {', '.join(mine)}" if mine else f"unhealthy: no worker of host {host} has a heartbeat within "
-                                                       f"{max_age:g} s.")
+    print(
+        f"healthy: {', '.join(mine)}"
+        if mine
+        else f"unhealthy: no worker of host {host} has a heartbeat within {max_age:g} s."
+    )
     return 0 if mine else 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url", help="Redis to take jobs from (default: $REDIS_URL).")
     parser.add_argument("--queue", help="Queue name (default: $SIMPSONIZE_QUEUE_NAME or 'simpsonize').")
-    parser.add_argument("--weights", type=Path, help="Generator weights (default: $SIMPSONIZE_WEIGHTS or the shipped "
-                                                     "weights/simpsonize.safetensors).")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="Generator weights (default: $SIMPSONIZE_WEIGHTS or the shipped weights/simpsonize.safetensors).",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present, else CPU).")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
-                                                    "cgroup CPU quota when one is set, else torch's default; give "
-                                                    "cores / workers when several run on one machine).")
-    parser.add_argument("--batch", help="Jobs taken at once, their photos run as one batch: 'auto' (16 on CUDA; on a "
-                                        "CPU 2 with several threads, else 1) or 1 to 64 (default: "
-                                        "$SIMPSONIZE_WORKER_BATCH or auto).")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                        help="Generator precision: bf16 where its output stays within 40 dB PSNR of fp32, checked at "
-                             "start-up, else fp32; auto tries bf16 on CUDA only (default: "
-                             "$SIMPSONIZE_WORKER_PRECISION or auto).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: $SIMPSONIZE_WORKER_THREADS, else the "
+        "cgroup CPU quota when one is set, else torch's default; give "
+        "cores / workers when several run on one machine).",
+    )
+    parser.add_argument(
+        "--batch",
+        help="Jobs taken at once, their photos run as one batch: 'auto' (16 on CUDA; on a "
+        "CPU 2 with several threads, else 1) or 1 to 64 (default: "
+        "$SIMPSONIZE_WORKER_BATCH or auto).",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="Generator precision: bf16 where its output stays within 40 dB PSNR of fp32, checked at "
+        "start-up, else fp32; auto tries bf16 on CUDA only (default: "
+        "$SIMPSONIZE_WORKER_PRECISION or auto).",
+    )
     parser.add_argument("--name", help="Worker name (default: HOSTNAME-PID-RANDOM, which --check recognises).")
-    parser.add_argument("--check", action="store_true",
-                        help="Health check (containers): exit 0 if a worker of this host has a recent heartbeat in "
-                             "Redis, else 1. Loads no model.")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="Health check (containers): exit 0 if a worker of this host has a recent heartbeat in "
+        "Redis, else 1. Loads no model.",
+    )
     parser.add_argument("--burst", action="store_true", help="Quit when the queue is empty.")
     parser.add_argument("--max-jobs", type=int, help="Quit after this many jobs.")
     parser.add_argument("--log-level", default="INFO", help="Logging level (default INFO).")
@@ -430,15 +460,21 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     redis_url = args.redis_url or settings.redis_url
     if not redis_url:
-        print("simpsonize worker: REDIS_URL is not set; point the worker at the Redis the web service uses, "
-              "e.g. REDIS_URL=redis://localhost:6379/0.", file=sys.stderr)
+        print(
+            "simpsonize worker: REDIS_URL is not set; point the worker at the Redis the web service uses, "
+            "e.g. REDIS_URL=redis://localhost:6379/0.",
+            file=sys.stderr,
+        )
         return 2
     if args.check:
         return check(redis_url, args.queue or settings.queue_name, 2 * settings.worker_heartbeat)
     weights = Path(args.weights or settings.weights)
     if not weights.is_file():
-        print(f"simpsonize worker: the weights file {weights} does not exist; export trained weights there "
-              "(simpsonize export) or set SIMPSONIZE_WEIGHTS to a weights file.", file=sys.stderr)
+        print(
+            f"simpsonize worker: the weights file {weights} does not exist; export trained weights there "
+            "(simpsonize export) or set SIMPSONIZE_WEIGHTS to a weights file.",
+            file=sys.stderr,
+        )
         return 2
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -450,14 +486,24 @@ def run(args: argparse.Namespace) -> int:
         device = args.device or settings.device
         threads = args.threads or settings.worker_threads or limited_cpus()
         batch_size = batch_size_for(args.batch or settings.worker_batch, pick_device(device).type, threads)
-        model = holder.load(weights, device=device, num_threads=threads,
-                            precision=args.precision or settings.worker_precision, batch_size=batch_size)
+        model = holder.load(
+            weights,
+            device=device,
+            num_threads=threads,
+            precision=args.precision or settings.worker_precision,
+            batch_size=batch_size,
+        )
     except (SimpsonizeError, ValueError) as exc:
         print(f"simpsonize worker: {exc}", file=sys.stderr)
         return 2
-    log.info("Loaded %s on %s (pid %d), %s, batches of up to %d.", weights, model.device, os.getpid(),
-             model.precision if model.bf16_psnr is None else f"{model.precision} (bf16 at {model.bf16_psnr:.1f} dB)",
-             batch_size)
+    log.info(
+        "Loaded %s on %s (pid %d), %s, batches of up to %d.",
+        weights,
+        model.device,
+        os.getpid(),
+        model.precision if model.bf16_psnr is None else f"{model.precision} (bf16 at {model.bf16_psnr:.1f} dB)",
+        batch_size,
+    )
 
     redis = connect(redis_url)
     try:

@@ -1,6 +1,6 @@
-import pytest
-
 import socket
+
+import pytest
 
 from simpsonize.bench.common import free_port, percentile
 

@@ -26,9 +26,29 @@ def test_config_parses_workers_by_threads():
 @pytest.mark.slow
 def test_bench_service_reports_latency_split_and_saturation(tmp_path):
     out = tmp_path / "service.json"
-    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", "bench", "service", "--configs", "1x1", "--singles", "2",
-                           "--burst", "2", "--json", str(out), "--timeout", "240"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "bench",
+            "service",
+            "--configs",
+            "1x1",
+            "--singles",
+            "2",
+            "--burst",
+            "2",
+            "--json",
+            str(out),
+            "--timeout",
+            "240",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert "family" in report["header"]["cpu"]  # every figure carries the CPU it was measured on

@@ -29,8 +29,14 @@ def test_the_baseline_is_the_readmes_command_and_every_other_variant_changes_one
             continue
         changed = {k for k, v in asdict(variant).items() if asdict(base)[k] != v}
         # one change, or the two that go together: 1 process x 2 threads (+ a batch), fp32 without channels_last
-        assert changed and changed in ({"batch"}, {"procs", "threads"}, {"procs", "threads", "batch"},
-                                       {"precision", "channels_last"}, {"channels_last"}, {"compile"}), changed
+        assert changed and changed in (
+            {"batch"},
+            {"procs", "threads"},
+            {"procs", "threads", "batch"},
+            {"precision", "channels_last"},
+            {"channels_last"},
+            {"compile"},
+        ), changed
     assert {v.batch for v in chosen} == {1, 2, 4, 8} and {v.recipe for v in chosen} == {"shipped", "projected"}
     assert any(v.compile for v in chosen) and not any(v.compile for v in variants(compile_=False))
 
@@ -38,8 +44,13 @@ def test_the_baseline_is_the_readmes_command_and_every_other_variant_changes_one
 @pytest.mark.slow
 def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
     out = tmp_path / "train.json"
-    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", "bench", "train", "--quick", "--json", str(out)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "simpsonize.cli", "bench", "train", "--quick", "--json", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert "family" in report["cpu"] and "| variant |" in done.stdout
@@ -49,8 +60,14 @@ def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
         v = row["variant"]
         assert row["images_per_second"] == pytest.approx(v["batch"] * v["procs"] / row["seconds_per_step"])
         parts = row["breakdown_ms"]
-        assert {"forward G_A", "forward G_B", "forward D_A", "forward D_B", "backward (all networks)",
-                "optimizers"} <= parts.keys()
+        assert {
+            "forward G_A",
+            "forward G_B",
+            "forward D_A",
+            "forward D_B",
+            "backward (all networks)",
+            "optimizers",
+        } <= parts.keys()
         named = sum(ms for part, ms in parts.items() if part != "step")
         assert all(ms >= 0 for ms in parts.values()) and named == pytest.approx(parts["step"], rel=0.02)
     assert parts.keys().isdisjoint({"DDP all-reduce"})  # one process: nothing to reduce
@@ -58,6 +75,11 @@ def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
 
 
 def test_an_unknown_recipe_is_refused_with_a_sentence():
-    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", "bench", "train", "--recipes", "nope"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "simpsonize.cli", "bench", "train", "--recipes", "nope"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "unknown recipe nope" in done.stdout

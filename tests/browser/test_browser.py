@@ -9,7 +9,6 @@ import io
 import shutil
 
 import pytest
-
 from service_support import POLL_TIMEOUT, REPO_ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,8 +26,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         yield browser
         browser.close()
 
@@ -119,10 +119,21 @@ def _queued_once(job_requests: list[str], cut_long_polls: bool = False):
         job_requests.append(url)
         if len(job_requests) == 1:
             job_id = path.rsplit("/", 1)[1]
-            return route.fulfill(status=200, content_type="application/json", body=json.dumps({
-                "id": job_id, "status": "queued", "status_url": f"/api/v1/jobs/{job_id}", "position": 1,
-                "queue_length": 1, "result_url": f"/api/v1/jobs/{job_id}/result",
-                "input_url": f"/api/v1/jobs/{job_id}/input"}))
+            return route.fulfill(
+                status=200,
+                content_type="application/json",
+                body=json.dumps(
+                    {
+                        "id": job_id,
+                        "status": "queued",
+                        "status_url": f"/api/v1/jobs/{job_id}",
+                        "position": 1,
+                        "queue_length": 1,
+                        "result_url": f"/api/v1/jobs/{job_id}/result",
+                        "input_url": f"/api/v1/jobs/{job_id}/input",
+                    }
+                ),
+            )
         if cut_long_polls and "wait=" in url:
             return route.abort()
         return route.fallback()
@@ -213,8 +224,9 @@ def _file_part(body: bytes, content_type: str) -> dict:
 
 
 def _pick_and_wait_for_answer(page, path, status: int = 202) -> None:
-    with page.expect_response(lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST",
-                              timeout=120_000) as answer:
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST", timeout=120_000
+    ) as answer:
         page.set_input_files("#file-input", str(path))
     assert answer.value.status == status, answer.value.text()
 
@@ -244,8 +256,12 @@ def _corner_colours(image, size: int) -> dict[str, tuple[float, ...]]:
     import numpy as np
 
     pixels = np.asarray(image.convert("RGB"), np.float32)
-    squares = {"top-left": pixels[:size, :size], "top-right": pixels[:size, -size:],
-               "bottom-left": pixels[-size:, :size], "bottom-right": pixels[-size:, -size:]}
+    squares = {
+        "top-left": pixels[:size, :size],
+        "top-right": pixels[:size, -size:],
+        "bottom-left": pixels[-size:, :size],
+        "bottom-right": pixels[-size:, -size:],
+    }
     return {name: tuple(float(c) for c in square.mean(axis=(0, 1))) for name, square in squares.items()}
 
 
@@ -314,10 +330,12 @@ def _small_jpeg(tmp_path, astronaut) -> tuple[object, int]:
     return path, 202
 
 
-@pytest.mark.parametrize("make", [_real_heic, _damaged_heic, _small_jpeg], ids=["real-heic", "damaged-heic",
-                                                                               "small-jpeg"])
-def test_files_not_worth_or_not_possible_to_shrink_are_sent_unchanged(browser, recording_server, tmp_path,
-                                                                      astronaut, make):
+@pytest.mark.parametrize(
+    "make", [_real_heic, _damaged_heic, _small_jpeg], ids=["real-heic", "damaged-heic", "small-jpeg"]
+)
+def test_files_not_worth_or_not_possible_to_shrink_are_sent_unchanged(
+    browser, recording_server, tmp_path, astronaut, make
+):
     """What the browser cannot decode, and photos no bigger than the service keeps, arrive byte for byte."""
     path, status = make(tmp_path, astronaut)
     context = browser.new_context()

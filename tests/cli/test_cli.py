@@ -12,8 +12,9 @@ from simpsonize.cli import COMMANDS
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_help(command):
-    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", command, "--help"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "simpsonize.cli", command, "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: simpsonize " + command in done.stdout
 
@@ -26,5 +27,7 @@ def test_installed_console_script_reaches_the_cli():
 
 
 def test_unknown_command_exits_2():
-    done = subprocess.run([sys.executable, "-m", "simpsonize.cli", "frobnicate"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "simpsonize.cli", "frobnicate"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 2 and "invalid choice" in done.stderr

@@ -16,8 +16,28 @@ from PIL import Image
 
 from simpsonize.cli import main
 
-TINY = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1", "--epochs-decay", "0",
-        "--steps-per-epoch", "1", "--device", "cpu", "--num-workers", "0", "--precision", "fp32"]
+TINY = [
+    "--size",
+    "32",
+    "--ngf",
+    "4",
+    "--n-blocks",
+    "1",
+    "--ndf",
+    "4",
+    "--epochs",
+    "1",
+    "--epochs-decay",
+    "0",
+    "--steps-per-epoch",
+    "1",
+    "--device",
+    "cpu",
+    "--num-workers",
+    "0",
+    "--precision",
+    "fp32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,26 +81,64 @@ def check(argv: list[str], capsys, code: int, *words: str, stream: str = "out") 
 
 def test_predict_without_images_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    check(["predict", str(tmp_path / "empty"), "--output", str(tmp_path / "out")], capsys, 2, "no images found",
-          stream="err")
+    check(
+        ["predict", str(tmp_path / "empty"), "--output", str(tmp_path / "out")],
+        capsys,
+        2,
+        "no images found",
+        stream="err",
+    )
 
 
 def test_predict_of_several_photos_into_one_png_exits_2(tmp_path, capsys):
-    check(["predict", str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), "--output", str(tmp_path / "o.png")], capsys,
-          2, "--output to be a folder", stream="err")
+    check(
+        ["predict", str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), "--output", str(tmp_path / "o.png")],
+        capsys,
+        2,
+        "--output to be a folder",
+        stream="err",
+    )
     assert not (tmp_path / "o.png").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_predict_on_cuda_without_a_gpu_exits_2(tmp_path, tiny_weights, capsys):
-    check(["predict", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
-           "--device", "cuda"], capsys, 2, "CUDA was requested", "--device cpu", stream="err")
+    check(
+        [
+            "predict",
+            str(tmp_path / "a.jpg"),
+            "--output",
+            str(tmp_path / "o.png"),
+            "--weights",
+            str(tiny_weights),
+            "--device",
+            "cuda",
+        ],
+        capsys,
+        2,
+        "CUDA was requested",
+        "--device cpu",
+        stream="err",
+    )
 
 
 def test_predict_of_a_missing_photo_exits_1_naming_it(tmp_path, tiny_weights, capsys):
     missing = tmp_path / "nowhere.jpg"
-    assert main(["predict", str(missing), "--output", str(tmp_path / "o.png"), "--weights", str(tiny_weights),
-                 "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(missing),
+                "--output",
+                str(tmp_path / "o.png"),
+                "--weights",
+                str(tiny_weights),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"failed: {missing}: {missing} does not exist." in err and "Traceback" not in err
     assert not (tmp_path / "o.png").exists()
@@ -98,20 +156,35 @@ def test_train_a_new_run_without_data_exits_2(tmp_path, capsys):
 
 
 def test_train_with_a_size_not_a_multiple_of_4_exits_2(dataset, tmp_path, capsys):
-    check(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY[2:], "--size", "30"], capsys, 2,
-          "multiple of 4")
+    check(
+        ["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY[2:], "--size", "30"],
+        capsys,
+        2,
+        "multiple of 4",
+    )
 
 
 def test_train_on_a_folder_without_images_exits_2(tmp_path, capsys):
-    check(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"), *TINY], capsys, 2,
-          "no images", "simpsonize prepare")
+    check(
+        ["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r"), *TINY],
+        capsys,
+        2,
+        "no images",
+        "simpsonize prepare",
+    )
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
 def test_train_with_an_unknown_diff_augment_policy_exits_2(dataset, tmp_path, capsys):
     """This was a ValueError traceback."""
-    check(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY, "--diff-augment", "color,blur"],
-          capsys, 2, "--diff-augment", "blur", "color, translation, cutout")
+    check(
+        ["train", "--data", str(dataset), "--out", str(tmp_path / "r"), *TINY, "--diff-augment", "color,blur"],
+        capsys,
+        2,
+        "--diff-augment",
+        "blur",
+        "color, translation, cutout",
+    )
 
 
 def test_train_over_an_existing_run_exits_2_and_leaves_it(dataset, run, capsys):
@@ -146,8 +219,12 @@ def test_test_of_a_missing_snapshot_exits_2(run, capsys):
 
 def test_test_weights_without_data_or_file_exits_2(dataset, tmp_path, capsys):
     check(["test", "--weights", str(tmp_path / "w.safetensors")], capsys, 2, "--weights needs --data")
-    check(["test", "--weights", str(tmp_path / "w.safetensors"), "--data", str(dataset)], capsys, 2,
-          "w.safetensors does not exist")
+    check(
+        ["test", "--weights", str(tmp_path / "w.safetensors"), "--data", str(dataset)],
+        capsys,
+        2,
+        "w.safetensors does not exist",
+    )
 
 
 # -- export ----------------------------------------------------------------------------------------------------------
@@ -166,8 +243,12 @@ def test_export_needs_exactly_one_source(run, tmp_path, capsys, sources):
 
 def test_export_of_a_folder_that_is_no_run_exits_2(tmp_path, capsys):
     """This said "[Errno 2] No such file or directory: '.../config.json'"."""
-    check(["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "w.safetensors")], capsys, 2,
-          "not a training run")
+    check(
+        ["export", "--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "w.safetensors")],
+        capsys,
+        2,
+        "not a training run",
+    )
 
 
 def test_export_of_a_missing_snapshot_or_unranked_best_exits_2(run, tmp_path, capsys):
@@ -178,8 +259,12 @@ def test_export_of_a_missing_snapshot_or_unranked_best_exits_2(run, tmp_path, ca
 
 
 def test_export_from_a_reference_folder_without_weights_exits_2(tmp_path, capsys):
-    check(["export", "--from-reference", str(tmp_path), "--out", str(tmp_path / "w.safetensors")], capsys, 2,
-          "latest_net_G_B.pth")
+    check(
+        ["export", "--from-reference", str(tmp_path), "--out", str(tmp_path / "w.safetensors")],
+        capsys,
+        2,
+        "latest_net_G_B.pth",
+    )
 
 
 # -- prepare ---------------------------------------------------------------------------------------------------------
@@ -188,8 +273,16 @@ def test_export_from_a_reference_folder_without_weights_exits_2(tmp_path, capsys
 def prepare_args(tmp_path: Path, *extra: str, simpsons: Path | None = None) -> list[str]:
     for name in ("simpsons", "real"):
         (tmp_path / name).mkdir(exist_ok=True)
-    return ["prepare", "--simpsons", str(simpsons or tmp_path / "simpsons"), "--real", str(tmp_path / "real"),
-            "--out", str(tmp_path / "out"), *extra]
+    return [
+        "prepare",
+        "--simpsons",
+        str(simpsons or tmp_path / "simpsons"),
+        "--real",
+        str(tmp_path / "real"),
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    ]
 
 
 def test_prepare_of_a_missing_folder_exits_2(tmp_path, capsys):

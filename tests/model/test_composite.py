@@ -83,7 +83,7 @@ def test_mask_is_zero_past_the_photo_edge():
     left = crop.center[0] - crop.side / 2
     outside_columns = int(-left / (crop.side / 64))
     assert outside_columns > 2
-    assert mask[:, :outside_columns - 1].max() == 0.0
+    assert mask[:, : outside_columns - 1].max() == 0.0
     assert mask.max() == pytest.approx(1.0)
 
 

@@ -68,7 +68,7 @@ def test_exif_orientation_is_applied_before_cropping(astronaut):
 @pytest.mark.parametrize("mode", ["RGBA", "L", "CMYK", "P", "LA", "I;16"])
 def test_any_image_mode_is_accepted(astronaut, mode):
     if mode == "I;16":
-        array = (np.asarray(astronaut.convert("L"), dtype=np.uint16) * 257)
+        array = np.asarray(astronaut.convert("L"), dtype=np.uint16) * 257
         image = Image.frombytes("I;16", astronaut.size, array.astype("<u2").tobytes())
     else:
         image = astronaut.convert(mode)
@@ -176,8 +176,10 @@ def _phone_point(x: float, y: float) -> tuple[float, float]:
 
 
 def _phone_centre() -> tuple[float, float]:
-    return (PHONE_OFFSET[0] + ASTRONAUT_FACE_CENTRE[0] * PHONE_SCALE,
-            PHONE_OFFSET[1] + ASTRONAUT_FACE_CENTRE[1] * PHONE_SCALE)
+    return (
+        PHONE_OFFSET[0] + ASTRONAUT_FACE_CENTRE[0] * PHONE_SCALE,
+        PHONE_OFFSET[1] + ASTRONAUT_FACE_CENTRE[1] * PHONE_SCALE,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +198,9 @@ def _reference_crop(photo: Image.Image, crop, framing, size: int, eye_line_shift
     mx, my = (left + right) / 2
     levelled = photo.rotate(crop.angle, resample=Image.BICUBIC, center=(mx, my))
     top = my - (framing.eye_line + eye_line_shift) * crop.side
-    return levelled.resize((size, size), Image.LANCZOS, box=(mx - crop.side / 2, top, mx + crop.side / 2,
-                                                             top + crop.side))
+    return levelled.resize(
+        (size, size), Image.LANCZOS, box=(mx - crop.side / 2, top, mx + crop.side / 2, top + crop.side)
+    )
 
 
 @pytest.mark.parametrize("framing", [Framing(), Framing(scale=3.0, eye_line=0.42)], ids=["default", "loose"])
@@ -243,8 +246,10 @@ def test_the_largest_of_several_faces_is_the_one_cropped(astronaut):
     photo.paste(head.resize(big, Image.BICUBIC), (2200, 1200))
 
     def centre(offset, patch):
-        return (offset[0] + (ASTRONAUT_FACE_CENTRE[0] - 120) * patch[0] / 210,
-                offset[1] + (ASTRONAUT_FACE_CENTRE[1] - 20) * patch[1] / 220)
+        return (
+            offset[0] + (ASTRONAUT_FACE_CENTRE[0] - 120) * patch[0] / 210,
+            offset[1] + (ASTRONAUT_FACE_CENTRE[1] - 20) * patch[1] / 220,
+        )
 
     def contains(face, point):
         x0, y0, x1, y1 = face.box
@@ -290,7 +295,7 @@ def test_a_big_photo_is_shrunk_only_where_the_crop_reads_it(phone_photo, monkeyp
     photo_pixels = phone_photo.width * phone_photo.height
     assert read and sum(read) < 0.25 * photo_pixels
     # ...and reads all of the square the crop shows (its rotated corners lie inside what was resampled)
-    assert sum(read) >= crop.side ** 2
+    assert sum(read) >= crop.side**2
 
 
 def test_an_upright_rgb_photo_is_used_as_it_is_not_copied(astronaut):

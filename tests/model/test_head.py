@@ -27,7 +27,7 @@ def test_head_crop_runs_from_the_hair_to_the_chin(astronaut, astronaut_face):
     chin = FaceMesh()(crop.image).landmarks[CHIN, 1] / 192
     assert chin == pytest.approx(HEAD.chin_line, abs=0.04)
     mask = PersonSegmenter()(crop.image) >= 0.5
-    middle = mask[:, 96 - 20:96 + 20]  # the columns over the middle of the face
+    middle = mask[:, 96 - 20 : 96 + 20]  # the columns over the middle of the face
     hair_top = np.argmax(middle.any(axis=1)) / 192
     assert hair_top == pytest.approx(HEAD.top_margin, abs=0.04)
     assert not mask[:4, :20].any() and not mask[:4, -20:].any()  # background above the head's shoulders
@@ -38,8 +38,7 @@ def test_a_photo_that_cuts_the_head_falls_back_to_the_mesh_estimate(astronaut, a
     and the crop runs past the photo (filled), rather than zooming in until the edge looks like the hair's top."""
     top = 75  # cuts through the astronaut's hair, above her eyebrows (the eyes are at y ~ 110-120)
     cut = astronaut.crop((0, top, astronaut.width, astronaut.height))
-    face = Face(box=(0, 0, 1, 1), confidence=1.0,
-                landmarks=tuple((x, y - top) for x, y in astronaut_face.landmarks))
+    face = Face(box=(0, 0, 1, 1), confidence=1.0, landmarks=tuple((x, y - top) for x, y in astronaut_face.landmarks))
     whole = measure_head(astronaut, astronaut_face, align_crop)
     measured = measure_head(cut, face, align_crop)
     assert whole.top_in_photo and not measured.top_in_photo
@@ -51,8 +50,11 @@ def test_a_photo_that_cuts_the_head_falls_back_to_the_mesh_estimate(astronaut, a
 
 def test_no_face_for_the_mesh_means_the_eyes_framing(coffee):
     """A detection where the mesh sees no face (a cup, here) gets the framing every model used before."""
-    face = Face(box=(200, 100, 300, 200), confidence=0.99,
-                landmarks=((220, 130), (280, 130), (250, 155), (225, 180), (275, 180)))
+    face = Face(
+        box=(200, 100, 300, 200),
+        confidence=0.99,
+        landmarks=((220, 130), (280, 130), (250, 155), (225, 180), (275, 180)),
+    )
     assert head_framing(coffee, face, HEAD, crop=align_crop) == Framing()
 
 
@@ -78,4 +80,3 @@ def test_serving_crops_the_whole_head_when_the_weights_were_trained_so(tmp_path,
     head_result = Simpsonizer(weights=head, device="cpu", num_threads=1)(astronaut)
     eyes_result = Simpsonizer(weights=eyes, device="cpu", num_threads=1)(astronaut)
     assert head_result.crop.side > 1.6 * eyes_result.crop.side
-

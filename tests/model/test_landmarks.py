@@ -19,8 +19,18 @@ from safetensors import safe_open
 from simpsonize.model.composite import crop_to_photo
 from simpsonize.model.errors import MissingWeights, WeightsError
 from simpsonize.model.face import align_crop, detect_faces
-from simpsonize.model.landmarks import (CHIN, FOREHEAD_TOP, MESH_FRAMING, METADATA_KEY, MOUTH_CORNERS, FaceMesh,
-                                        IrisLandmarks, PersonSegmenter, eye_centres, load_graph)
+from simpsonize.model.landmarks import (
+    CHIN,
+    FOREHEAD_TOP,
+    MESH_FRAMING,
+    METADATA_KEY,
+    MOUTH_CORNERS,
+    FaceMesh,
+    IrisLandmarks,
+    PersonSegmenter,
+    eye_centres,
+    load_graph,
+)
 from simpsonize.resources import MEDIAPIPE_DIR
 from tools.mediapipe_reference import CASES, FIXTURE, block_means, case_input, digest
 
@@ -47,7 +57,8 @@ def _pixels(name: str, reference: dict) -> np.ndarray:
     pixels = case_input(CASES[name])
     assert digest(pixels) == reference[name]["input_sha256"], (
         f"{name}: this Pillow/scikit-image makes other input pixels than the reference run saw; rerun "
-        "tools/mediapipe_reference.py (its docstring says how) to refresh tests/fixtures/mediapipe_reference.json.")
+        "tools/mediapipe_reference.py (its docstring says how) to refresh tests/fixtures/mediapipe_reference.json."
+    )
     return pixels
 
 
@@ -147,8 +158,12 @@ def test_mask_follows_the_photo_size(astronaut, segmenter):
 
 
 def test_batches_give_what_single_crops_give_and_gradients_reach_the_pixels(reference, mesh):
-    crops = torch.stack([torch.tensor(_pixels(name, reference)).permute(2, 0, 1).float() / 255
-                         for name in ("face_astronaut", "face_cameraman")])
+    crops = torch.stack(
+        [
+            torch.tensor(_pixels(name, reference)).permute(2, 0, 1).float() / 255
+            for name in ("face_astronaut", "face_cameraman")
+        ]
+    )
     crops.requires_grad_(True)
     landmarks, logits = mesh.predict(crops)
     assert landmarks.shape == (2, 468, 3) and logits.shape == (2,)
@@ -180,8 +195,10 @@ def _mediapipe_source() -> Path:
     source = Path(os.environ.get(MEDIAPIPE_SOURCE_ENV, DEFAULT_SOURCE))
     if source.is_file() or (source / NETWORKS[0].member).is_file() or (source / WHEEL_NAME).is_file():
         return source
-    message = (f"the mediapipe 0.10.21 wheel's .tflite files are not at {source} (set {MEDIAPIPE_SOURCE_ENV} to the "
-               f"wheel or the folder it is unpacked into)")
+    message = (
+        f"the mediapipe 0.10.21 wheel's .tflite files are not at {source} (set {MEDIAPIPE_SOURCE_ENV} to the "
+        f"wheel or the folder it is unpacked into)"
+    )
     if os.environ.get(REQUIRE_SOURCE_ENV) == "1":
         pytest.fail(f"{REQUIRE_SOURCE_ENV}=1 but {message}")
     pytest.skip(message)
@@ -193,8 +210,10 @@ def test_converter_rebuilds_the_shipped_networks(tmp_path):
 
     assert main(["--source", str(source), "--out", str(tmp_path)]) == 0
     for name in ("face_landmark", "selfie_segmentation", "iris_landmark"):
-        with safe_open(str(tmp_path / f"{name}.safetensors"), "pt") as new, \
-                safe_open(str(MEDIAPIPE_DIR / f"{name}.safetensors"), "pt") as shipped:
+        with (
+            safe_open(str(tmp_path / f"{name}.safetensors"), "pt") as new,
+            safe_open(str(MEDIAPIPE_DIR / f"{name}.safetensors"), "pt") as shipped,
+        ):
             assert json.loads(new.metadata()[METADATA_KEY]) == json.loads(shipped.metadata()[METADATA_KEY])
             assert sorted(new.keys()) == sorted(shipped.keys())
             for key in new.keys():

@@ -4,8 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from simpsonize.model.networks import (DiscriminatorConfig, GeneratorConfig, NLayerDiscriminator, ResnetGenerator,
-                            init_weights)
+from simpsonize.model.networks import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    NLayerDiscriminator,
+    ResnetGenerator,
+    init_weights,
+)
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_cyclegan_generator_keys.json"
 REFERENCE = json.loads(FIXTURE.read_text())
@@ -21,16 +26,25 @@ def test_generator_state_dict_matches_reference_layout(variant):
 
 
 def test_all_four_reference_variants_are_covered():
-    assert sorted(REFERENCE) == sorted(["resnet_9blocks_ngf64", "resnet_9blocks_ngf32",
-                                        "resnet_6blocks_ngf64", "resnet_6blocks_ngf32"])
+    assert sorted(REFERENCE) == sorted(
+        ["resnet_9blocks_ngf64", "resnet_9blocks_ngf32", "resnet_6blocks_ngf64", "resnet_6blocks_ngf32"]
+    )
 
 
 def test_resize_conv_keeps_the_layout_except_the_upsampling_layers():
     transpose = ResnetGenerator(GeneratorConfig(ngf=8, n_blocks=2)).state_dict()
     resize = ResnetGenerator(GeneratorConfig(ngf=8, n_blocks=2, upsampling="resize_conv")).state_dict()
     differing = set(transpose) ^ set(resize)
-    assert differing == {"model.12.weight", "model.12.bias", "model.15.weight", "model.15.bias",
-                         "model.12.conv.weight", "model.12.conv.bias", "model.15.conv.weight", "model.15.conv.bias"}
+    assert differing == {
+        "model.12.weight",
+        "model.12.bias",
+        "model.15.weight",
+        "model.15.bias",
+        "model.12.conv.weight",
+        "model.12.conv.bias",
+        "model.15.conv.weight",
+        "model.15.conv.bias",
+    }
     assert resize["model.12.conv.weight"].shape == (16, 32, 3, 3)
 
 

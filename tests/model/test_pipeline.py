@@ -51,10 +51,12 @@ def test_warm_up_runs_detector_and_generator(tiny_weights, monkeypatch):
     s = Simpsonizer(weights=tiny_weights, device="cpu", num_threads=1)
     detected, batches = [], []
     real_detect = pipeline.detect_faces
-    monkeypatch.setattr(pipeline, "detect_faces",
-                        lambda image, *a, **k: detected.append(image.size) or real_detect(image, *a, **k))
-    hook = s.generator.register_forward_hook(lambda module, inputs, output: batches.append(
-        (tuple(inputs[0].shape), tuple(output.shape))))
+    monkeypatch.setattr(
+        pipeline, "detect_faces", lambda image, *a, **k: detected.append(image.size) or real_detect(image, *a, **k)
+    )
+    hook = s.generator.register_forward_hook(
+        lambda module, inputs, output: batches.append((tuple(inputs[0].shape), tuple(output.shape)))
+    )
     try:
         s.warm_up()  # a blank image has no face: warming up must not raise
     finally:

@@ -11,8 +11,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def predict(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "simpsonize.cli", "predict", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "simpsonize.cli", "predict", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +89,8 @@ def test_a_photo_too_small_for_the_detector_is_a_sentence_not_a_traceback(tiny_w
 
 
 def test_composite_writes_the_photo_and_each_face_beside_it(astronaut, tiny_weights, tmp_path, capsys):
-    """In this process (simpsonize.cli.main), not a subprocess: the exit paths are covered above, and a fresh torch import
-    would cost this test most of its time."""
+    """In this process (simpsonize.cli.main), not a subprocess: the exit paths are covered above, and a fresh torch
+    import would cost this test most of its time."""
     from skimage import data
 
     from simpsonize.cli import main
@@ -94,8 +100,22 @@ def test_composite_writes_the_photo_and_each_face_beside_it(astronaut, tiny_weig
     pair.paste(Image.fromarray(data.camera()).convert("RGB").resize((768, 768), Image.LANCZOS), (768, 0))
     pair.save(tmp_path / "pair.jpg", quality=92)
     out = tmp_path / "out" / "pair_simpson.png"
-    assert main(["predict", str(tmp_path / "pair.jpg"), "--output", str(out), "--composite", "--weights",
-                 str(tiny_weights), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "pair.jpg"),
+                "--output",
+                str(out),
+                "--composite",
+                "--weights",
+                str(tiny_weights),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (1536, 768)
     assert [Image.open(out.with_name(f"pair_simpson_face{n}.png")).size for n in (1, 2)] == [(256, 256)] * 2
     assert "2 faces" in capsys.readouterr().out

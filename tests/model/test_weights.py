@@ -13,7 +13,9 @@ FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_cycle
 
 def small_generator(seed=0, **kw):
     torch.manual_seed(seed)
-    return init_weights(ResnetGenerator(GeneratorConfig(ngf=kw.pop("ngf", 4), n_blocks=kw.pop("n_blocks", 2), **kw))).eval()
+    return init_weights(
+        ResnetGenerator(GeneratorConfig(ngf=kw.pop("ngf", 4), n_blocks=kw.pop("n_blocks", 2), **kw))
+    ).eval()
 
 
 @pytest.mark.parametrize("upsampling", ["transpose", "resize_conv"])
@@ -63,7 +65,11 @@ def test_reference_pth_loads_with_inferred_config(tmp_path, variant, ngf, n_bloc
     path = tmp_path / "latest_net_G_B.pth"
     torch.save(state, path)
     generator, metadata = load_generator(path)
-    assert (generator.config.ngf, generator.config.n_blocks, generator.config.upsampling) == (ngf, n_blocks, "transpose")
+    assert (generator.config.ngf, generator.config.n_blocks, generator.config.upsampling) == (
+        ngf,
+        n_blocks,
+        "transpose",
+    )
     assert torch.equal(generator.state_dict()["model.1.weight"], state["model.1.weight"])
     assert "reference" in metadata["source"]
 
@@ -85,8 +91,9 @@ def test_missing_file_names_the_file(tmp_path):
         load_generator(tmp_path / "nothere.safetensors")
 
 
-@pytest.mark.parametrize("name,content", [("bad.safetensors", b"\x00garbage" * 10),
-                                          ("bad.pth", b"not a zip file at all")])
+@pytest.mark.parametrize(
+    "name,content", [("bad.safetensors", b"\x00garbage" * 10), ("bad.pth", b"not a zip file at all")]
+)
 def test_corrupt_file_gives_a_clear_error(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)

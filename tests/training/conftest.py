@@ -35,8 +35,19 @@ def tiny_trainer(data, out, size: int = 32, steps_per_epoch: int = 2, **options)
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
 
-    config = TrainConfig(data=str(data), out=str(out), size=size, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
-                         steps_per_epoch=steps_per_epoch, precision="fp32", **options)
+    config = TrainConfig(
+        data=str(data),
+        out=str(out),
+        size=size,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=1,
+        steps_per_epoch=steps_per_epoch,
+        precision="fp32",
+        **options,
+    )
     return Trainer(config, device="cpu", num_workers=0)
 
 
@@ -62,9 +73,28 @@ def assert_same_networks(first: dict, second: dict, names) -> None:
             assert torch.equal(first[name][key], second[name][key]), f"{name}.{key} differs after resume"
 
 
-TINY_TRAIN = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--epochs", "1",
-              "--epochs-decay", "1", "--steps-per-epoch", "2", "--device", "cpu", "--num-workers", "0",
-              "--precision", "fp32"]
+TINY_TRAIN = [
+    "--size",
+    "32",
+    "--ngf",
+    "4",
+    "--n-blocks",
+    "1",
+    "--ndf",
+    "4",
+    "--epochs",
+    "1",
+    "--epochs-decay",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--device",
+    "cpu",
+    "--num-workers",
+    "0",
+    "--precision",
+    "fp32",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +147,7 @@ def checkout_of(commit: str, scratch: Path) -> tuple[Path, str]:
     """The training code of an earlier ``commit`` (`git archive`, into ``scratch``) and its trainer's module name:
     ``simpsonize.training.train`` since the package move, ``training.train`` before it. Skips the test when the
     commit is not in this clone's history."""
+
     def has(path: str) -> bool:
         found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=REPO, capture_output=True)
         return found.returncode == 0
@@ -127,8 +158,9 @@ def checkout_of(commit: str, scratch: Path) -> tuple[Path, str]:
         paths, module = ["model", "training"], "training.train"
     else:
         pytest.skip(f"commit {commit} is not in this clone's history")
-    archive = subprocess.run(["git", "archive", "--format=tar", commit, *paths], cwd=REPO, capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, *paths], cwd=REPO, capture_output=True, check=True
+    ).stdout
     root = scratch / f"code_{commit}"
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(root, filter="data")
@@ -147,7 +179,17 @@ def train_at_commit(commit: str, options: dict, steps: int, mode: str, scratch: 
     """``trainer_entry.exercise`` with the trainer of an earlier ``commit``, in a process of its own."""
     root, module = checkout_of(commit, scratch)
     result = scratch / f"result_{commit}.pt"
-    done = run_in_checkout(root, [str(Path(__file__).with_name("trainer_entry.py")), module, json.dumps(options),
-                                  str(steps), mode, str(torch.get_num_threads()), str(result)])
+    done = run_in_checkout(
+        root,
+        [
+            str(Path(__file__).with_name("trainer_entry.py")),
+            module,
+            json.dumps(options),
+            str(steps),
+            mode,
+            str(torch.get_num_threads()),
+            str(result),
+        ],
+    )
     assert f"trainer: {root}" in done.stdout, done.stdout  # the earlier commit's code, not this checkout's
     return torch.load(result, weights_only=False)

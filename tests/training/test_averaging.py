@@ -5,9 +5,9 @@ import torch
 
 from simpsonize.cli import main
 from simpsonize.model.weights import load_generator
-from tests.training.conftest import TINY_TRAIN, tiny_trainer
 from simpsonize.training.averaging import ema_decay_at
 from simpsonize.training.evaluate import load_run_generators
+from tests.training.conftest import TINY_TRAIN, tiny_trainer
 
 
 def weights(module):
@@ -34,7 +34,7 @@ def test_the_average_is_the_warm_exponential_average_of_the_trained_weights(tiny
     for n, current in enumerate(history[1:], start=1):
         d = ema_decay_at(n, decay)
         expected = [d * e + (1 - d) * c for e, c in zip(expected, current)]
-    for average, want, last in zip(t.G_ema.module.parameters(), expected, history[-1]):
+    for average, want, _last in zip(t.G_ema.module.parameters(), expected, history[-1]):
         assert torch.allclose(average, want, atol=1e-6)
     assert any(not torch.allclose(a, b) for a, b in zip(t.G_ema.module.parameters(), history[-1]))
 

@@ -79,15 +79,21 @@ def test_zoomed_sanity_row_is_cropped_from_the_stored_faces_so_it_keeps_their_sh
         files.append(tmp_path / f"{i}.png")
         Image.fromarray(face).save(files[-1])
     pool = QualityPool(files, files, files, tmp_path)
-    steepest = lambda x: float((x[..., 1:] - x[..., :-1]).abs().amax())
+
+    def steepest(x):
+        return float((x[..., 1:] - x[..., :-1]).abs().amax())
+
     for size in (64, 128):
         reference, zoomed = pool.others(size), pool.others_zoomed(size)
         assert zoomed.shape == reference.shape
         assert steepest(zoomed) >= 0.95 * steepest(reference)
-        centre = reference[..., size // 8:size - size // 8, size // 8:size - size // 8]
+        centre = reference[..., size // 8 : size - size // 8, size // 8 : size - size // 8]
         upscaled = torch.nn.functional.interpolate(centre, size=(size, size), mode="bilinear", align_corners=False)
         assert steepest(upscaled) < 0.85 * steepest(reference)  # why: zooming the resized faces blurs the edge
-        red = lambda x: float((x[:, 0] - x[:, 1]).amax())  # red minus green: only the corner mark is red
+
+        def red(x):
+            return float((x[:, 0] - x[:, 1]).amax())  # red minus green: only the corner mark is red
+
         assert red(reference) > 1.0 and red(zoomed) < 0.1  # the corner is cropped away
     rows = sanity_sets(pool.others(64), pool.photos(64), pool.others_zoomed(64))
     assert torch.equal(rows["Simpsons faces zoomed to 75 % of their crop"], pool.others_zoomed(64))

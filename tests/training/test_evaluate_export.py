@@ -5,8 +5,8 @@ import torch
 
 from simpsonize.cli import main
 from simpsonize.model.weights import load_generator, read_metadata
-from tests.training.conftest import TINY_TRAIN
 from simpsonize.training.evaluate import pick_best, read_snapshot_table, write_snapshot_table
+from tests.training.conftest import TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def test_all_snapshots_ranks_by_c2st_with_a_gallery_of_the_same_faces(trained_ru
     assert [row["snapshot"] for row in table] == ["step_0000002", "step_0000004"]
     assert next(row for row in table if row["snapshot"] == best["snapshot"]) == best  # the CSV holds the numbers
     from PIL import Image
+
     grid = Image.open(trained_run / "test" / "snapshots_gallery.png")
     assert grid.height == 3 * 32  # the test faces, then one row per snapshot
 
@@ -59,10 +60,27 @@ def test_all_snapshots_ranks_by_c2st_with_a_gallery_of_the_same_faces(trained_ru
 def test_snapshot_table_holds_numbers_and_one_column_per_seed(tmp_path):
     import csv
 
-    rows = [{"snapshot": "step_0000002", "step": 2, "c2st": 0.8125, "c2st_std": 0.0123,
-             "c2st_per_seed": [0.8, 0.81, 0.8275], "n_per_set": 40, "flat": 0.25, "cycle_l1": 0.0712},
-            {"snapshot": "step_0000004", "step": None, "c2st": 1.0, "c2st_std": 0.0,
-             "c2st_per_seed": [1.0, 1.0, 1.0], "n_per_set": 40, "flat": 0.5}]  # no G_A: no cycle L1
+    rows = [
+        {
+            "snapshot": "step_0000002",
+            "step": 2,
+            "c2st": 0.8125,
+            "c2st_std": 0.0123,
+            "c2st_per_seed": [0.8, 0.81, 0.8275],
+            "n_per_set": 40,
+            "flat": 0.25,
+            "cycle_l1": 0.0712,
+        },
+        {
+            "snapshot": "step_0000004",
+            "step": None,
+            "c2st": 1.0,
+            "c2st_std": 0.0,
+            "c2st_per_seed": [1.0, 1.0, 1.0],
+            "n_per_set": 40,
+            "flat": 0.5,
+        },
+    ]  # no G_A: no cycle L1
     path = write_snapshot_table(tmp_path / "snapshots.csv", rows)
     with path.open(newline="") as handle:
         header, first, second = list(csv.reader(handle))
@@ -73,10 +91,12 @@ def test_snapshot_table_holds_numbers_and_one_column_per_seed(tmp_path):
 
 
 def test_pick_best_takes_lowest_c2st_then_cycle_loss_and_keeps_the_person_recoverable():
-    rows = [{"snapshot": "a", "c2st": 0.80, "cycle_l1": 0.05},
-            {"snapshot": "b", "c2st": 0.705, "cycle_l1": 0.07},
-            {"snapshot": "c", "c2st": 0.70, "cycle_l1": 0.075},
-            {"snapshot": "d", "c2st": 0.60, "cycle_l1": 0.20}]  # looks more like the show, but lost the person
+    rows = [
+        {"snapshot": "a", "c2st": 0.80, "cycle_l1": 0.05},
+        {"snapshot": "b", "c2st": 0.705, "cycle_l1": 0.07},
+        {"snapshot": "c", "c2st": 0.70, "cycle_l1": 0.075},
+        {"snapshot": "d", "c2st": 0.60, "cycle_l1": 0.20},
+    ]  # looks more like the show, but lost the person
     assert pick_best(rows)["snapshot"] == "b"  # c and b tie within 0.01; b keeps more of the person
     assert pick_best(rows, margin=0.0)["snapshot"] == "c"
     assert pick_best([rows[3]])["snapshot"] == "d"  # nothing recoverable: still names one
@@ -93,6 +113,7 @@ def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset
     assert 0 <= first["flat"] == second["flat"] <= 1 and 0 <= list(report["flat_reference"].values())[0] <= 1
     assert 0 <= first["c2st_placement_blind"] <= 1
     from PIL import Image
+
     # the same faces for every model: one row of inputs (both are cropped alike), then one row per model
     picture = Image.open(tiny_dataset / "c2st_weights.png")
     assert picture.height == 3 * 128 and picture.width > 3 * 128
@@ -102,8 +123,7 @@ def test_weights_mode_measures_served_files_in_one_run(trained_run, tiny_dataset
     assert main(["test", "--weights", str(tmp_path / "missing.safetensors"), "--data", str(tiny_dataset)]) == 2
 
 
-def test_more_seeds_give_more_classifiers_and_fewer_than_three_are_refused(trained_run, tiny_dataset, tmp_path,
-                                                                            capsys):
+def test_more_seeds_give_more_classifiers_and_fewer_than_three_are_refused(trained_run, tiny_dataset, tmp_path, capsys):
     weights = tmp_path / "w.safetensors"
     assert main(["export", "--run", str(trained_run), "--out", str(weights)]) == 0
     assert main(["test", "--weights", str(weights), "--data", str(tiny_dataset), "--no-sanity", "--seeds", "5"]) == 0
@@ -114,8 +134,9 @@ def test_more_seeds_give_more_classifiers_and_fewer_than_three_are_refused(train
     for mode in modes:
         assert main(["test", *mode, "--seeds", "2"]) == 2
         assert "--seeds must be at least 3" in capsys.readouterr().out
-    assert main(["test", "--run", str(trained_run), "--all-snapshots", "--last", "1", "--no-sanity",
-                 "--seeds", "4"]) == 0
+    assert (
+        main(["test", "--run", str(trained_run), "--all-snapshots", "--last", "1", "--no-sanity", "--seeds", "4"]) == 0
+    )
     assert len(json.loads((trained_run / "test" / "best_snapshot.json").read_text())["c2st_per_seed"]) == 4
     assert main(["test", "--run", str(trained_run), "--direction", "BtoA", "--no-sanity", "--seeds", "4"]) == 0
     metrics = json.loads((trained_run / "test" / "step_0000004" / "metrics.json").read_text())
@@ -134,8 +155,7 @@ def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astron
     shutil.copytree(tiny_dataset, data)
     counts = {"trainA": 6, "trainB": 6, "testA": 3, "testB": 3}
     framing = {"scale": 3.0, "eye_line": 0.42}
-    (data / "dataset.json").write_text(json.dumps({"counts": counts, "framing": framing,
-                                                   "real": {"no_face": 2}}))
+    (data / "dataset.json").write_text(json.dumps({"counts": counts, "framing": framing, "real": {"no_face": 2}}))
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     config = json.loads((run / "config.json").read_text())
@@ -157,8 +177,10 @@ def test_export_then_predict_uses_it(trained_run, tiny_dataset, tmp_path, astron
 
     photo = tmp_path / "astronaut.jpg"
     astronaut.save(photo)
-    assert main(["predict", str(photo), "--output", str(tmp_path / "me.png"), "--weights", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["predict", str(photo), "--output", str(tmp_path / "me.png"), "--weights", str(out), "--device", "cpu"])
+        == 0
+    )
     written = Image.open(tmp_path / "me.png").convert("RGB")
     served = Simpsonizer(weights=out, device="cpu")
     assert served.framing.scale == 3.0  # the exported framing is the one the served model crops with
@@ -174,8 +196,11 @@ def test_images_seen_counts_every_ddp_process_in_each_session():
     assert images_seen(sessions, 150, batch_size=4) == 4 * (100 + 2 * 50)
     assert images_seen(sessions, 80, batch_size=1) == 80  # a snapshot from before the resume
     # the 2-process session stopped before its first checkpoint; one process went on from the same step
-    crashed = [{"start_step": 0, "world_size": 1}, {"start_step": 100, "world_size": 2},
-               {"start_step": 100, "world_size": 1}]
+    crashed = [
+        {"start_step": 0, "world_size": 1},
+        {"start_step": 100, "world_size": 2},
+        {"start_step": 100, "world_size": 1},
+    ]
     assert images_seen(crashed, 150, batch_size=1) == 150
     assert images_seen([], 30, batch_size=2) == 60  # a run from before sessions.json
 
@@ -281,22 +306,50 @@ def test_fp16_psnr_measures_the_rounding_of_the_weights():
     assert fp16_psnr(generator, images) == float("inf")
 
 
-def test_weights_mode_adds_cycle_l1_for_snapshots_and_writes_where_report_says(trained_run, tiny_dataset, tmp_path,
-                                                                               capsys):
+def test_weights_mode_adds_cycle_l1_for_snapshots_and_writes_where_report_says(
+    trained_run, tiny_dataset, tmp_path, capsys
+):
     snapshot = sorted((trained_run / "snapshots").glob("step_*"))[-1] / "G_B.safetensors"
     served = tmp_path / "w.safetensors"
     assert main(["export", "--run", str(trained_run), "--out", str(served)]) == 0
     report = tmp_path / "compare" / "a.json"
     report.parent.mkdir()
-    assert main(["test", "--weights", str(snapshot), "--weights", str(served), "--data", str(tiny_dataset),
-                 "--no-sanity", "--report", str(report)]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--weights",
+                str(snapshot),
+                "--weights",
+                str(served),
+                "--data",
+                str(tiny_dataset),
+                "--no-sanity",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     from_snapshot, from_served = json.loads(report.read_text())["weights"]
     assert 0 < from_snapshot["cycle_l1"] < 1  # G_A lies beside a snapshot's G_B
     assert "cycle_l1" not in from_served  # a served file has no way back to the photo
     assert report.with_suffix(".png").is_file()
     capsys.readouterr()
-    assert main(["test", "--weights", str(served), "--data", str(tiny_dataset), "--report",
-                 str(tmp_path / "missing" / "b.json")]) == 2
+    assert (
+        main(
+            [
+                "test",
+                "--weights",
+                str(served),
+                "--data",
+                str(tiny_dataset),
+                "--report",
+                str(tmp_path / "missing" / "b.json"),
+            ]
+        )
+        == 2
+    )
     assert "must be a .json file in an existing folder" in capsys.readouterr().out
     assert main(["test", "--run", str(trained_run), "--report", str(report)]) == 2
     assert "--report is for --weights" in capsys.readouterr().out

@@ -9,15 +9,24 @@ import pytest
 import torch
 from PIL import Image
 
+import simpsonize.training.train
 from simpsonize.cli import main
 from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
-import simpsonize.training.train
-from tests.training.conftest import TINY_TRAIN, assert_same_networks, train_at_commit
-from tests.training.trainer_entry import exercise
-from tests.training.test_eyes import face
 from simpsonize.training.data import UnpairedFaces
-from simpsonize.training.eye_judge import (EyeJudge, EyePatchDiscriminator, cut_patches, eye_boxes,
-                                           eyes_from_landmarks, lsgan, real_eyes, simpsons_eyes, to_crop)
+from simpsonize.training.eye_judge import (
+    EyeJudge,
+    EyePatchDiscriminator,
+    cut_patches,
+    eye_boxes,
+    eyes_from_landmarks,
+    lsgan,
+    real_eyes,
+    simpsons_eyes,
+    to_crop,
+)
+from tests.training.conftest import TINY_TRAIN, assert_same_networks, train_at_commit
+from tests.training.test_eyes import face
+from tests.training.trainer_entry import exercise
 
 BEFORE_THE_FLAG = "84a4894"  # the trainer as it was before --eye-judge existed
 DOT = (0.3, 0.4)  # where the red dot sits in every stored image of the dotted dataset (fractions)
@@ -36,10 +45,14 @@ def eyed_dataset(tmp_path_factory):
                 face(side=64).save(root / split / f"{i:06d}_{i}.png")
             else:
                 Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-                    root / split / f"{i:06d}_photo{i}.png")
+                    root / split / f"{i:06d}_photo{i}.png"
+                )
                 # a face whose eyes are 100 px apart, mouth 100 px below: eye distance 1 / 2.3 of the crop
-                faces[f"/photos/photo{i}.jpg"] = {"box": [0, 0, 1, 1], "confidence": 1.0, "landmarks": [
-                    [100, 100], [200, 100], [150, 150], [110, 200], [190, 200]]}
+                faces[f"/photos/photo{i}.jpg"] = {
+                    "box": [0, 0, 1, 1],
+                    "confidence": 1.0,
+                    "landmarks": [[100, 100], [200, 100], [150, 150], [110, 200], [190, 200]],
+                }
     (root / "faces.json").write_text(json.dumps(faces))
     (root / "dataset.json").write_text(json.dumps({"framing": {"scale": 2.3, "eye_line": 0.33}}))
     return root
@@ -54,7 +67,7 @@ def dotted_dataset(tmp_path_factory):
         for i in range(3):
             pixels = np.full((80, 80, 3), 128, np.uint8)
             x, y = round(DOT[0] * 80), round(DOT[1] * 80)
-            pixels[y - 2:y + 2, x - 2:x + 2] = (255, 0, 0)
+            pixels[y - 2 : y + 2, x - 2 : x + 2] = (255, 0, 0)
             Image.fromarray(pixels).save(root / split / f"{i}.png")
     return root
 
@@ -109,7 +122,7 @@ def test_the_person_eyes_follow_from_the_landmarks_as_align_crop_places_them():
     pixels = np.asarray(photo).copy()
     landmarks = ((150.0, 170.0), (240.0, 150.0), (200.0, 210.0), (160.0, 260.0), (230.0, 250.0))  # tilted
     for x, y in landmarks[:2]:
-        pixels[round(y) - 2:round(y) + 2, round(x) - 2:round(x) + 2] = (255, 0, 0)
+        pixels[round(y) - 2 : round(y) + 2, round(x) - 2 : round(x) + 2] = (255, 0, 0)
     face_ = Face((100, 100, 300, 300), 1.0, landmarks)
     framing = {"scale": 2.3, "eye_line": 0.33}
     crop = align_crop(Image.fromarray(pixels), face_, 128, framing=Framing.from_dict(framing)).image
@@ -156,8 +169,19 @@ def test_in_training_it_learns_and_pushes_only_the_simpsons_generator(eyed_datas
     from simpsonize.training.trainer import Trainer
 
     def trainer(weight):
-        config = TrainConfig(data=str(eyed_dataset), out=str(tmp_path / f"w{weight}"), size=32, ngf=4, n_blocks=1,
-                             ndf=4, epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", eye_judge=weight)
+        config = TrainConfig(
+            data=str(eyed_dataset),
+            out=str(tmp_path / f"w{weight}"),
+            size=32,
+            ngf=4,
+            n_blocks=1,
+            ndf=4,
+            epochs=1,
+            epochs_decay=1,
+            steps_per_epoch=2,
+            precision="fp32",
+            eye_judge=weight,
+        )
         return Trainer(config, device="cpu", num_workers=0)
 
     batch = torch.utils.data.default_collate([trainer(1.0).dataset[0]])
@@ -183,8 +207,10 @@ def test_it_round_trips_through_checkpoint_and_resume(eyed_dataset, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     flags = ["--eye-judge", "2", "--pool-size", "1"]
     assert main(["train", "--data", str(eyed_dataset), "--out", str(straight), *TINY_TRAIN, *flags]) == 0
-    assert main(["train", "--data", str(eyed_dataset), "--out", str(resumed), *TINY_TRAIN, *flags,
-                 "--max-steps", "2"]) == 0
+    assert (
+        main(["train", "--data", str(eyed_dataset), "--out", str(resumed), *TINY_TRAIN, *flags, "--max-steps", "2"])
+        == 0
+    )
     assert main(["train", "--out", str(resumed), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
     a = torch.load(straight / "checkpoint.pt", weights_only=False)
     b = torch.load(resumed / "checkpoint.pt", weights_only=False)
@@ -196,21 +222,34 @@ def test_it_round_trips_through_checkpoint_and_resume(eyed_dataset, tmp_path):
 
 
 def test_a_bad_weight_exits_2_with_a_sentence(eyed_dataset, tmp_path, capsys):
-    assert main(["train", "--data", str(eyed_dataset), "--out", str(tmp_path / "a"), *TINY_TRAIN,
-                 "--eye-judge", "-1"]) == 2
+    assert (
+        main(["train", "--data", str(eyed_dataset), "--out", str(tmp_path / "a"), *TINY_TRAIN, "--eye-judge", "-1"])
+        == 2
+    )
     assert "--eye-judge must be 0 (off) or a positive weight, not -1." in capsys.readouterr().out
 
 
 def test_off_trains_exactly_as_the_trainer_before_the_flag(eyed_dataset, tmp_path):
     """Without the flag nothing changes: the same weights and losses to the bit as the trainer before it."""
-    options = dict(data=str(eyed_dataset), size=32, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
-                   steps_per_epoch=2, precision="fp32", pool_size=1, diff_augment="color,translation,cutout")
-    old, old_rows = train_at_commit(BEFORE_THE_FLAG, {**options, "out": str(tmp_path / "before")}, 3, "fit",
-                                    tmp_path)
+    options = dict(
+        data=str(eyed_dataset),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=1,
+        steps_per_epoch=2,
+        precision="fp32",
+        pool_size=1,
+        diff_augment="color,translation,cutout",
+    )
+    old, old_rows = train_at_commit(BEFORE_THE_FLAG, {**options, "out": str(tmp_path / "before")}, 3, "fit", tmp_path)
     new, new_rows = exercise(simpsonize.training.train, {**options, "out": str(tmp_path / "now")}, 3, "fit")
     assert_same_networks(old, new, ("G_A", "G_B", "D_A", "D_B"))
     assert [{k: v for k, v in r.items() if k in old_rows[0]} for r in new_rows] == [
-        {k: v for k, v in r.items() if k in new_rows[0]} for r in old_rows]
+        {k: v for k, v in r.items() if k in new_rows[0]} for r in old_rows
+    ]
     assert all(float(r["D_eye"]) == float(r["G_eye"]) == 0 for r in new_rows)
     assert set(new) - set(old) == set()  # no new checkpoint entries when off
 
@@ -232,8 +271,6 @@ def test_a_head_framed_dataset_is_refused_with_a_sentence(eyed_dataset, tmp_path
 
     head = tmp_path / "head"
     shutil.copytree(eyed_dataset, head)
-    (head / "dataset.json").write_text(json.dumps({"framing": {"mode": "head", "top_margin": 0.04,
-                                                                "chin_line": 0.93}}))
-    assert main(["train", "--data", str(head), "--out", str(tmp_path / "run"), *TINY_TRAIN,
-                 "--eye-judge", "1"]) == 2
+    (head / "dataset.json").write_text(json.dumps({"framing": {"mode": "head", "top_margin": 0.04, "chin_line": 0.93}}))
+    assert main(["train", "--data", str(head), "--out", str(tmp_path / "run"), *TINY_TRAIN, "--eye-judge", "1"]) == 2
     assert "--eye-judge needs a dataset cropped with the eyes framing" in capsys.readouterr().out

@@ -16,8 +16,12 @@ def face(eyes=((40, 50), (86, 50)), radius=16, pupil=4, pupil_shift=(3, 0), side
     draw = ImageDraw.Draw(image)
     k = side / WORK_SIDE
     for x, y in eyes:
-        draw.ellipse([k * (x - radius), k * (y - radius), k * (x + radius), k * (y + radius)], fill="white",
-                     outline="black", width=max(1, round(2 * k)))
+        draw.ellipse(
+            [k * (x - radius), k * (y - radius), k * (x + radius), k * (y + radius)],
+            fill="white",
+            outline="black",
+            width=max(1, round(2 * k)),
+        )
         if pupil:
             px, py = x + pupil_shift[0], y + pupil_shift[1]
             draw.ellipse([k * (px - pupil), k * (py - pupil), k * (px + pupil), k * (py + pupil)], fill="black")
@@ -141,4 +145,3 @@ def test_the_eyes_row_counts_the_translations_with_pupils_beside_the_shows_share
     assert 0 < row["eyes_show"] < 1  # both kinds of drawn face are among them (seed 0): the share is not a constant
     table = format_table([{"weights": "w", **row}], "weights")
     assert f"| {expected:.1%} | {row['eyes_show']:.1%} |" in table
-

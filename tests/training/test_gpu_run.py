@@ -5,8 +5,26 @@ import json
 from simpsonize.model.weights import load_generator
 from tools.gpu_run import main
 
-TINY = ["--size", "32", "--ngf", "4", "--n-blocks", "1", "--ndf", "4", "--batch-size", "2", "--device", "cpu",
-        "--num-workers", "0", "--max-steps", "3", "--minutes", "5"]
+TINY = [
+    "--size",
+    "32",
+    "--ngf",
+    "4",
+    "--n-blocks",
+    "1",
+    "--ndf",
+    "4",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--num-workers",
+    "0",
+    "--max-steps",
+    "3",
+    "--minutes",
+    "5",
+]
 
 
 def test_pack_train_merge_round_trip(tiny_dataset, tmp_path):
@@ -74,7 +92,11 @@ def test_the_gpu_command_takes_the_trainers_own_options_with_its_defaults_stated
         return {action.dest for action in parser._actions} & set(TrainConfig.__dataclass_fields__)
 
     assert destinations(train_command.add_arguments) - destinations(gpu_run.add_train_arguments) == {
-        "data", "sample_every", "snapshot_every", "checkpoint_minutes"}  # --pack is its data; it sets its cadence
+        "data",
+        "sample_every",
+        "snapshot_every",
+        "checkpoint_minutes",
+    }  # --pack is its data; it sets its cadence
 
     pack = tmp_path / "pack"
     assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "32", "--max-mib", "1"]) == 0

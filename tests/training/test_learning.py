@@ -27,8 +27,20 @@ def test_lsgan_pulls_real_to_one_and_fake_to_zero():
 
 def tiny_config(data, out, **options) -> TrainConfig:
     """The smallest networks, the published learning rate held constant, no history pool, fp32."""
-    return TrainConfig(data=str(data), out=str(out), size=32, ngf=4, n_blocks=1, ndf=4, epochs=100, epochs_decay=0,
-                       steps_per_epoch=1, precision="fp32", pool_size=0, **options)
+    return TrainConfig(
+        data=str(data),
+        out=str(out),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=100,
+        epochs_decay=0,
+        steps_per_epoch=1,
+        precision="fp32",
+        pool_size=0,
+        **options,
+    )
 
 
 def test_the_trainer_scores_its_generators_against_1_and_its_discriminators_real_1_fake_0(tiny_dataset, tmp_path):
@@ -39,7 +51,8 @@ def test_the_trainer_scores_its_generators_against_1_and_its_discriminators_real
         G, D = trainer.G, trainer.D
         fake_a, fake_b = G.G_B(real_b), G.G_A(real_a)
         expected = {
-            "G_B": lsgan(D.D_B(fake_a), True), "G_A": lsgan(D.D_A(fake_b), True),
+            "G_B": lsgan(D.D_B(fake_a), True),
+            "G_A": lsgan(D.D_A(fake_b), True),
             "D_B": 0.5 * (lsgan(D.D_B(real_a), True) + lsgan(D.D_B(fake_a), False)),
             "D_A": 0.5 * (lsgan(D.D_A(real_b), True) + lsgan(D.D_A(fake_b), False)),
             "cycle_B": 10 * (G.G_A(fake_a) - real_b).abs().mean(),

@@ -7,8 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simpsonize.training.lite0 import (FEATURE_CHANNELS, IMAGENET_SIZE, EfficientNetLite0, Lite0Features, SameConv2d,
-                            load_pretrained, weights_path)
+from simpsonize.training.lite0 import (
+    FEATURE_CHANNELS,
+    IMAGENET_SIZE,
+    EfficientNetLite0,
+    Lite0Features,
+    SameConv2d,
+    load_pretrained,
+    weights_path,
+)
 
 TABBY, TIGER_CAT, EGYPTIAN_CAT, ESPRESSO = 281, 282, 285, 967
 
@@ -20,7 +27,7 @@ def imagenet_input(image: np.ndarray) -> torch.Tensor:
     scale = 256 / min(h, w)
     x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True)
     top, left = (x.shape[-2] - IMAGENET_SIZE) // 2, (x.shape[-1] - IMAGENET_SIZE) // 2
-    return x[..., top:top + IMAGENET_SIZE, left:left + IMAGENET_SIZE]
+    return x[..., top : top + IMAGENET_SIZE, left : left + IMAGENET_SIZE]
 
 
 def test_the_packaged_imagenet_weights_are_loaded():
@@ -49,8 +56,9 @@ def test_the_features_are_at_strides_4_to_32_without_the_classifier():
     assert not any(name.startswith(("_fc", "_conv_head", "_bn1")) for name, _ in features.named_parameters())
     with torch.no_grad():
         maps = features(torch.zeros(1, 3, 128, 96))
-    assert [tuple(m.shape[1:]) for m in maps] == [(c, 128 // s, 96 // s)
-                                                  for c, s in zip(FEATURE_CHANNELS, (4, 8, 16, 32))]
+    assert [tuple(m.shape[1:]) for m in maps] == [
+        (c, 128 // s, 96 // s) for c, s in zip(FEATURE_CHANNELS, (4, 8, 16, 32))
+    ]
 
 
 @pytest.mark.parametrize("side", [7, 8])

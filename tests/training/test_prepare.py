@@ -29,8 +29,23 @@ def test_prepare_crops_real_faces_skips_faceless_and_duplicates(tmp_path, astron
     coffee.save(real / "coffee.jpg")  # no face
 
     out = tmp_path / "dataset"
-    code = main(["prepare", "--simpsons", str(tmp_path / "simpsons"), "--real", str(real), "--out", str(out),
-                 "--size", "64", "--test-fraction", "0.25", "--test-max", "2"])
+    code = main(
+        [
+            "prepare",
+            "--simpsons",
+            str(tmp_path / "simpsons"),
+            "--real",
+            str(real),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--test-fraction",
+            "0.25",
+            "--test-max",
+            "2",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "dataset.json").read_text())
     assert summary["real"] == {"found": 6, "duplicates": 1, "unreadable": 0, "no_face": 1, "outside": 0, "kept": 4}
@@ -46,8 +61,10 @@ def test_prepare_crops_real_faces_skips_faceless_and_duplicates(tmp_path, astron
 
 
 def test_prepare_refuses_a_missing_folder(tmp_path, capsys):
-    assert main(["prepare", "--simpsons", str(tmp_path / "nope"), "--real", str(tmp_path), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(["prepare", "--simpsons", str(tmp_path / "nope"), "--real", str(tmp_path), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "is not a folder" in capsys.readouterr().out
 
 
@@ -63,8 +80,26 @@ def test_test_photos_can_be_cropped_again_at_another_framing(tmp_path, astronaut
         Image.new("RGB", (64, 64), (255, 217, 15 + 20 * i)).save(simpsons / f"{i}.png")
         astronaut.rotate(3 * i, resample=Image.BICUBIC).save(real / f"face{i}.jpg", quality=92)
     out = tmp_path / "dataset"
-    assert main(["prepare", "--simpsons", str(simpsons), "--real", str(real), "--out", str(out), "--size", "64",
-                 "--test-fraction", "0.5", "--test-max", "2"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--simpsons",
+                str(simpsons),
+                "--real",
+                str(real),
+                "--out",
+                str(out),
+                "--size",
+                "64",
+                "--test-fraction",
+                "0.5",
+                "--test-max",
+                "2",
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "dataset.json").read_text())
     assert len(info["test_sources"]["testB"]) == 2 and info["framing"] == Framing().to_dict()
     pool = load_pool(out)
@@ -84,13 +119,49 @@ def test_hold_out_from_keeps_the_earlier_test_photos_when_the_data_grows(tmp_pat
     for i in range(4):
         astronaut.rotate(3 * i, resample=Image.BICUBIC).save(real / f"face{i}.jpg", quality=92)
     old = tmp_path / "old"
-    assert main(["prepare", "--simpsons", str(simpsons), "--real", str(real), "--out", str(old), "--size", "64",
-                 "--test-fraction", "0.5", "--test-max", "2"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--simpsons",
+                str(simpsons),
+                "--real",
+                str(real),
+                "--out",
+                str(old),
+                "--size",
+                "64",
+                "--test-fraction",
+                "0.5",
+                "--test-max",
+                "2",
+            ]
+        )
+        == 0
+    )
     for i in range(8, 20):  # the data grows: the seeded shuffle alone would now hold out other photos
         Image.new("RGB", (64, 64), (200, 100, 5 * i)).save(simpsons / f"{i}.png")
     new = tmp_path / "new"
-    assert main(["prepare", "--simpsons", str(simpsons), "--real", str(real), "--out", str(new), "--size", "64",
-                 "--faces-from", str(old / "faces.json"), "--hold-out-from", str(old)]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--simpsons",
+                str(simpsons),
+                "--real",
+                str(real),
+                "--out",
+                str(new),
+                "--size",
+                "64",
+                "--faces-from",
+                str(old / "faces.json"),
+                "--hold-out-from",
+                str(old),
+            ]
+        )
+        == 0
+    )
     before = json.loads((old / "dataset.json").read_text())["test_sources"]
     after = json.loads((new / "dataset.json").read_text())
     assert sorted(after["test_sources"]["testB"]) == sorted(before["testB"])
@@ -100,6 +171,20 @@ def test_hold_out_from_keeps_the_earlier_test_photos_when_the_data_grows(tmp_pat
 
 def test_hold_out_from_refuses_a_folder_without_a_dataset(tmp_path, capsys):
     (tmp_path / "s").mkdir()
-    assert main(["prepare", "--simpsons", str(tmp_path / "s"), "--real", str(tmp_path / "s"), "--out",
-                 str(tmp_path / "o"), "--hold-out-from", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "--simpsons",
+                str(tmp_path / "s"),
+                "--real",
+                str(tmp_path / "s"),
+                "--out",
+                str(tmp_path / "o"),
+                "--hold-out-from",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "dataset.json" in capsys.readouterr().out

@@ -12,13 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import simpsonize.training.train
 from simpsonize.cli import main
 from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
-import simpsonize.training.train
-from tests.training.conftest import (TINY_TRAIN, TinyFeatures, assert_same_networks,
-                                     assert_simpsons_judge_learns_and_pushes_only_g_b, tiny_trainer, train_at_commit)
-from tests.training.trainer_entry import exercise
 from simpsonize.training.projected import ProjectedDiscriminator, RandomProjection, projected_lsgan
+from tests.training.conftest import (
+    TINY_TRAIN,
+    TinyFeatures,
+    assert_same_networks,
+    assert_simpsons_judge_learns_and_pushes_only_g_b,
+    tiny_trainer,
+    train_at_commit,
+)
+from tests.training.trainer_entry import exercise
 
 REPO = Path(__file__).resolve().parents[2]
 # The trainer as it was before --d-projected existed: with the flag off, training must be the same to the bit.
@@ -113,7 +119,8 @@ def test_cross_scale_mixing_lets_the_finest_head_see_the_coarsest_features():
 
 def test_it_learns_and_pushes_only_the_simpsons_generator(tiny_dataset, tmp_path):
     assert_simpsons_judge_learns_and_pushes_only_g_b(
-        lambda: tiny_trainer(tiny_dataset, tmp_path / "t", d_projected="with-patch"), lambda t: t.D.D_B_projected)
+        lambda: tiny_trainer(tiny_dataset, tmp_path / "t", d_projected="with-patch"), lambda t: t.D.D_B_projected
+    )
 
 
 def test_alone_replaces_the_patchgan_and_starts_every_other_network_as_without_it(tiny_dataset, tmp_path):
@@ -121,8 +128,11 @@ def test_alone_replaces_the_patchgan_and_starts_every_other_network_as_without_i
     same weights. Alone, the PatchGAN D_B is neither consulted nor trained."""
     off = tiny_trainer(tiny_dataset, tmp_path / "off")
     alone = tiny_trainer(tiny_dataset, tmp_path / "alone", d_projected="alone")
-    assert_same_networks({"G_B": off.G.G_B.state_dict(), "D_B": off.D.D_B.state_dict()},
-                         {"G_B": alone.G.G_B.state_dict(), "D_B": alone.D.D_B.state_dict()}, ("G_B", "D_B"))
+    assert_same_networks(
+        {"G_B": off.G.G_B.state_dict(), "D_B": off.D.D_B.state_dict()},
+        {"G_B": alone.G.G_B.state_dict(), "D_B": alone.D.D_B.state_dict()},
+        ("G_B", "D_B"),
+    )
     d_b = {k: v.clone() for k, v in alone.D.D_B.state_dict().items()}
     losses = alone.train_step(alone.sample_A[:1], alone.sample_B[:1])
     assert losses["D_B"] == losses["G_B"] == 0 and losses["D_B_proj"] > 0 and losses["G_B_proj"] > 0
@@ -161,8 +171,18 @@ def test_bf16_and_channels_last_train_with_it(tiny_dataset, tmp_path):
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
 
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         epochs=1, epochs_decay=0, steps_per_epoch=2, d_projected="with-patch")
+    config = TrainConfig(
+        data=str(tiny_dataset),
+        out=str(tmp_path / "t"),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=0,
+        steps_per_epoch=2,
+        d_projected="with-patch",
+    )
     trainer = Trainer(config, device="cpu", num_workers=0, precision=(True, "asked for bf16"))
     heads = {k: v.clone() for k, v in trainer.D.D_B_projected[0].heads.state_dict().items()}
     losses = trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1])
@@ -174,14 +194,27 @@ def test_bf16_and_channels_last_train_with_it(tiny_dataset, tmp_path):
 
 def test_off_trains_exactly_as_the_trainer_before_the_flag(tiny_dataset, tmp_path):
     """Without the flag nothing changes: the same weights and losses to the bit as the trainer before it existed."""
-    options = dict(data=str(tiny_dataset), size=32, ngf=4, n_blocks=1, ndf=4, epochs=1, epochs_decay=1,
-                   steps_per_epoch=2, precision="fp32", pool_size=1, diff_augment="color,translation,cutout")
-    old, old_losses = train_at_commit(BEFORE_THE_FLAG, {**options, "out": str(tmp_path / "before")}, 2, "steps",
-                                      tmp_path)
+    options = dict(
+        data=str(tiny_dataset),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=1,
+        steps_per_epoch=2,
+        precision="fp32",
+        pool_size=1,
+        diff_augment="color,translation,cutout",
+    )
+    old, old_losses = train_at_commit(
+        BEFORE_THE_FLAG, {**options, "out": str(tmp_path / "before")}, 2, "steps", tmp_path
+    )
     new, new_losses = exercise(simpsonize.training.train, {**options, "out": str(tmp_path / "now")}, 2, "steps")
     assert_same_networks(old, new, ("G_A", "G_B", "D_A", "D_B"))
     assert [{k: v for k, v in step.items() if k in old_losses[0]} for step in new_losses] == [
-        {k: v for k, v in step.items() if k in new_losses[0]} for step in old_losses]
+        {k: v for k, v in step.items() if k in new_losses[0]} for step in old_losses
+    ]
     assert all(step["D_B_proj"] == step["G_B_proj"] == 0 for step in new_losses)
     assert set(new) - set(old) == set()  # no new checkpoint entries when off
 
@@ -191,10 +224,31 @@ def test_ddp_on_two_cpu_processes_with_it(tiny_dataset, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(REPO / "tests" / "training" / "projected_ddp_entry.py"), "train", "--data", str(tiny_dataset),
-         "--out", str(run), *TINY_TRAIN, "--max-steps", "2", "--d-projected", "alone"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(REPO / "tests" / "training" / "projected_ddp_entry.py"),
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(run),
+            *TINY_TRAIN,
+            "--max-steps",
+            "2",
+            "--d-projected",
+            "alone",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stdout
     assert all(float(r["D_B_proj"]) > 0 for r in rows(run))

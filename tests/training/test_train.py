@@ -56,18 +56,62 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
 
 def test_max_minutes_stops_cleanly_with_a_checkpoint(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:8],
-                 "--epochs", "1000", "--epochs-decay", "0", "--steps-per-epoch", "2", "--device", "cpu",
-                 "--num-workers", "0", "--max-minutes", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(run),
+                *TINY_TRAIN[:8],
+                "--epochs",
+                "1000",
+                "--epochs-decay",
+                "0",
+                "--steps-per-epoch",
+                "2",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--max-minutes",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "stopped by its time budget" in capsys.readouterr().out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
 
 
 def test_max_cpu_minutes_stops_on_process_cpu_time(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:8],
-                 "--epochs", "1000", "--epochs-decay", "0", "--steps-per-epoch", "2", "--device", "cpu",
-                 "--num-workers", "0", "--max-cpu-minutes", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(run),
+                *TINY_TRAIN[:8],
+                "--epochs",
+                "1000",
+                "--epochs-decay",
+                "0",
+                "--steps-per-epoch",
+                "2",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--max-cpu-minutes",
+                "0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "stopped by its time budget" in out and "CPU min" in out
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1
@@ -86,12 +130,36 @@ def test_ddp_on_two_cpu_processes(tiny_dataset, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN,
-         "--max-steps", "2",
-         "--diff-augment", "color,translation,cutout",
-         "--ema-decay", "0.9", "--snapshot-every", "2"],  # only rank 0 keeps the average; it must not hang the others
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=280)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "simpsonize.cli",
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(run),
+            *TINY_TRAIN,
+            "--max-steps",
+            "2",
+            "--diff-augment",
+            "color,translation,cutout",
+            "--ema-decay",
+            "0.9",
+            "--snapshot-every",
+            "2",
+        ],  # only rank 0 keeps the average; it must not hang the others
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 2" in done.stdout
     with (run / "losses.csv").open() as handle:
@@ -107,8 +175,25 @@ def test_resume_can_add_a_decay_to_the_schedule(tiny_dataset, tmp_path, capsys):
     """An ablation arm trained at a constant rate can become the long run: resume with a decay appended."""
     run = tmp_path / "run"
     assert train(tiny_dataset, run, "--max-steps", "2") == 0
-    assert main(["train", "--out", str(run), "--resume", "--epochs-decay", "3", "--max-steps", "2",
-                 "--device", "cpu", "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--resume",
+                "--epochs-decay",
+                "3",
+                "--max-steps",
+                "2",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "at step 4/8" in capsys.readouterr().out  # (1 + 3 epochs) x 2 steps
     assert json.loads((run / "config.json").read_text())["epochs_decay"] == 3
 
@@ -162,12 +247,30 @@ def test_resume_keeps_the_runs_snapshot_and_sample_cadence_unless_given_again(ti
     """A resumed run once lost its snapshots because --snapshot-every fell back to its default (none)."""
     run = tmp_path / "run"
     assert train(tiny_dataset, run, "--snapshot-every", "1", "--sample-every", "1", "--max-steps", "2") == 0
-    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0",
-                 "--max-steps", "1"]) == 0
+    assert (
+        main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1"]) == 0
+    )
     assert sorted(p.name for p in (run / "snapshots").iterdir())[-1] == "step_0000003"
     assert (run / "samples" / "step_0000003.png").is_file()
-    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0",
-                 "--snapshot-every", "0", "--checkpoint-minutes", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--resume",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--snapshot-every",
+                "0",
+                "--checkpoint-minutes",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert not (run / "snapshots" / "step_0000004").exists()
     config = json.loads((run / "config.json").read_text())
     assert (config["snapshot_every"], config["sample_every"], config["checkpoint_minutes"]) == (0, 1, 3.0)
@@ -206,8 +309,8 @@ def test_resume_is_exact_with_the_history_pools_full(tiny_dataset, tmp_path):
 
 
 def test_pool_size_is_a_flag_and_the_default_is_the_papers(tiny_dataset, tmp_path):
-    from simpsonize.cli import build_parser
     import simpsonize.training.train as train_module
+    from simpsonize.cli import build_parser
 
     args = build_parser({"train": train_module}).parse_args(["train", "--out", "x", "--data", "y"])
     assert train_module.config_from_args(args).pool_size == 50
@@ -223,8 +326,17 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
 
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         epochs=1, epochs_decay=0, steps_per_epoch=2)
+    config = TrainConfig(
+        data=str(tiny_dataset),
+        out=str(tmp_path / "t"),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=0,
+        steps_per_epoch=2,
+    )
     trainer = Trainer(config, device="cpu", num_workers=0, precision=(True, "asked for bf16"))
     assert trainer.bf16 and trainer.channels_last
     convs = [m.weight for m in [*trainer.G.modules(), *trainer.D.modules()] if isinstance(m, nn.Conv2d)]
@@ -233,8 +345,20 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         assert trainer.G.G_B(trainer.sample_B).dtype == torch.bfloat16
     before = {k: v.clone() for k, v in trainer.G.G_B.state_dict().items()}
     losses = trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1])
-    assert set(losses) == {"D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B", "D_B_proj", "G_B_proj",
-                            "D_eye", "G_eye"}
+    assert set(losses) == {
+        "D_A",
+        "G_A",
+        "cycle_A",
+        "idt_A",
+        "D_B",
+        "G_B",
+        "cycle_B",
+        "idt_B",
+        "D_B_proj",
+        "G_B_proj",
+        "D_eye",
+        "G_eye",
+    }
     assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
     after = trainer.G.G_B.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it learned something
@@ -242,8 +366,25 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
 
     # the whole loop through the CLI: samples, a snapshot that loads as served weights, the session's precision
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(run), *TINY_TRAIN[:-2], "--precision", "bf16",
-                 "--max-steps", "2", "--snapshot-every", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_dataset),
+                "--out",
+                str(run),
+                *TINY_TRAIN[:-2],
+                "--precision",
+                "bf16",
+                "--max-steps",
+                "2",
+                "--snapshot-every",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "sessions.json").read_text())[-1]["precision"] == "bf16"
     assert torch.load(run / "checkpoint.pt", weights_only=False)["precision"]["bf16"] is True
     from simpsonize.model.weights import load_generator
@@ -261,13 +402,28 @@ def test_init_from_starts_with_the_other_runs_networks_and_adam_moments_on_a_fre
 
     source = tmp_path / "source"
     assert train(tiny_dataset, source) == 0  # ends with lr decayed to 0
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "tuned"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         epochs=1, epochs_decay=1, steps_per_epoch=2, precision="fp32", lr=5e-5)
+    config = TrainConfig(
+        data=str(tiny_dataset),
+        out=str(tmp_path / "tuned"),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=1,
+        steps_per_epoch=2,
+        precision="fp32",
+        lr=5e-5,
+    )
     trainer = Trainer(config, device="cpu", num_workers=0)
     assert trainer.load_networks(source) == 4
     state = torch.load(source / "checkpoint.pt", weights_only=False)
-    for name, module in (("G_A", trainer.G.G_A), ("G_B", trainer.G.G_B), ("D_A", trainer.D.D_A),
-                         ("D_B", trainer.D.D_B)):
+    for name, module in (
+        ("G_A", trainer.G.G_A),
+        ("G_B", trainer.G.G_B),
+        ("D_A", trainer.D.D_A),
+        ("D_B", trainer.D.D_B),
+    ):
         for key, value in module.state_dict().items():
             assert torch.equal(value, state[name][key]), f"{name}.{key} was not loaded"
     moments = trainer.opt_G.state_dict()["state"][0]["exp_avg"]
@@ -283,13 +439,11 @@ def test_init_from_starts_with_the_other_runs_networks_and_adam_moments_on_a_fre
 def test_init_from_the_cli_and_its_errors(tiny_dataset, tmp_path, capsys):
     source = tmp_path / "source"
     assert train(tiny_dataset, source, "--max-steps", "1") == 0
-    assert train(tiny_dataset, tmp_path / "tuned", "--init-from", str(source), "--lr", "5e-5",
-                 "--max-steps", "1") == 0
+    assert train(tiny_dataset, tmp_path / "tuned", "--init-from", str(source), "--lr", "5e-5", "--max-steps", "1") == 0
     assert "networks from" in capsys.readouterr().out
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert config["init_from"] == str(source) and config["lr"] == 5e-5
-    assert train(tiny_dataset, tmp_path / "wider", "--init-from", str(source), "--max-steps", "1",
-                 "--ngf", "8") == 2
+    assert train(tiny_dataset, tmp_path / "wider", "--init-from", str(source), "--max-steps", "1", "--ngf", "8") == 2
     message = capsys.readouterr().out
     assert "different architecture" in message and "ngf 4 (this run 8)" in message
     assert train(tiny_dataset, tmp_path / "none", "--init-from", str(tmp_path / "missing")) == 2
@@ -304,8 +458,9 @@ def test_lambda_cycle_is_a_flag(tiny_dataset, tmp_path):
     assert json.loads((run / "config.json").read_text())["lambda_cycle"] == 0.0
 
 
-@pytest.mark.parametrize("bf16, choice, expected", [(True, "auto", True), (False, "auto", False),
-                                                     (True, "off", False), (False, "on", True)])
+@pytest.mark.parametrize(
+    "bf16, choice, expected", [(True, "auto", True), (False, "auto", False), (True, "off", False), (False, "on", True)]
+)
 def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, choice, expected):
     """--channels-last auto keeps the old coupling to bf16; on/off force the layout of the networks and the images
     (bench train found bf16 faster without it on a Zen 4), and a step trains either way."""
@@ -314,8 +469,18 @@ def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, 
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
 
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         epochs=1, epochs_decay=0, steps_per_epoch=2, channels_last=choice)
+    config = TrainConfig(
+        data=str(tiny_dataset),
+        out=str(tmp_path / "t"),
+        size=32,
+        ngf=4,
+        n_blocks=1,
+        ndf=4,
+        epochs=1,
+        epochs_decay=0,
+        steps_per_epoch=2,
+        channels_last=choice,
+    )
     trainer = Trainer(config, device="cpu", num_workers=0, precision=(bf16, "test"))
     assert trainer.channels_last is expected
     convs = [m.weight for m in trainer.G.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
@@ -328,8 +493,9 @@ def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsy
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
 
-    config = TrainConfig(data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4,
-                         channels_last="sometimes")
+    config = TrainConfig(
+        data=str(tiny_dataset), out=str(tmp_path / "t"), size=32, ngf=4, n_blocks=1, ndf=4, channels_last="sometimes"
+    )
     with pytest.raises(ValueError, match="unknown channels_last 'sometimes'"):
         Trainer(config, device="cpu", num_workers=0, precision=(False, "test"))
     with pytest.raises(SystemExit):
@@ -341,8 +507,9 @@ def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsy
 BEFORE_THE_SPLIT = "f6bafa5"
 
 
-def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_trainer_trains_it(tiny_dataset,
-                                                                                                 tmp_path):
+def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_trainer_trains_it(
+    tiny_dataset, tmp_path
+):
     """The shipped recipe's options on tiny networks: a run that the trainer before the split took 2 of its 4 steps,
     resumed here, ends with the same weights, average and loss log to the bit as this trainer's straight run, so
     those first 2 steps were the same too. Its config.json names the removed options, at their defaults."""
@@ -351,8 +518,22 @@ def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_t
     recipe = ["--upsampling", "resize_conv", "--pool-size", "1", "--ema-decay", "0.9"]
     root, _ = checkout_of(BEFORE_THE_SPLIT, tmp_path)
     old = tmp_path / "old"
-    run_in_checkout(root, ["-m", "simpsonize.cli", "train", "--data", str(tiny_dataset), "--out", str(old),
-                           *TINY_TRAIN, *recipe, "--max-steps", "2"])
+    run_in_checkout(
+        root,
+        [
+            "-m",
+            "simpsonize.cli",
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(old),
+            *TINY_TRAIN,
+            *recipe,
+            "--max-steps",
+            "2",
+        ],
+    )
     saved = json.loads((old / "config.json").read_text())
     assert (saved["lambda_tv"], saved["d_scales"], saved["objective"]) == (0.0, 1, "cyclegan")  # the old trainer's
     assert main(["train", "--out", str(old), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
@@ -374,19 +555,33 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
     original = torch.load(run / "checkpoint.pt", weights_only=False)
     capsys.readouterr()
     resume = ["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1"]
-    cases = [({"lambda_tv": 2.0}, "this run uses --lambda-tv 2, an option removed from the trainer after its "
-                                  "ablation lost (docs/experiments.md); commit f6bafa5 still has it."),
-             ({"objective": "cut", "spectral_norm": True, "r1_gamma": 10.0},
-              "this run uses --spectral-norm, --objective cut and --r1-gamma 10, options removed from the trainer "
-              "after their ablation lost (docs/experiments.md); commit f6bafa5 still has them.")]
+    cases = [
+        (
+            {"lambda_tv": 2.0},
+            "this run uses --lambda-tv 2, an option removed from the trainer after its "
+            "ablation lost (docs/experiments.md); commit f6bafa5 still has it.",
+        ),
+        (
+            {"objective": "cut", "spectral_norm": True, "r1_gamma": 10.0},
+            "this run uses --spectral-norm, --objective cut and --r1-gamma 10, options removed from the trainer "
+            "after their ablation lost (docs/experiments.md); commit f6bafa5 still has them.",
+        ),
+    ]
     for removed, sentence in cases:
         torch.save({**original, "config": {**original["config"], **removed}}, run / "checkpoint.pt")
         assert main(resume) == 2
         assert capsys.readouterr().out.strip() == f"error: {sentence}"
         assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 1  # left as it was
     # at the values that meant "off", and their settings that did nothing while off, they are no obstacle
-    off = {"lambda_tv": 0.0, "d_scales": 1, "objective": "cyclegan", "spectral_norm": False, "r1_every": 16,
-           "lambda_nce": 2.0, "nce_patches": 64}
+    off = {
+        "lambda_tv": 0.0,
+        "d_scales": 1,
+        "objective": "cyclegan",
+        "spectral_norm": False,
+        "r1_every": 16,
+        "lambda_nce": 2.0,
+        "nce_patches": 64,
+    }
     torch.save({**original, "config": {**original["config"], **off}}, run / "checkpoint.pt")
     assert main(resume) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 2
@@ -397,8 +592,29 @@ def test_resume_changes_only_what_it_may_and_names_the_options_it_keeps(tiny_dat
     run = tmp_path / "run"
     assert train(tiny_dataset, run, "--max-steps", "1") == 0
     capsys.readouterr()
-    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--num-workers", "0", "--max-steps", "1",
-                 "--lr", "1e-3", "--ngf", "4", "--sample-every", "5"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--resume",
+                "--device",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--max-steps",
+                "1",
+                "--lr",
+                "1e-3",
+                "--ngf",
+                "4",
+                "--sample-every",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert "train: --resume keeps the run's own --lr" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
     assert (config["lr"], config["sample_every"]) == (2e-4, 5)

@@ -58,8 +58,9 @@ def shared_redis() -> EmbeddedRedis:
 
 def make_settings(redis_url: str, weights: Path | None = None, **overrides) -> Settings:
     # Every test client is the same address ("testclient"): per-client limits are off unless a test sets them.
-    values = dict(redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}", poll_interval_ms=200,
-                  rate_limit="off")
+    values = dict(
+        redis_url=redis_url, queue_name=f"test-{uuid.uuid4().hex[:8]}", poll_interval_ms=200, rate_limit="off"
+    )
     if weights is not None:
         values["weights"] = weights
     values.update(overrides)
@@ -74,9 +75,24 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, weights: Path, name: str | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "simpsonize.cli", "worker", "--redis-url", settings.redis_url, "--queue",
-               settings.queue_name, "--weights", str(weights), "--threads", "1",
-               "--name", name or f"test-{uuid.uuid4().hex[:8]}", "--log-level", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "simpsonize.cli",
+        "worker",
+        "--redis-url",
+        settings.redis_url,
+        "--queue",
+        settings.queue_name,
+        "--weights",
+        str(weights),
+        "--threads",
+        "1",
+        "--name",
+        name or f"test-{uuid.uuid4().hex[:8]}",
+        "--log-level",
+        "WARNING",
+    ]
     return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env())
 
 
@@ -154,8 +170,14 @@ def wait_gone(pids, timeout: float = 30.0) -> list[int]:
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "simpsonize.cli", "serve", *args], cwd=REPO_ROOT,
-                            env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "simpsonize.cli", "serve", *args],
+        cwd=REPO_ROOT,
+        env=env or child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_ready(process: subprocess.Popen, port: int, workers: int, timeout: float = 180.0) -> None:
@@ -194,8 +216,9 @@ def serving(data_dir: Path, weights: Path, workers: int = 1, *extra: str) -> Ite
     """`simpsonize serve` on a free port with ``workers`` workers, once /readyz counts them all; killed on the way
     out unless the test stopped it (``Served.stop``)."""
     port = free_port()
-    process = serve("--port", str(port), "--workers", str(workers), "--weights", str(weights),
-                    "--data-dir", str(data_dir), *extra)
+    process = serve(
+        "--port", str(port), "--workers", str(workers), "--weights", str(weights), "--data-dir", str(data_dir), *extra
+    )
     try:
         wait_ready(process, port, workers)
         yield Served(process, port, Path(data_dir))

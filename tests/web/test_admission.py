@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from service_support import make_settings
+
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import JobStore, QueueFull, connect
-from service_support import make_settings
 
 RACERS = 8
 

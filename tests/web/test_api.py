@@ -6,10 +6,10 @@ import io
 import json
 
 from PIL import Image
+from service_support import png_size, wait_for_job
 
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import JobStore
-from service_support import png_size, wait_for_job
 
 NO_FACE = "No face found in the photo."
 
@@ -71,8 +71,9 @@ def test_photo_without_face_fails_with_the_reason(client, coffee_jpeg):
     assert NO_FACE in response.json()["detail"]
 
 
-def test_every_job_runs_in_the_worker_process_itself(client, astronaut_jpeg, worker_process, service_settings,
-                                                     redis_client):
+def test_every_job_runs_in_the_worker_process_itself(
+    client, astronaut_jpeg, worker_process, service_settings, redis_client
+):
     """(That the model is loaded once for all of them: tests/worker/test_worker.py, in this process.)"""
     from rq import Worker
     from rq.job import Job
@@ -141,8 +142,13 @@ def test_full_queue_answers_503_with_retry_after(idle_client, astronaut_jpeg, id
 
 def test_unknown_ids_are_404(client):
     unknown = keys.new_job_id()
-    for path in (f"/api/v1/jobs/{unknown}", f"/api/v1/jobs/{unknown}/result", f"/api/v1/jobs/{unknown}/input",
-                 "/api/v1/jobs/not-an-id", "/api/v1/jobs/..%2F..%2Fetc"):
+    for path in (
+        f"/api/v1/jobs/{unknown}",
+        f"/api/v1/jobs/{unknown}/result",
+        f"/api/v1/jobs/{unknown}/input",
+        "/api/v1/jobs/not-an-id",
+        "/api/v1/jobs/..%2F..%2Fetc",
+    ):
         response = client.get(path)
         assert response.status_code == 404, path
         assert isinstance(response.json()["detail"], str)
@@ -270,8 +276,13 @@ def test_openapi_documents_the_api(client):
     body = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["properties"]["file"]["format"] == "binary"
     assert {"202", "413", "415", "422", "503"} <= set(post["responses"])
-    for path in ("/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/result", "/api/v1/jobs/{job_id}/input",
-                 "/healthz", "/readyz"):
+    for path in (
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/jobs/{job_id}/result",
+        "/api/v1/jobs/{job_id}/input",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in schema["paths"]
     assert "delete" in schema["paths"]["/api/v1/jobs/{job_id}"]
     assert client.get("/docs").status_code == 200

@@ -6,9 +6,9 @@ import io
 
 import pytest
 from PIL import Image
+from service_support import png_size, wait_for_job
 
 from simpsonize.queue import keys
-from service_support import png_size, wait_for_job
 
 
 def submit(client, data: bytes):
@@ -70,7 +70,7 @@ def test_a_group_photo_gives_every_face(client, pair_jpeg):
         assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
         assert Image.open(io.BytesIO(response.content)).size == (256, 256)
     assert drawings[0].content != drawings[1].content and crops[0].content != crops[1].content
-    assert 'face2-' in drawings[1].headers["content-disposition"]
+    assert "face2-" in drawings[1].headers["content-disposition"]
     assert png_size(client.get(state["composite_url"]).content) == (1536, 768)
 
 

@@ -6,9 +6,9 @@ import io
 
 import pytest
 from PIL import Image
+from service_support import png_size, wait_for_job
 
 from simpsonize.queue.jobstore import GENERIC_FAILURE
-from service_support import png_size, wait_for_job
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -17,8 +17,9 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("size", "words"), [((1, 1), "too small"), ((4000, 8), "too small"),
-                                             ((2000, 300), "too long and thin")])
+@pytest.mark.parametrize(
+    ("size", "words"), [((1, 1), "too small"), ((4000, 8), "too small"), ((2000, 300), "too long and thin")]
+)
 def test_shapes_without_room_for_a_face_are_refused_at_upload(idle_client, size, words):
     """These were accepted (202) and then failed in the worker with the generic sentence."""
     data = encode(Image.new("RGB", size, (120, 100, 90)), "PNG")
@@ -29,8 +30,9 @@ def test_shapes_without_room_for_a_face_are_refused_at_upload(idle_client, size,
 
 
 def test_an_iphone_heic_photo_is_simpsonized(client, astronaut):
-    response = client.post("/api/v1/jobs", files={"file": ("IMG_0001.HEIC", encode(astronaut, "HEIF", quality=90),
-                                                           "image/heic")})
+    response = client.post(
+        "/api/v1/jobs", files={"file": ("IMG_0001.HEIC", encode(astronaut, "HEIF", quality=90), "image/heic")}
+    )
     assert response.status_code == 202, response.text
     state = wait_for_job(client, response.json()["id"])
     assert state["status"] == "finished", state
@@ -55,9 +57,10 @@ def test_a_job_whose_input_is_gone_fails_with_a_sentence(redis_url, redis_client
     """The input expired or was deleted before the job ran: named, not the generic sentence."""
     import signal
 
+    from service_support import make_settings
+
     from simpsonize.queue import keys
     from simpsonize.queue.jobstore import JobStore
-    from service_support import make_settings
     from simpsonize.worker.process import ModelWorker
 
     settings = make_settings(redis_url, tiny_weights)
@@ -96,10 +99,13 @@ def test_the_apps_pixel_limit_fires_below_pillows_bomb_guard(idle_client, idle_s
     assert response.status_code == 202, response.text
 
 
-@pytest.mark.parametrize(("name", "content_type"), [("notes.txt", "text/plain"), ("a.gif", "image/gif"),
-                                                    ("photo.png", "image/png"), ("noname", "")])
-def test_a_jpeg_is_judged_by_its_bytes_not_its_name_or_type(idle_client, redis_client, idle_settings, astronaut,
-                                                           name, content_type):
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [("notes.txt", "text/plain"), ("a.gif", "image/gif"), ("photo.png", "image/png"), ("noname", "")],
+)
+def test_a_jpeg_is_judged_by_its_bytes_not_its_name_or_type(
+    idle_client, redis_client, idle_settings, astronaut, name, content_type
+):
     data = encode(astronaut, "JPEG", quality=90)
     response = idle_client.post("/api/v1/jobs", files={"file": (name, data, content_type)})
     assert response.status_code == 202, response.text
@@ -127,15 +133,35 @@ def test_a_client_that_disconnects_mid_upload_gets_400_and_frees_its_slot(idle_s
 
     application = create_app(idle_settings)
     boundary = "disconnectboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + encode(astronaut, "JPEG") + f"\r\n--{boundary}--\r\n".encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/api/v1/jobs", "raw_path": b"/api/v1/jobs", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()),
-                         (b"content-type", f"multipart/form-data; boundary={boundary}".encode())],
-             "client": ("127.0.0.1", 40000), "server": ("testserver", 80)}
-    messages = iter([{"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
-                     {"type": "http.disconnect"}])
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + encode(astronaut, "JPEG")
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v1/jobs",
+        "raw_path": b"/api/v1/jobs",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    messages = iter(
+        [{"type": "http.request", "body": body[: len(body) // 2], "more_body": True}, {"type": "http.disconnect"}]
+    )
     sent: list[dict] = []
 
     async def receive():

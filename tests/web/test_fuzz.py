@@ -42,9 +42,20 @@ def test_normalise_on_arbitrary_bytes(data):
     check_outcome(data)
 
 
-@given(st.sampled_from([b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x00\x00\x00WEBPVP8 ",
-                        b"\x00\x00\x00\x1cftypheic", b"\x00\x00\x00\x20ftypavif", b"GIF89a", b"BM"]),
-       st.binary(max_size=2048))
+@given(
+    st.sampled_from(
+        [
+            b"\xff\xd8\xff\xe0",
+            b"\x89PNG\r\n\x1a\n",
+            b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+            b"\x00\x00\x00\x1cftypheic",
+            b"\x00\x00\x00\x20ftypavif",
+            b"GIF89a",
+            b"BM",
+        ]
+    ),
+    st.binary(max_size=2048),
+)
 @FUZZ
 def test_normalise_on_bytes_behind_real_magic_numbers(magic, rest):
     """Random bytes rarely get past the format sniffing; behind a real signature they reach each decoder."""
@@ -66,19 +77,31 @@ def seeds() -> dict[str, bytes]:
     photo = Image.fromarray(data.astronaut()).resize((96, 96))
     exif = Image.Exif()
     exif[0x0112] = 6
-    return {"jpeg-exif": _encode(photo, "JPEG", quality=80, exif=exif),
-            "jpeg-progressive": _encode(photo, "JPEG", progressive=True), "png": _encode(photo, "PNG"),
-            "png-rgba": _encode(photo.convert("RGBA"), "PNG"), "png-palette": _encode(photo.convert("P"), "PNG"),
-            "png-16bit": _encode(photo.convert("I;16"), "PNG"), "webp": _encode(photo, "WEBP", quality=70),
-            "heic": _encode(photo, "HEIF", quality=60), "avif": _encode(photo, "AVIF", quality=60)}
+    return {
+        "jpeg-exif": _encode(photo, "JPEG", quality=80, exif=exif),
+        "jpeg-progressive": _encode(photo, "JPEG", progressive=True),
+        "png": _encode(photo, "PNG"),
+        "png-rgba": _encode(photo.convert("RGBA"), "PNG"),
+        "png-palette": _encode(photo.convert("P"), "PNG"),
+        "png-16bit": _encode(photo.convert("I;16"), "PNG"),
+        "webp": _encode(photo, "WEBP", quality=70),
+        "heic": _encode(photo, "HEIF", quality=60),
+        "avif": _encode(photo, "AVIF", quality=60),
+    }
 
 
 SEED_NAMES = ["jpeg-exif", "jpeg-progressive", "png", "png-rgba", "png-palette", "png-16bit", "webp", "heic", "avif"]
 
 
-mutations = st.lists(st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
-                               st.floats(min_value=0, max_value=1, exclude_max=True), st.integers(0, 255)),
-                     min_size=1, max_size=6)
+mutations = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
+        st.floats(min_value=0, max_value=1, exclude_max=True),
+        st.integers(0, 255),
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 def mutate(data: bytes, steps) -> bytes:
@@ -96,7 +119,7 @@ def mutate(data: bytes, steps) -> bytes:
         elif kind == "insert":
             buffer[i:i] = bytes([value]) * (1 + value % 16)
         else:
-            del buffer[i:i + 1 + value % 64]
+            del buffer[i : i + 1 + value % 64]
     return bytes(buffer)
 
 
@@ -133,12 +156,15 @@ def test_the_seeds_themselves_are_accepted():
     assert formats == ["JPEG", "JPEG", "PNG", "PNG", "PNG", "PNG", "WEBP", "HEIF", "AVIF"]
 
 
-@given(boundary=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=40),
-       body=st.binary(max_size=2048), chunk=st.integers(1, 700))
+@given(
+    boundary=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=40),
+    body=st.binary(max_size=2048),
+    chunk=st.integers(1, 700),
+)
 @FUZZ
 def test_read_upload_on_arbitrary_bodies(boundary, body, chunk):
     """Any body under any boundary: the file's bytes, or a 4xx UploadError; never another exception."""
-    chunks = [body[i:i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
     state = {"i": 0}
 
     async def receive():
@@ -147,8 +173,7 @@ def test_read_upload_on_arbitrary_bodies(boundary, body, chunk):
         return {"type": "http.request", "body": chunks[i] if i < len(chunks) else b"", "more_body": i + 1 < len(chunks)}
 
     headers = [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]
-    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""},
-                      receive)
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}, receive)
     try:
         upload = asyncio.run(read_upload(request, 1000))
     except UploadError as error:
@@ -162,8 +187,8 @@ def test_read_upload_on_arbitrary_bodies(boundary, body, chunk):
 
 def _openapi_document() -> dict:
     """The app's OpenAPI document; building it needs no Redis (the client connects lazily)."""
-    from simpsonize.web.main import create_app
     from simpsonize.settings import Settings
+    from simpsonize.web.main import create_app
 
     return create_app(Settings(redis_url="redis://127.0.0.1:1/0")).openapi()
 
@@ -175,10 +200,14 @@ schema = schemathesis.openapi.from_dict(_openapi_document())
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema_and_never_fails_with_5xx(case, live_server):
     """Against the real app served by uvicorn, with a live worker (so /readyz is 200)."""
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     response = case.call(base_url=live_server)
     assert response.status_code < 500, (case.method, case.formatted_path, response.status_code, response.text)
-    case.validate_response(response, checks=[status_code_conformance, content_type_conformance,
-                                             response_schema_conformance])
+    case.validate_response(
+        response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance]
+    )

@@ -20,8 +20,9 @@ def test_each_status_shows_its_own_fields_only():
     assert list(started) == ALWAYS
     failed = JobState.of("j1", "failed", error="No face found in the photo.", **TIMES).model_dump(mode="json")
     assert list(failed) == [*ALWAYS, "error"]
-    finished = JobState.of("j1", "finished", has_composite=True, face={"box": [1, 2, 3, 4]}, face_count=1,
-                           faces_found=2, **TIMES)
+    finished = JobState.of(
+        "j1", "finished", has_composite=True, face={"box": [1, 2, 3, 4]}, face_count=1, faces_found=2, **TIMES
+    )
     assert list(finished.model_dump(mode="json")) == [*ALWAYS, "face", "face_count", "faces_found", "composite_url"]
     assert finished.composite_url == "/api/v1/jobs/j1/composite" and finished.has_composite and finished.done
     # a finished job of before composites existed has none: the field is there, null

@@ -13,13 +13,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from service_support import REPO_ROOT, alive, child_env, descendants, free_port, serve, serving, wait_gone
 
 
 def test_serve_refuses_to_start_workers_without_weights(tmp_path):
-    process = serve("--port", str(free_port()), "--weights", str(tmp_path / "missing.safetensors"),
-                    "--data-dir", str(tmp_path / "data"))
+    process = serve(
+        "--port",
+        str(free_port()),
+        "--weights",
+        str(tmp_path / "missing.safetensors"),
+        "--data-dir",
+        str(tmp_path / "data"),
+    )
     out, err = process.communicate(timeout=60)
     assert process.returncode == 2
     lines = [line for line in err.strip().splitlines() if line]
@@ -29,8 +34,9 @@ def test_serve_refuses_to_start_workers_without_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stop_signal", "workers"), [(signal.SIGINT, 2), (signal.SIGTERM, 1)],
-                         ids=["ctrl-c-2-workers", "sigterm-1-worker"])
+@pytest.mark.parametrize(
+    ("stop_signal", "workers"), [(signal.SIGINT, 2), (signal.SIGTERM, 1)], ids=["ctrl-c-2-workers", "sigterm-1-worker"]
+)
 def test_serve_runs_everything_and_stops_cleanly(tmp_path, tiny_weights, stop_signal, workers, astronaut_jpeg):
     data_dir = tmp_path / "data"
     with serving(data_dir, tiny_weights, workers) as served:
@@ -218,17 +224,24 @@ def test_workers_and_redis_are_started_without_preexec_fn(tmp_path, popen_calls)
         redis.stop()
 
 
-PDEATHSIG_PROBE = ("import ctypes, os; value = ctypes.c_int(); "
-                   "ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0); "  # 2: PR_GET_PDEATHSIG
-                   "print(value.value, os.getpid(), os.getppid())")
+PDEATHSIG_PROBE = (
+    "import ctypes, os; value = ctypes.c_int(); "
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0); "  # 2: PR_GET_PDEATHSIG
+    "print(value.value, os.getpid(), os.getppid())"
+)
 
 
 @linux_only
 def test_child_guard_sets_the_parent_death_signal_then_execs_the_command():
     from simpsonize.serve.child_guard import guarded
 
-    process = subprocess.Popen(guarded([sys.executable, "-c", PDEATHSIG_PROBE]), cwd=REPO_ROOT, env=child_env(),
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        guarded([sys.executable, "-c", PDEATHSIG_PROBE]),
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0
     # SIGTERM on the parent's death, in the command itself: the same pid (exec, not a grandchild), our child
@@ -263,8 +276,13 @@ time.sleep(120)
 def test_a_worker_and_redis_die_with_a_killed_parent_through_the_guard(tmp_path):
     """The launcher's own classes in a process that is SIGKILLed: no cleanup, only the kernel's parent-death signal
     (requested by simpsonize.serve.child_guard, kept across its exec) ends the embedded Redis and the worker."""
-    parent = subprocess.Popen([sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path / "data")], cwd=REPO_ROOT,
-                              env=child_env(), stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_LAUNCHER, str(tmp_path / "data")],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         children = [int(pid) for pid in parent.stdout.readline().split()]
         assert len(children) == 2, parent.communicate(timeout=30)
@@ -363,8 +381,9 @@ def test_serve_starts_checks_and_restarts_children_only_from_the_main_thread(tmp
     weights = tmp_path / "weights.safetensors"
     weights.write_bytes(b"never read: the worker is a sleeper")
     monkeypatch.setattr(launcher, "worker_command", lambda *args, **kwargs: list(SLEEPER))
-    monkeypatch.setattr(launcher, "get_settings", lambda: Settings(redis_url=None, data_dir=tmp_path / "data",
-                                                                   rate_limit="off"))
+    monkeypatch.setattr(
+        launcher, "get_settings", lambda: Settings(redis_url=None, data_dir=tmp_path / "data", rate_limit="off")
+    )
     monkeypatch.setattr(launcher.WorkerPool, "RESTART_DELAY", 0.05)
     checked_in: set[threading.Thread] = set()
     seen = {}
@@ -397,8 +416,16 @@ def test_serve_starts_checks_and_restarts_children_only_from_the_main_thread(tmp
 
     monkeypatch.setattr(launcher.RedisSupervisor, "check", recording_redis_check)
     monkeypatch.setattr(launcher.WorkerPool, "check", driving_pool_check)
-    args = argparse.Namespace(host="127.0.0.1", port=free_port(), workers=1, weights=weights, device=None, threads=1,
-                              data_dir=tmp_path / "data", log_level="warning")
+    args = argparse.Namespace(
+        host="127.0.0.1",
+        port=free_port(),
+        workers=1,
+        weights=weights,
+        device=None,
+        threads=1,
+        data_dir=tmp_path / "data",
+        log_level="warning",
+    )
     assert launcher.run(args) == 7
     assert checked_in == {threading.main_thread()}
     redis_starts = [p for p in popen_calls if p.args[6].endswith("redis-server")]

@@ -13,12 +13,12 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from service_support import make_settings, wait_for_job
 
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import JobStore
 from simpsonize.queue.longpoll import CLIENT_NAME
 from simpsonize.web.main import create_app
-from service_support import make_settings, wait_for_job
 
 WAIT = 30  # seconds each waiting request may wait; the tests below return long before, or fail
 
@@ -51,8 +51,11 @@ class Waiter(threading.Thread):
 
 def blocked_in_redis(redis_client) -> int:
     """Long polls blocked in Redis right now (tests run one at a time, so these are the running test's)."""
-    return sum(1 for c in redis_client.client_list()
-               if c.get("name") == CLIENT_NAME and c.get("cmd") == "blmove" and "b" in c.get("flags", ""))
+    return sum(
+        1
+        for c in redis_client.client_list()
+        if c.get("name") == CLIENT_NAME and c.get("cmd") == "blmove" and "b" in c.get("flags", "")
+    )
 
 
 def wait_until_blocked(redis_client, count: int, waiters: list[Waiter], timeout: float = 60.0) -> None:
@@ -93,8 +96,9 @@ def in_process_worker():
         signal.signal(sig, handler)
 
 
-def test_waiting_requests_return_when_their_job_ends(quiet_app, in_process_worker, redis_client, astronaut_jpeg,
-                                                     coffee_jpeg):
+def test_waiting_requests_return_when_their_job_ends(
+    quiet_app, in_process_worker, redis_client, astronaut_jpeg, coffee_jpeg
+):
     settings, client = quiet_app
     store = JobStore(settings, redis_client)
     face, no_face = submit(client, astronaut_jpeg), submit(client, coffee_jpeg)
@@ -145,8 +149,11 @@ def test_the_wait_runs_out_with_the_current_state(quiet_app, astronaut_jpeg):
 def test_a_finished_job_and_an_unknown_one_answer_at_once(client, astronaut_jpeg):
     job_id = submit(client, astronaut_jpeg)
     assert wait_for_job(client, job_id)["status"] == "finished"
-    for path, code in [(f"/api/v1/jobs/{job_id}", 200), ("/api/v1/jobs/" + "A" * 22, 404),
-                       ("/api/v1/jobs/not-a-job-id", 404)]:
+    for path, code in [
+        (f"/api/v1/jobs/{job_id}", 200),
+        ("/api/v1/jobs/" + "A" * 22, 404),
+        ("/api/v1/jobs/not-a-job-id", 404),
+    ]:
         started = time.monotonic()
         response = client.get(path, params={"wait": WAIT})
         assert response.status_code == code, response.text

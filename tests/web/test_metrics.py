@@ -18,9 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from service_support import REPO_ROOT, child_env, free_port, make_settings, stop, wait_for_job
 
 from simpsonize.queue import keys, metrics
-from service_support import REPO_ROOT, child_env, free_port, make_settings, stop, wait_for_job
 
 HEARTBEAT = 1  # seconds: a worker counts as live while its heartbeat is <= 2 s old
 LOOPBACK = ("127.0.0.1", 50000)  # the TestClient's peer address (its default, "testclient", is no address)
@@ -68,9 +68,24 @@ def submit(client, photo: bytes) -> str:
 
 
 def launch_worker(settings, weights, name: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "simpsonize.cli", "worker", "--redis-url", settings.redis_url, "--queue",
-               settings.queue_name, "--weights", str(weights), "--threads", "1", "--name", name,
-               "--log-level", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "simpsonize.cli",
+        "worker",
+        "--redis-url",
+        settings.redis_url,
+        "--queue",
+        settings.queue_name,
+        "--weights",
+        str(weights),
+        "--threads",
+        "1",
+        "--name",
+        name,
+        "--log-level",
+        "WARNING",
+    ]
     return subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
 
 
@@ -125,8 +140,14 @@ def test_requests_are_counted_by_method_route_template_and_status(idle, astronau
     assert idle.get("/healthz").status_code == 200
     assert idle.get("/static/app.js").status_code == 200
     assert idle.get("/no/such/page").status_code == 404
-    assert idle.post("/api/v1/jobs", files={"file": ("a.jpg", astronaut_jpeg, "image/jpeg")},
-                     headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403  # refused before routing
+    assert (
+        idle.post(
+            "/api/v1/jobs",
+            files={"file": ("a.jpg", astronaut_jpeg, "image/jpeg")},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        ).status_code
+        == 403
+    )  # refused before routing
     assert idle.request("BREW", "/healthz").status_code == 405
     after = scrape(idle)
 
@@ -142,10 +163,18 @@ def test_requests_are_counted_by_method_route_template_and_status(idle, astronau
     assert requests("GET", "unmatched", "404") == 1
     assert requests("POST", "/api/v1/jobs", "403") == 1
     assert requests("other", "/healthz", "405") == 1  # made-up methods are one label value, not one each
-    assert moved(before, after, "simpsonize_http_request_duration_seconds_count",
-                 method="GET", route="/api/v1/jobs/{job_id}") == 4
-    assert moved(before, after, "simpsonize_http_request_duration_seconds_sum",
-                 method="GET", route="/api/v1/jobs/{job_id}") > 0
+    assert (
+        moved(
+            before, after, "simpsonize_http_request_duration_seconds_count", method="GET", route="/api/v1/jobs/{job_id}"
+        )
+        == 4
+    )
+    assert (
+        moved(
+            before, after, "simpsonize_http_request_duration_seconds_sum", method="GET", route="/api/v1/jobs/{job_id}"
+        )
+        > 0
+    )
     # Job ids are bearer tokens: never in a label.
     text = idle.get("/metrics").text
     assert job_id not in text and unknown not in text and "/no/such/page" not in text
@@ -183,13 +212,15 @@ def test_live_workers_follow_the_heartbeat(service):
     assert value(scrape(service), "simpsonize_workers_live") == store.live_workers() == 1
     service.worker.send_signal(signal.SIGSTOP)  # frozen: still registered in RQ, but its heartbeat stops
     try:
-        wait_until(lambda: value(scrape(service), "simpsonize_workers_live") == 0, 4 * HEARTBEAT + 10,
-                   "frozen worker no longer live")
+        wait_until(
+            lambda: value(scrape(service), "simpsonize_workers_live") == 0,
+            4 * HEARTBEAT + 10,
+            "frozen worker no longer live",
+        )
         assert store.redis.exists(f"rq:worker:{service.worker_name}")
     finally:
         service.worker.send_signal(signal.SIGCONT)
-    wait_until(lambda: value(scrape(service), "simpsonize_workers_live") == 1, 4 * HEARTBEAT + 10,
-               "worker live again")
+    wait_until(lambda: value(scrape(service), "simpsonize_workers_live") == 1, 4 * HEARTBEAT + 10, "worker live again")
 
 
 # -- jobs ------------------------------------------------------------------------------------------------------------
@@ -207,17 +238,17 @@ def test_a_finished_job_moves_the_job_counters_and_each_stage_histogram(service,
     for stage in STAGES:
         seconds = job["timings"][stage]  # what the worker measured, as the API reports it
         assert moved(before, after, "simpsonize_job_stage_seconds_count", stage=stage) == 1
-        assert moved(before, after, "simpsonize_job_stage_seconds_sum", stage=stage) == pytest.approx(seconds,
-                                                                                                      abs=1e-6)
+        assert moved(before, after, "simpsonize_job_stage_seconds_sum", stage=stage) == pytest.approx(seconds, abs=1e-6)
         # Cumulative buckets: the observation is in every bucket from the first bound >= its time on, none below.
         for bound in metrics.BUCKETS:
             expected = 1 if seconds <= bound else 0
-            assert moved(before, after, "simpsonize_job_stage_seconds_bucket", stage=stage,
-                         le=str(float(bound))) == expected, (stage, seconds, bound)
+            assert (
+                moved(before, after, "simpsonize_job_stage_seconds_bucket", stage=stage, le=str(float(bound)))
+                == expected
+            ), (stage, seconds, bound)
         assert moved(before, after, "simpsonize_job_stage_seconds_bucket", stage=stage, le="+Inf") == 1
     assert moved(before, after, "simpsonize_job_duration_seconds_count") == 1
-    assert moved(before, after, "simpsonize_job_duration_seconds_sum") == pytest.approx(job["timings"]["job"],
-                                                                                      abs=1e-6)
+    assert moved(before, after, "simpsonize_job_duration_seconds_sum") == pytest.approx(job["timings"]["job"], abs=1e-6)
     assert value(after, "simpsonize_queue_depth") == 0 and value(after, "simpsonize_jobs_in_progress") == 0
 
 
@@ -243,12 +274,21 @@ def test_a_job_rq_retries_counts_as_retried_then_failed(service, coffee_jpeg):
     before = scrape(service)
     job_id = keys.new_job_id()
     store.redis.set(keys.input_key(settings.key_prefix, job_id), coffee_jpeg, ex=settings.input_ttl)
-    store.queue.enqueue_call(keys.JOB_FUNCTION, args=(job_id, settings.key_prefix, settings.result_ttl),
-                             job_id=job_id, retry=Retry(max=1), ttl=settings.queue_ttl,
-                             result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
-                             timeout=settings.job_timeout)
-    wait_until(lambda: Job.fetch(job_id, connection=store.redis, serializer=SERIALIZER).get_status() ==
-               JobStatus.FAILED, 240, "retried job failed")
+    store.queue.enqueue_call(
+        keys.JOB_FUNCTION,
+        args=(job_id, settings.key_prefix, settings.result_ttl),
+        job_id=job_id,
+        retry=Retry(max=1),
+        ttl=settings.queue_ttl,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.result_ttl,
+        timeout=settings.job_timeout,
+    )
+    wait_until(
+        lambda: Job.fetch(job_id, connection=store.redis, serializer=SERIALIZER).get_status() == JobStatus.FAILED,
+        240,
+        "retried job failed",
+    )
     after = scrape(service)
     assert moved(before, after, "simpsonize_jobs_retried_total") == 1
     assert moved(before, after, "simpsonize_jobs_failed_total", reason="photo") == 1
@@ -277,8 +317,11 @@ def test_the_job_of_a_dead_worker_counts_as_failed_worker_stopped(redis_url, tin
             before = scrape(client)
             for _attempt in range(5):
                 job_id = submit(client, big_photo)
-                wait_until(lambda: client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "queued", 120,
-                           "job started")
+                wait_until(
+                    lambda job_id=job_id: client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "queued",
+                    120,
+                    "job started",
+                )
                 process.send_signal(signal.SIGSTOP)
                 if client.get(f"/api/v1/jobs/{job_id}").json()["status"] == "started":
                     break
@@ -292,8 +335,11 @@ def test_the_job_of_a_dead_worker_counts_as_failed_worker_stopped(redis_url, tin
             after = scrape(client)
             assert moved(before, after, "simpsonize_jobs_failed_total", reason="worker_stopped") == 1
             assert value(after, "simpsonize_jobs_in_progress") == 0
-            wait_until(lambda: value(scrape(client), "simpsonize_workers_live") == 0, 4 * HEARTBEAT + 10,
-                       "dead worker no longer live")
+            wait_until(
+                lambda: value(scrape(client), "simpsonize_workers_live") == 0,
+                4 * HEARTBEAT + 10,
+                "dead worker no longer live",
+            )
     finally:
         stop(process)
 
@@ -306,8 +352,12 @@ def test_only_allowed_addresses_may_scrape(redis_url):
 
     default = make_settings(redis_url)
     assert default.metrics_allow_ips == "127.0.0.1,::1"
-    for peer, code in [(LOOPBACK, 200), (("::1", 50000), 200), (("203.0.113.7", 50000), 403),
-                       (("testclient", 50000), 403)]:
+    for peer, code in [
+        (LOOPBACK, 200),
+        (("::1", 50000), 200),
+        (("203.0.113.7", 50000), 403),
+        (("testclient", 50000), 403),
+    ]:
         with metrics_client(default, client=peer) as client:
             response = client.get("/metrics")
             assert response.status_code == code, (peer, response.text)
@@ -360,12 +410,30 @@ def test_serve_reports_its_workers_jobs_on_its_own_metrics_endpoint(tmp_path, ti
     """`simpsonize serve` with 2 worker processes: the web process's /metrics (loopback, the default allow-list)
     counts the jobs both ran and both workers as live."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "simpsonize.cli", "serve", "--port", str(port), "--workers", "2",
-                                "--weights", str(tiny_weights), "--data-dir", str(tmp_path / "data")],
-                               cwd=REPO_ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--weights",
+            str(tiny_weights),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+
             def live() -> float:
                 try:
                     return value(parse(client.get("/metrics").text), "simpsonize_workers_live")
@@ -384,8 +452,10 @@ def test_serve_reports_its_workers_jobs_on_its_own_metrics_endpoint(tmp_path, ti
         assert moved(before, after, "simpsonize_jobs_finished_total") == 2
         for stage in STAGES:
             assert moved(before, after, "simpsonize_job_stage_seconds_count", stage=stage) == 2
-        assert moved(before, after, "simpsonize_http_requests_total", method="POST", route="/api/v1/jobs",
-                     status="202") == 2
+        assert (
+            moved(before, after, "simpsonize_http_requests_total", method="POST", route="/api/v1/jobs", status="202")
+            == 2
+        )
         assert value(after, "simpsonize_workers_live") == 2
     finally:
         process.send_signal(signal.SIGTERM)

@@ -46,8 +46,9 @@ def test_form_flow_without_javascript(client, astronaut_jpeg):
 
 
 def test_form_flow_failure_is_explained(client, coffee_jpeg):
-    job_page = client.post("/jobs", files={"file": ("cup.jpg", coffee_jpeg, "image/jpeg")},
-                           follow_redirects=False).headers["location"]
+    job_page = client.post(
+        "/jobs", files={"file": ("cup.jpg", coffee_jpeg, "image/jpeg")}, follow_redirects=False
+    ).headers["location"]
     deadline = time.monotonic() + POLL_TIMEOUT
     while 'data-status="failed"' not in (html := client.get(job_page).text):
         assert time.monotonic() < deadline

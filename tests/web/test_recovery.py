@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from service_support import descendants, serving
 
 from simpsonize.queue.liveness import WORKER_STOPPED
 from simpsonize.web.routes.jobs import NOT_FOUND
-from service_support import descendants, serving
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +66,9 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float) -> dict:
     return current
 
 
-def test_a_worker_killed_mid_job_is_replaced_and_its_job_fails_with_a_sentence(tmp_path, tiny_weights, big_photo,
-                                                                               astronaut_jpeg):
+def test_a_worker_killed_mid_job_is_replaced_and_its_job_fails_with_a_sentence(
+    tmp_path, tiny_weights, big_photo, astronaut_jpeg
+):
     with serving(tmp_path / "data", tiny_weights, 1, "--threads", "1") as served:
         process = served.process
         with httpx.Client(base_url=served.base_url, timeout=30) as client:
@@ -104,8 +105,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_job_fails_with_a_sentence(t
         (replacement,) = children_running(process.pid, "simpsonize.cli worker")
         assert replacement != worker
         assert cmdline(replacement).split("--name ")[1].split()[0] not in ("", dead_name)  # a new RQ name
-        print(f"\nworker SIGKILL: job failed after {job_ended_after:.1f} s, queued jobs done after "
-              f"{ready_after:.1f} s")
+        print(f"\nworker SIGKILL: job failed after {job_ended_after:.1f} s, queued jobs done after {ready_after:.1f} s")
         err = served.stop(signal.SIGTERM)
     assert process.returncode == 0, err
     assert "killed by signal 9; starting a new one" in err
@@ -153,14 +153,29 @@ def start_worker(settings, weights, name: str):
     import subprocess
     import sys
 
-    from simpsonize.serve.child_guard import guarded
     from service_support import REPO_ROOT, child_env
 
-    command = [sys.executable, "-m", "simpsonize.cli", "worker", "--redis-url", settings.redis_url, "--queue",
-               settings.queue_name, "--weights", str(weights), "--threads", "1", "--name", name,
-               "--log-level", "WARNING"]
-    return subprocess.Popen(guarded(command), cwd=REPO_ROOT,
-                            env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
+    from simpsonize.serve.child_guard import guarded
+
+    command = [
+        sys.executable,
+        "-m",
+        "simpsonize.cli",
+        "worker",
+        "--redis-url",
+        settings.redis_url,
+        "--queue",
+        settings.queue_name,
+        "--weights",
+        str(weights),
+        "--threads",
+        "1",
+        "--name",
+        name,
+        "--log-level",
+        "WARNING",
+    ]
+    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
@@ -177,9 +192,9 @@ def test_liveness_follows_the_heartbeat_and_live_workers_end_a_dead_workers_job(
     so /readyz must stop counting it within 2 heartbeats, and the other one must fail its job with a sentence."""
     from fastapi.testclient import TestClient
     from rq.job import Job
+    from service_support import make_settings, stop
 
     from simpsonize.web.main import create_app
-    from service_support import make_settings, stop
 
     settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
     workers = {name: start_worker(settings, tiny_weights, name) for name in ("w-a", "w-b")}
@@ -189,7 +204,7 @@ def test_liveness_follows_the_heartbeat_and_live_workers_end_a_dead_workers_job(
             wait_until(lambda: store.live_workers() == 2, 180, "two workers alive")
             for _attempt in range(5):
                 job_id = client.post("/api/v1/jobs", files={"file": ("a.jpg", big_photo, "image/jpeg")}).json()["id"]
-                wait_until(lambda: state(client, job_id)["status"] != "queued", 120, "job started")
+                wait_until(lambda job_id=job_id: state(client, job_id)["status"] != "queued", 120, "job started")
                 name = Job.fetch(job_id, connection=store.redis).worker_name
                 victim = workers[name]
                 victim.send_signal(signal.SIGSTOP)
@@ -215,10 +230,10 @@ def test_liveness_follows_the_heartbeat_and_live_workers_end_a_dead_workers_job(
 
 def test_web_and_worker_ride_out_a_restart_of_an_external_redis(tmp_path, tiny_weights, astronaut_jpeg):
     from fastapi.testclient import TestClient
+    from service_support import make_settings, stop, wait_for_job
 
     from simpsonize.serve.embedded import EmbeddedRedis
     from simpsonize.web.main import create_app
-    from service_support import make_settings, stop, wait_for_job
 
     redis = EmbeddedRedis(tmp_path / "redis")
     url = redis.start()

@@ -15,11 +15,11 @@ import time
 
 import httpx
 import pytest
+from service_support import child_env, make_settings, served_in_thread, start_worker, stop, wait_for_worker
 
 from simpsonize.queue.capacity import BUSY, FULL_READINESS, Admission, JobFootprint, MemoryGauge
-from simpsonize.serve.embedded import EmbeddedRedis
 from simpsonize.queue.jobstore import JobStore, connect
-from service_support import child_env, make_settings, served_in_thread, start_worker, stop, wait_for_worker
+from simpsonize.serve.embedded import EmbeddedRedis
 
 MAXMEMORY = 4 * 1024 * 1024
 UPLOADS, CLIENTS = 16, 4
@@ -46,13 +46,16 @@ def metric(text: str, name: str) -> float:
 def wait_for_end(http: httpx.Client, job_id: str) -> dict:
     deadline = time.monotonic() + 240
     while (body := http.get(f"/api/v1/jobs/{job_id}", params={"wait": 30}).json())["status"] not in (
-            "finished", "failed"):
+        "finished",
+        "failed",
+    ):
         assert time.monotonic() < deadline, f"job {job_id} did not end"
     return body
 
 
-def test_a_burst_larger_than_redis_is_refused_with_503_and_every_accepted_job_ends(small_redis, tiny_weights,
-                                                                                   astronaut_jpeg):
+def test_a_burst_larger_than_redis_is_refused_with_503_and_every_accepted_job_ends(
+    small_redis, tiny_weights, astronaut_jpeg
+):
     settings = make_settings(small_redis, tiny_weights, max_queue=50)
     store = JobStore(settings, connect(small_redis))
     worker = start_worker(settings, tiny_weights)
@@ -116,7 +119,8 @@ def test_a_burst_larger_than_redis_is_refused_with_503_and_every_accepted_job_en
                 assert metric(text, "simpsonize_redis_max_memory_bytes") == MAXMEMORY
                 assert 0 < metric(text, "simpsonize_redis_used_memory_bytes") < MAXMEMORY
                 assert metric(text, 'simpsonize_jobs_failed_total{reason="full"}') == len(
-                    [b for b in failed if "storage was full" in b["error"]])
+                    [b for b in failed if "storage was full" in b["error"]]
+                )
 
                 # Room again once the owners delete their jobs: a new upload is accepted and finishes.
                 for job_id in finished:

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFile
+from service_support import free_port, make_settings, wait_for_job
 
 from simpsonize.queue import keys
-from simpsonize.web.guard import client_key
 from simpsonize.queue.jobstore import JobStore, connect
+from simpsonize.web.guard import client_key
 from simpsonize.web.main import create_app
 from simpsonize.web.uploads import UploadError, normalise
-from service_support import free_port, make_settings, wait_for_job
 
 
 def png(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -42,8 +42,12 @@ def face_like(size=(160, 160)) -> bytes:
 
 
 def upload(client, data: bytes | None = None, headers: dict | None = None, path: str = "/api/v1/jobs"):
-    return client.post(path, files={"file": ("a.jpg", data or face_like(), "image/jpeg")}, headers=headers or {},
-                       follow_redirects=False)
+    return client.post(
+        path,
+        files={"file": ("a.jpg", data or face_like(), "image/jpeg")},
+        headers=headers or {},
+        follow_redirects=False,
+    )
 
 
 @pytest.fixture()
@@ -159,8 +163,9 @@ def test_decoding_is_bounded_to_the_decoder_count(app_for, monkeypatch):
     async def burst():
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await asyncio.gather(*(client.post("/api/v1/jobs", files={"file": ("a.jpg", face_like())})
-                                          for _ in range(8)))
+            return await asyncio.gather(
+                *(client.post("/api/v1/jobs", files={"file": ("a.jpg", face_like())}) for _ in range(8))
+            )
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [202] * 8
@@ -174,8 +179,10 @@ def _stalled_upload_body(release: asyncio.Event):
     boundary = "stall"
 
     async def body():
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-               f"Content-Type: image/jpeg\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
         await release.wait()
         yield face_like() + f"\r\n--{boundary}--\r\n".encode()
 
@@ -229,8 +236,7 @@ def test_slow_loris_over_a_real_socket_is_answered_408(app_for):
     options = uvicorn_options(application.state.settings)
     assert options["proxy_headers"] is False and options["limit_concurrency"] >= 1
     assert options["access_log"] is False  # URLs with job ids stay out of the logs
-    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning",
-                                           **options))
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -239,8 +245,10 @@ def test_slow_loris_over_a_real_socket_is_answered_408(app_for):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            head = (b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
-                    b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n")
+            head = (
+                b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+                b"Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n"
+            )
             sock.sendall(head)  # ...and nothing more
             started = time.monotonic()
             answer = b""
@@ -291,8 +299,9 @@ def test_the_upload_form_answers_429_too(app_for):
 
 
 def test_each_client_has_a_cap_on_jobs_waiting(app_for):
-    application = app_for(rate_limit="100/minute", max_queued_per_client=2, forwarded_allow_ips="testclient",
-                          max_queue=50, retry_after=9)
+    application = app_for(
+        rate_limit="100/minute", max_queued_per_client=2, forwarded_allow_ips="testclient", max_queue=50, retry_after=9
+    )
     alice, bob = {"X-Forwarded-For": "192.0.2.1"}, {"X-Forwarded-For": "192.0.2.2"}
     with TestClient(application) as client:
         first = upload(client, headers=alice).json()["id"]
@@ -311,8 +320,9 @@ def test_parallel_uploads_from_one_client_cannot_pass_the_cap_together(app_for):
     async def burst():
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await asyncio.gather(*(client.post("/api/v1/jobs", files={"file": ("a.jpg", face_like())})
-                                          for _ in range(6)))
+            return await asyncio.gather(
+                *(client.post("/api/v1/jobs", files={"file": ("a.jpg", face_like())}) for _ in range(6))
+            )
 
     codes = sorted(r.status_code for r in asyncio.run(burst()))
     assert codes == [202, 202, 429, 429, 429, 429]
@@ -460,8 +470,19 @@ def test_allowed_hosts_refuse_other_host_headers(app_for):
         assert client.get("/healthz", headers={"Host": "127.0.0.1:8000"}).status_code == 200  # the healthcheck
 
 
-@pytest.mark.parametrize("host", ["evil.example", "photos.example.org.evil.example", "example.net", "",
-                                  "photos.example.org:x", "[::1", "[not:ipv6]:80", "a b"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "photos.example.org.evil.example",
+        "example.net",
+        "",
+        "photos.example.org:x",
+        "[::1",
+        "[not:ipv6]:80",
+        "a b",
+    ],
+)
 def test_a_refused_host_gets_a_json_sentence_like_every_other_error(app_for, host):
     from simpsonize.web.http_security import BAD_HOST
 
@@ -472,16 +493,33 @@ def test_a_refused_host_gets_a_json_sentence_like_every_other_error(app_for, hos
     assert response.json() == {"detail": BAD_HOST}
 
 
-@pytest.mark.parametrize("host", ["photos.example.org", "PHOTOS.Example.org:8443", "a.example.net", "localhost:8000",
-                                  "127.0.0.1", "[::1]:8000", "[0:0::1]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "photos.example.org",
+        "PHOTOS.Example.org:8443",
+        "a.example.net",
+        "localhost:8000",
+        "127.0.0.1",
+        "[::1]:8000",
+        "[0:0::1]",
+    ],
+)
 def test_allowed_hosts_match_any_port_case_subdomain_patterns_and_ipv6_literals(app_for, host):
     with TestClient(app_for(allowed_hosts="photos.example.org,*.example.net")) as client:
         assert client.get("/healthz", headers={"Host": host}).status_code == 200
 
 
-@pytest.mark.parametrize("headers", [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
-                                     {"Origin": "https://evil.example"}, {"Origin": "null"}],
-                         ids=["sec-fetch-cross-site", "sec-fetch-same-site", "origin", "null-origin"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+    ids=["sec-fetch-cross-site", "sec-fetch-same-site", "origin", "null-origin"],
+)
 def test_cross_site_form_posts_are_refused(app_for, headers):
     with TestClient(app_for(max_queue=50)) as client:
         job_id = upload(client).json()["id"]
@@ -630,8 +668,9 @@ def test_worker_health_check_sees_only_live_workers_of_its_host(redis_url):
 def test_a_redis_that_stops_answering_fails_fast_instead_of_hanging(monkeypatch):
     """A server that accepts connections and then says nothing (a hung or half-dead Redis): without a socket
     timeout every request would hang on it forever."""
-    import simpsonize.queue.jobstore
     from redis.exceptions import TimeoutError as RedisTimeout
+
+    import simpsonize.queue.jobstore
 
     monkeypatch.setattr(simpsonize.queue.jobstore, "SOCKET_TIMEOUT", 0.3)
     silent = socket.socket()

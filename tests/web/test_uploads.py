@@ -16,13 +16,19 @@ BOUNDARY = "testboundary1234"
 
 
 def multipart(field: str, data: bytes, filename: str = "a.jpg") -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 def streamed_request(body: bytes, chunk: int, content_length: bool) -> tuple[Request, list[int]]:
     """A Request whose body arrives in chunks; the list records how many chunks were read."""
-    chunks = [body[i:i + chunk] for i in range(0, len(body), chunk)]
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
     consumed = [0]
 
     async def receive():
@@ -60,8 +66,10 @@ def test_declared_length_over_the_limit_is_refused_before_reading():
 
 
 def test_first_non_empty_file_part_wins():
-    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n\r\n").encode() + multipart("file", b"photo")
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename=""\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n\r\n"
+    ).encode() + multipart("file", b"photo")
     request, _ = streamed_request(body, chunk=7, content_length=True)
     assert asyncio.run(read_upload(request, limit=1000)).data == b"photo"
 
@@ -98,8 +106,7 @@ def test_transparency_is_flattened_onto_white():
 def test_sixteen_bit_grey_png_is_rescaled():
     array = np.full((64, 64), 65535, dtype=np.uint16)
     array[:, 32:] = 32768  # mid-range: rescaled to ~128, where clamping to 8 bits would give 255
-    out = Image.open(io.BytesIO(normalise(encode(Image.fromarray(array), "PNG"), max_pixels=10**7,
-                                          max_side=1600).jpeg))
+    out = Image.open(io.BytesIO(normalise(encode(Image.fromarray(array), "PNG"), max_pixels=10**7, max_side=1600).jpeg))
     pixels = np.asarray(out).astype(int)
     assert out.mode == "RGB" and pixels[:, :24].min() > 240
     assert abs(pixels[:, 40:].mean() - 128) < 3
@@ -158,8 +165,9 @@ def test_every_exif_orientation_is_applied(fmt, orientation):
     tagged.info["exif"] = exif.tobytes()
     expected = ImageOps.exif_transpose(tagged)  # Pillow's reference for what each orientation means
     # (before encoding: Pillow's AVIF encoder moves the orientation out of the Exif object into the file's irot/imir)
-    out = Image.open(io.BytesIO(normalise(encode(source, fmt, exif=exif, quality=95), max_pixels=10**7,
-                                          max_side=1600).jpeg))
+    out = Image.open(
+        io.BytesIO(normalise(encode(source, fmt, exif=exif, quality=95), max_pixels=10**7, max_side=1600).jpeg)
+    )
     assert out.size == expected.size
     assert corner_colours(out) == corner_colours(expected)
 
@@ -177,9 +185,17 @@ def test_heic_keeps_the_rotation_stored_in_the_file():
     assert out.size == reference.size and corner_colours(out) == corner_colours(reference.convert("RGB"))
 
 
-@pytest.mark.parametrize(("size", "words"), [((1, 1), "too small (1x1"), ((63, 400), "too small (63x400"),
-                                             ((400, 63), "too small"), ((4000, 8), "too small"),
-                                             ((600, 100), "too long and thin"), ((64, 1000), "too long and thin")])
+@pytest.mark.parametrize(
+    ("size", "words"),
+    [
+        ((1, 1), "too small (1x1"),
+        ((63, 400), "too small (63x400"),
+        ((400, 63), "too small"),
+        ((4000, 8), "too small"),
+        ((600, 100), "too long and thin"),
+        ((64, 1000), "too long and thin"),
+    ],
+)
 def test_shapes_without_room_for_a_face_are_refused_with_a_sentence(size, words):
     with pytest.raises(UploadError) as error:
         normalise(encode(Image.new("RGB", size, (120, 100, 90)), "PNG"), max_pixels=10**8, max_side=1600)
@@ -196,16 +212,26 @@ def test_the_smallest_and_thinnest_allowed_shapes_pass(size):
 def body_with_fields(fields: list[tuple[str, bytes]]) -> bytes:
     body = b""
     for name, data in fields:
-        body += (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"a.jpg\"\r\n"
-                 f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
+        body += (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="a.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
-@pytest.mark.parametrize("fields", [
-    [("photo", b"x" * 200_000)],  # a real photo's size, under another name (was 413)
-    [("image", b"x" * 5000), ("note", b"hello")],
-    [("photo", b"x" * 3_000_000)],  # bigger than the whole body may be, and still no `file`
-], ids=["photo-200KB", "two-fields", "photo-over-the-limit"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("photo", b"x" * 200_000)],  # a real photo's size, under another name (was 413)
+        [("image", b"x" * 5000), ("note", b"hello")],
+        [("photo", b"x" * 3_000_000)],  # bigger than the whole body may be, and still no `file`
+    ],
+    ids=["photo-200KB", "two-fields", "photo-over-the-limit"],
+)
 def test_a_missing_file_field_is_422_naming_it_whatever_else_is_sent(fields):
     request, _ = streamed_request(body_with_fields(fields), chunk=64 * 1024, content_length=False)
     with pytest.raises(UploadError) as error:
@@ -214,8 +240,9 @@ def test_a_missing_file_field_is_422_naming_it_whatever_else_is_sent(fields):
 
 
 def test_a_file_field_after_other_fields_is_found():
-    request, _ = streamed_request(body_with_fields([("note", b"y" * 100_000), ("file", b"photo")]), chunk=4096,
-                                  content_length=True)
+    request, _ = streamed_request(
+        body_with_fields([("note", b"y" * 100_000), ("file", b"photo")]), chunk=4096, content_length=True
+    )
     assert asyncio.run(read_upload(request, limit=1_000_000)).data == b"photo"
 
 
@@ -227,8 +254,7 @@ def test_a_client_disconnect_is_400_with_a_sentence():
         return messages.pop(0)
 
     headers = [(b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode())]
-    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""},
-                      receive)
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": headers, "query_string": b""}, receive)
     with pytest.raises(UploadError) as error:
         asyncio.run(read_upload(request, limit=100_000))
     assert error.value.status_code == 400 and error.value.detail.endswith(".")

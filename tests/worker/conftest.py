@@ -7,11 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "web"))
 
-from service_support import *  # noqa: E402,F401,F403
-
 import signal  # noqa: E402
 
 import pytest  # noqa: E402
+from service_support import *  # noqa: E402,F401,F403
 
 
 @pytest.fixture()

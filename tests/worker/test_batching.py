@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from service_support import REPO_ROOT, child_env, make_settings
 
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import GENERIC_FAILURE, JobStore
 from simpsonize.web.uploads import normalise
-from service_support import REPO_ROOT, child_env, make_settings
 
 NO_FACE = "No face found in the photo."
 
@@ -49,9 +49,13 @@ def photos(astronaut, coffee):
     """Four photos of one size (so MTCNN batches them), one of them faceless, and a fifth one."""
     from skimage import data
 
-    return {"astronaut": jpeg(astronaut), "mirrored": jpeg(ImageOps.mirror(astronaut)),
-            "coffee": jpeg(coffee.resize(astronaut.size)), "camera": jpeg(Image.fromarray(data.camera())),
-            "tilted": jpeg(astronaut.rotate(10))}
+    return {
+        "astronaut": jpeg(astronaut),
+        "mirrored": jpeg(ImageOps.mirror(astronaut)),
+        "coffee": jpeg(coffee.resize(astronaut.size)),
+        "camera": jpeg(Image.fromarray(data.camera())),
+        "tilted": jpeg(astronaut.rotate(10)),
+    }
 
 
 def run_worker(store: JobStore, holder, batch_size: int, **work) -> object:
@@ -88,8 +92,9 @@ def test_batch_setting():
         Settings(worker_batch="0")
 
 
-def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(holder, fresh_model, restore_signals, redis_url,
-                                                                    redis_client, tiny_weights, photos):
+def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(
+    holder, fresh_model, restore_signals, redis_url, redis_client, tiny_weights, photos
+):
     from simpsonize.worker.jobs import simpsonize_bytes
 
     settings = make_settings(redis_url, tiny_weights)
@@ -121,8 +126,9 @@ def test_queued_jobs_run_as_one_batch_with_the_pixels_of_one_by_one(holder, fres
     assert max(v.started_at for v in batch) < min(v.ended_at for v in batch)  # all started before any ended
 
 
-def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(holder, restore_signals, redis_url,
-                                                                       redis_client, tiny_weights, photos):
+def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(
+    holder, restore_signals, redis_url, redis_client, tiny_weights, photos
+):
     from rq.job import Job
 
     settings = make_settings(redis_url, tiny_weights)
@@ -139,8 +145,9 @@ def test_deleted_and_expired_photos_in_a_batch_end_only_their_own_jobs(holder, r
     assert view.status == "failed" and view.error.startswith("The photo for this job is gone")
 
 
-def test_a_batch_that_raises_runs_each_photo_alone(holder, fresh_model, restore_signals, redis_url, redis_client,
-                                                   tiny_weights, photos, monkeypatch):
+def test_a_batch_that_raises_runs_each_photo_alone(
+    holder, fresh_model, restore_signals, redis_url, redis_client, tiny_weights, photos, monkeypatch
+):
     """A photo that crashes the model (not one it rejects with a sentence) fails only its own job."""
     poison = photos["camera"]
     real = type(fresh_model).simpsonize_many
@@ -162,7 +169,8 @@ def test_a_batch_that_raises_runs_each_photo_alone(holder, fresh_model, restore_
 
 
 def test_a_batch_past_the_job_timeout_fails_its_jobs_with_the_timeout_sentence(
-        holder, fresh_model, restore_signals, redis_url, redis_client, tiny_weights, photos, monkeypatch):
+    holder, fresh_model, restore_signals, redis_url, redis_client, tiny_weights, photos, monkeypatch
+):
     def slow(self, images):
         time.sleep(5)
 
@@ -205,9 +213,14 @@ def test_bf16_falls_back_to_fp32_below_40_db(tiny_weights, monkeypatch):
 
 def test_gpu_bench_quick_runs_on_a_cpu(tmp_path, tiny_weights):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "tools.gpu_bench", "--quick", "--weights", str(tiny_weights)],
-                            cwd=REPO_ROOT, env=child_env(OUT=str(out), OMP_NUM_THREADS="1"), capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.gpu_bench", "--quick", "--weights", str(tiny_weights)],
+        cwd=REPO_ROOT,
+        env=child_env(OUT=str(out), OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "gpu_bench.json").read_text())
     assert {"environment", "generator", "mtcnn", "worker", "budget"} <= set(report)

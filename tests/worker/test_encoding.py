@@ -23,7 +23,7 @@ def test_the_result_png_holds_exactly_the_models_pixels(tiny_weights, astronaut_
     crop = Image.open(io.BytesIO(output.face_jpeg))
     assert crop.format == "JPEG" and crop.size == expected.face_crop.size
     error = np.asarray(crop.convert("RGB"), dtype=np.float64) - np.asarray(expected.face_crop, dtype=np.float64)
-    psnr = 10 * np.log10(255 ** 2 / np.mean(error ** 2))
+    psnr = 10 * np.log10(255**2 / np.mean(error**2))
     assert psnr > 38, psnr  # 45.9 dB with the shipped model (README "Capacity"); a broken encode is far below
     assert len(output.face_jpeg) < len(png_bytes(expected.face_crop, 1)) / 3
 

@@ -6,9 +6,9 @@ import logging
 import signal
 
 import pytest
+from service_support import make_settings
 
 from simpsonize.queue.jobstore import GENERIC_FAILURE, JobStore
-from service_support import make_settings
 
 
 @pytest.fixture()
@@ -27,7 +27,8 @@ def burst(redis_url, redis_client, tiny_weights, monkeypatch):
         saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             ModelWorker([store.queue], connection=store.redis, model=ModelHolder(Broken())).work(
-                burst=True, logging_level="INFO")
+                burst=True, logging_level="INFO"
+            )
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)

@@ -12,11 +12,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 from rq.job import Job
+from service_support import make_settings
 
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import SERIALIZER, JobStore
 from simpsonize.web.main import create_app
-from service_support import make_settings
 
 NOT_FOUND_START = "No such job"
 
@@ -45,8 +45,9 @@ def upload(client: TestClient, photo: bytes) -> str:
     return response.json()["id"]
 
 
-def test_a_running_job_is_started_and_delete_forgets_it(redis_url, redis_client, tiny_weights, astronaut_jpeg,
-                                                         loaded_model, restore_signals, monkeypatch):
+def test_a_running_job_is_started_and_delete_forgets_it(
+    redis_url, redis_client, tiny_weights, astronaut_jpeg, loaded_model, restore_signals, monkeypatch
+):
     from simpsonize.worker import jobs
 
     settings = make_settings(redis_url, tiny_weights)
@@ -88,7 +89,8 @@ def test_a_running_job_is_started_and_delete_forgets_it(redis_url, redis_client,
 
 
 def test_a_job_over_the_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
-        redis_url, redis_client, tiny_weights, astronaut_jpeg, loaded_model, restore_signals, monkeypatch):
+    redis_url, redis_client, tiny_weights, astronaut_jpeg, loaded_model, restore_signals, monkeypatch
+):
     from simpsonize.worker import jobs
 
     # 3 s: the photo after the hung one must fit in it on a loaded 2-core machine
@@ -119,9 +121,9 @@ def test_a_job_over_the_time_limit_fails_with_a_sentence_and_the_worker_goes_on(
         assert client.get(f"/api/v1/jobs/{next_one}").json()["status"] == "finished"
 
 
-def test_a_job_left_in_the_queue_past_its_ttl_is_gone_and_skipped(redis_url, redis_client, tiny_weights,
-                                                                  astronaut_jpeg, loaded_model, restore_signals,
-                                                                  monkeypatch):
+def test_a_job_left_in_the_queue_past_its_ttl_is_gone_and_skipped(
+    redis_url, redis_client, tiny_weights, astronaut_jpeg, loaded_model, restore_signals, monkeypatch
+):
     from simpsonize.worker import jobs
 
     settings = make_settings(redis_url, tiny_weights, queue_ttl=1)

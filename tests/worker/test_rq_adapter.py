@@ -11,10 +11,10 @@ import uuid
 import pytest
 from rq import Queue
 from rq.registry import StartedJobRegistry
+from service_support import REPO_ROOT
 
 from simpsonize.queue import rq_adapter
 from simpsonize.queue.jobstore import SERIALIZER, connect
-from service_support import REPO_ROOT
 
 
 def parameters(function) -> tuple[str, ...]:
@@ -25,7 +25,8 @@ def test_the_installed_rq_is_the_minor_version_the_adapter_and_pyproject_name():
     major, minor = rq_adapter.SUPPORTED_RQ
     assert rq_adapter.rq_version() == (major, minor), (
         f"RQ {rq_adapter.rq_version()} is installed; simpsonize/queue/rq_adapter.py was checked against "
-        f"{major}.{minor}: run this file's tests, update RELIED_ON and WORKER_HOOKS, then SUPPORTED_RQ and the pin.")
+        f"{major}.{minor}: run this file's tests, update RELIED_ON and WORKER_HOOKS, then SUPPORTED_RQ and the pin."
+    )
     pins = re.findall(r'"rq([^"]*)"', (REPO_ROOT / "pyproject.toml").read_text())
     assert pins == [f">={major}.{minor},<{major}.{minor + 1}"]
 
@@ -39,8 +40,12 @@ def rq_instances(redis_url):
     redis = connect(redis_url)
     queue = Queue(f"adapter-{uuid.uuid4().hex[:8]}", connection=redis, serializer=SERIALIZER)
     worker = rq_adapter.Worker([queue], connection=redis, serializer=SERIALIZER)
-    yield {Queue: queue, StartedJobRegistry: queue.started_job_registry, rq_adapter.Worker: worker,
-           ModelWorker: ModelWorker([queue], connection=redis)}
+    yield {
+        Queue: queue,
+        StartedJobRegistry: queue.started_job_registry,
+        rq_adapter.Worker: worker,
+        ModelWorker: ModelWorker([queue], connection=redis),
+    }
     redis.close()
 
 
@@ -61,8 +66,11 @@ def test_the_worker_overrides_only_the_hooks_the_adapter_lists(rq_instances):
     from simpsonize.worker.process import ModelWorker
 
     rq_worker = rq_instances[rq_adapter.Worker]
-    overridden = {name for name, value in vars(ModelWorker).items()
-                  if callable(value) and hasattr(rq_adapter.Worker, name) and not name.startswith("__")}
+    overridden = {
+        name
+        for name, value in vars(ModelWorker).items()
+        if callable(value) and hasattr(rq_adapter.Worker, name) and not name.startswith("__")
+    }
     assert overridden - set(rq_adapter.WORKER_HOOKS) == set()
     assert {"execute_job", "handle_job_failure", "heartbeat"} <= overridden  # the walk found the overrides
     # Nothing else of ours may shadow a name of RQ's worker: our methods and settings, what __init__ and bootstrap set.
@@ -75,6 +83,7 @@ def test_the_worker_overrides_only_the_hooks_the_adapter_lists(rq_instances):
 
 def test_a_changed_signature_is_reported_by_name(monkeypatch, rq_instances):
     """The check above can fail: an RQ whose execute_job grew a parameter is caught."""
+
     def execute_job(self, job, queue, execution):  # what a newer RQ might declare
         pass
 

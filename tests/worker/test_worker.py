@@ -11,11 +11,11 @@ import sys
 import pytest
 from PIL import Image
 from rq.job import Job
+from service_support import REPO_ROOT, child_env, make_settings
 
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import JobStore
 from simpsonize.web.uploads import normalise
-from service_support import REPO_ROOT, child_env, make_settings
 
 NO_FACE = "No face found in the photo."
 
@@ -60,8 +60,9 @@ def test_simpsonize_bytes_returns_a_png_a_jpeg_crop_and_timings(tiny_weights, as
         simpsonize_bytes(coffee_jpeg, model)
 
 
-def test_model_is_loaded_once_for_many_jobs(constructed, restore_signals, redis_url, redis_client, tiny_weights,
-                                            astronaut_jpeg, coffee_jpeg, monkeypatch):
+def test_model_is_loaded_once_for_many_jobs(
+    constructed, restore_signals, redis_url, redis_client, tiny_weights, astronaut_jpeg, coffee_jpeg, monkeypatch
+):
     from simpsonize.worker.jobs import ModelHolder
 
     settings = make_settings(redis_url, tiny_weights)
@@ -89,8 +90,9 @@ def test_model_is_loaded_once_for_many_jobs(constructed, restore_signals, redis_
         assert not redis_client.exists(keys.input_key(settings.key_prefix, job_id))
 
 
-def test_a_job_deleted_while_running_stores_no_result(restore_signals, redis_url, redis_client, tiny_weights,
-                                                      astronaut_jpeg):
+def test_a_job_deleted_while_running_stores_no_result(
+    restore_signals, redis_url, redis_client, tiny_weights, astronaut_jpeg
+):
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
     job_id = store.submit(normalise(astronaut_jpeg, max_pixels=10**8, max_side=1600).jpeg)
@@ -125,9 +127,23 @@ def test_unexpected_errors_fail_with_a_generic_sentence(restore_signals, redis_u
 
 
 def test_worker_refuses_to_start_without_weights(tmp_path, redis_url):
-    result = subprocess.run([sys.executable, "-m", "simpsonize.cli", "worker", "--redis-url", redis_url,
-                             "--weights", str(tmp_path / "none.safetensors")], cwd=REPO_ROOT, env=child_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simpsonize.cli",
+            "worker",
+            "--redis-url",
+            redis_url,
+            "--weights",
+            str(tmp_path / "none.safetensors"),
+        ],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "none.safetensors does not exist" in lines[0]

@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import signal
 import uuid
+from datetime import UTC
 
 import pytest
+from service_support import make_settings
 
+from simpsonize.cli import main
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import JobStore
 from simpsonize.web.uploads import normalise
-from simpsonize.cli import main
-from service_support import make_settings
 
 
 @pytest.fixture()
@@ -27,20 +28,43 @@ def isolated_worker_process():
 
 
 def worker_args(redis_url: str, queue: str, weights, *extra: str) -> list[str]:
-    return ["worker", "--redis-url", redis_url, "--queue", queue, "--weights", str(weights), "--device", "cpu",
-            "--threads", "1", "--name", f"test-{uuid.uuid4().hex[:8]}", "--log-level", "WARNING", *extra]
+    return [
+        "worker",
+        "--redis-url",
+        redis_url,
+        "--queue",
+        queue,
+        "--weights",
+        str(weights),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--name",
+        f"test-{uuid.uuid4().hex[:8]}",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
 
 
 def test_the_worker_command_serves_the_queue_and_stops_when_it_is_empty(
-        redis_url, redis_client, tiny_weights, astronaut_jpeg, coffee_jpeg, isolated_worker_process):
+    redis_url, redis_client, tiny_weights, astronaut_jpeg, coffee_jpeg, isolated_worker_process
+):
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
-    photos = [normalise(data, max_pixels=settings.max_pixels, max_side=settings.max_side).jpeg
-              for data in (astronaut_jpeg, coffee_jpeg)]
+    photos = [
+        normalise(data, max_pixels=settings.max_pixels, max_side=settings.max_side).jpeg
+        for data in (astronaut_jpeg, coffee_jpeg)
+    ]
     face, no_face = (store.submit(photo) for photo in photos)
 
-    assert main(worker_args(redis_url, settings.queue_name, tiny_weights, "--batch", "1", "--precision", "fp32",
-                            "--burst")) == 0
+    assert (
+        main(
+            worker_args(redis_url, settings.queue_name, tiny_weights, "--batch", "1", "--precision", "fp32", "--burst")
+        )
+        == 0
+    )
 
     assert store.view(face).status == "finished"
     meta = json.loads(redis_client.hget(keys.result_key(settings.key_prefix, face), "meta"))
@@ -77,8 +101,21 @@ def test_the_worker_command_refuses_a_bad_batch_size(redis_url, tiny_weights, is
 
 def test_the_worker_health_check_exits_1_without_loading_a_model(redis_url, tmp_path, capsys):
     # --check loads nothing: even weights that do not exist do not matter
-    assert main(["worker", "--redis-url", redis_url, "--queue", f"nobody-{uuid.uuid4().hex[:8]}", "--check",
-                 "--weights", str(tmp_path / "none.safetensors")]) == 1
+    assert (
+        main(
+            [
+                "worker",
+                "--redis-url",
+                redis_url,
+                "--queue",
+                f"nobody-{uuid.uuid4().hex[:8]}",
+                "--check",
+                "--weights",
+                str(tmp_path / "none.safetensors"),
+            ]
+        )
+        == 1
+    )
     assert capsys.readouterr().out.startswith("unhealthy: no worker of host")
 
 
@@ -87,7 +124,7 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
     one's heartbeat is 4 intervals old, from its heartbeat thread (busy or idle)."""
     import threading
     import time
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from rq import Worker
     from rq.executions import Execution
@@ -101,8 +138,9 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
     store = JobStore(settings, redis_client)
     job_id = store.submit(b"a photo")
     redis_client.lrem(store.queue.key, 0, job_id)  # taken from the queue ...
-    frozen = Worker([store.queue], connection=redis_client, name=f"frozen-{uuid.uuid4().hex[:6]}",
-                    serializer=SERIALIZER)
+    frozen = Worker(
+        [store.queue], connection=redis_client, name=f"frozen-{uuid.uuid4().hex[:6]}", serializer=SERIALIZER
+    )
     frozen.register_birth()
     job = store.queue.fetch_job(job_id)
     frozen.prepare_job_execution(job)  # ... and started, as RQ starts a job, by a worker that then froze
@@ -123,7 +161,7 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
 
     live._reap = counted_reap
     # first its heartbeat does not age during the test: the job must be left alone
-    redis_client.hset(frozen.key, "last_heartbeat", utcformat(datetime.now(timezone.utc) + timedelta(hours=1)))
+    redis_client.hset(frozen.key, "last_heartbeat", utcformat(datetime.now(UTC) + timedelta(hours=1)))
     live._beating = threading.Event()
     beat = threading.Thread(target=live._beat, daemon=True)
     beat.start()
@@ -133,7 +171,7 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
             assert time.monotonic() < deadline, "the heartbeat thread did not run"
             time.sleep(0.05)
         assert store.view(job_id).status == "started"
-        stale = datetime.now(timezone.utc) - timedelta(seconds=4 * live.heartbeat_interval + 1)
+        stale = datetime.now(UTC) - timedelta(seconds=4 * live.heartbeat_interval + 1)
         redis_client.hset(frozen.key, "last_heartbeat", utcformat(stale))
         deadline = time.monotonic() + 30
         while store.view(job_id).status == "started":

@@ -13,11 +13,11 @@ import threading
 import time
 
 import pytest
+from service_support import make_settings
 
 from simpsonize.queue import capacity, keys, metrics
-from simpsonize.serve.embedded import EmbeddedRedis
 from simpsonize.queue.jobstore import JobStore, connect
-from service_support import make_settings
+from simpsonize.serve.embedded import EmbeddedRedis
 
 MAXMEMORY = 6 * 1024 * 1024
 BIG = 800_000  # an upload or a result this big, when freed, brings Redis back under maxmemory by 500 KB
@@ -71,8 +71,11 @@ def setup(small_redis, tiny_weights, monkeypatch, restore_signals):
     store = JobStore(make_settings(small_redis, tiny_weights), redis)
 
     def output(data, simpsonizer=None):
-        return jobs.JobOutput(image_png=os.urandom(BIG), face_jpeg=os.urandom(12_000),
-                              meta={"timings": {"detect": 0.01, "generate": 0.01, "encode": 0.01}})
+        return jobs.JobOutput(
+            image_png=os.urandom(BIG),
+            face_jpeg=os.urandom(12_000),
+            meta={"timings": {"detect": 0.01, "generate": 0.01, "encode": 0.01}},
+        )
 
     monkeypatch.setattr(jobs, "simpsonize_bytes", output)
     yield store

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from simpsonize.web.deps import ServiceUnavailable, get_store, submit_upload
-from simpsonize.web.guard import TooManyRequests
 from simpsonize.queue.jobstate import JOBS_PATH, JobState
 from simpsonize.queue.jobstore import JobStore
 from simpsonize.queue.longpoll import MAX_WAIT, CompletionWaiter
+from simpsonize.web.deps import ServiceUnavailable, get_store, submit_upload
+from simpsonize.web.guard import TooManyRequests
 from simpsonize.web.schemas import ErrorResponse, JobCreated
 from simpsonize.web.uploads import FIELD, UploadError
 
@@ -22,22 +22,37 @@ PREFIX = JOBS_PATH
 log = logging.getLogger("simpsonize.web")
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
 
-NOT_FOUND = ("No such job: it never existed, has expired, was deleted, or was lost when the service restarted. "
-             "Please upload the photo again.")
-_errors = {code: {"model": ErrorResponse, "description": text} for code, text in {
-    404: "Unknown, expired or deleted job.",
-    # simpsonize.web.main answers every validation error with one sentence, not FastAPI's list: document that shape.
-    422: "A parameter is not valid (e.g. download is not a boolean, or wait is over 30 seconds).",
-}.items()}
+NOT_FOUND = (
+    "No such job: it never existed, has expired, was deleted, or was lost when the service restarted. "
+    "Please upload the photo again."
+)
+_errors = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        404: "Unknown, expired or deleted job.",
+        # simpsonize.web.main answers every validation error with one sentence, not FastAPI's list: document that shape.
+        422: "A parameter is not valid (e.g. download is not a boolean, or wait is over 30 seconds).",
+    }.items()
+}
 
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": [FIELD],
-            "properties": {FIELD: {"type": "string", "format": "binary",
-                                   "description": "A photo with a face: JPEG, PNG, WebP, HEIC or AVIF."}},
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A photo with a face: JPEG, PNG, WebP, HEIC or AVIF.",
+                        }
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -47,17 +62,27 @@ def error(status_code: int, detail: str, headers: dict[str, str] | None = None) 
 
 
 @router.post(
-    "", status_code=202, response_model=JobCreated, openapi_extra=UPLOAD_BODY,
+    "",
+    status_code=202,
+    response_model=JobCreated,
+    openapi_extra=UPLOAD_BODY,
     summary="Upload a photo; it is validated, normalised and queued.",
-    responses={413: {"model": ErrorResponse, "description": "File or pixel count over the limit."},
-               415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, WebP, HEIC or AVIF image."},
-               403: {"model": ErrorResponse, "description": "Sent by a browser from another site."},
-               408: {"model": ErrorResponse, "description": "The body took longer than the upload timeout."},
-               422: {"model": ErrorResponse, "description": f"No multipart field '{FIELD}', or a photo too small "
-                                                            "(under 64 px on a side) or too long and thin for a face."},
-               429: {"model": ErrorResponse, "description": "Too many uploads from this client, or too many of "
-                                                            "its photos waiting; see Retry-After."},
-               503: {"model": ErrorResponse, "description": "Busy, queue full or unreachable; see Retry-After."}},
+    responses={
+        413: {"model": ErrorResponse, "description": "File or pixel count over the limit."},
+        415: {"model": ErrorResponse, "description": "Not a JPEG, PNG, WebP, HEIC or AVIF image."},
+        403: {"model": ErrorResponse, "description": "Sent by a browser from another site."},
+        408: {"model": ErrorResponse, "description": "The body took longer than the upload timeout."},
+        422: {
+            "model": ErrorResponse,
+            "description": f"No multipart field '{FIELD}', or a photo too small "
+            "(under 64 px on a side) or too long and thin for a face.",
+        },
+        429: {
+            "model": ErrorResponse,
+            "description": "Too many uploads from this client, or too many of its photos waiting; see Retry-After.",
+        },
+        503: {"model": ErrorResponse, "description": "Busy, queue full or unreachable; see Retry-After."},
+    },
 )
 async def create_job(request: Request):
     try:
@@ -76,14 +101,23 @@ async def create_job(request: Request):
 WAIT_DESCRIPTION = (
     f"Long poll: wait up to this many seconds (0 to {MAX_WAIT:g}) for the job to end. The answer comes as soon as the "
     "job is finished or failed (or deleted: 404), else with the current state once the time is up. Without it, the "
-    "answer is immediate. Waiting costs the server no thread; ask again with `wait` until the status is final.")
+    "answer is immediate. Waiting costs the server no thread; ask again with `wait` until the status is final."
+)
 
 
-@router.get("/{job_id}", response_model=JobState, responses=_errors,
-            summary="A job's state and timings; with ?wait=S, as soon as it ends (or after S seconds).")
-async def get_job(request: Request, response: Response, job_id: str,
-                  wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT, description=WAIT_DESCRIPTION)] = None,
-                  store: JobStore = Depends(get_store)):
+@router.get(
+    "/{job_id}",
+    response_model=JobState,
+    responses=_errors,
+    summary="A job's state and timings; with ?wait=S, as soon as it ends (or after S seconds).",
+)
+async def get_job(
+    request: Request,
+    response: Response,
+    job_id: str,
+    wait: Annotated[float | None, Query(ge=0, le=MAX_WAIT, description=WAIT_DESCRIPTION)] = None,
+    store: JobStore = Depends(get_store),
+):
     view = await run_in_threadpool(store.view, job_id)
     if view is not None and wait and not view.done:
         waiter: CompletionWaiter = request.app.state.waiter
@@ -120,48 +154,81 @@ def _image(store: JobStore, job_id: str, which: str, download: bool, face: int =
     # Drawings are PNGs; the crops and composite_jpeg JPEGs (a crop stored by a worker of before is a PNG).
     is_jpeg = not data.startswith(b"\x89PNG")
     disposition = "attachment" if download else "inline"
-    return Response(data, media_type="image/jpeg" if is_jpeg else "image/png", headers={
-        "Content-Disposition": f'{disposition}; filename="{name}{suffix}-{job_id[:8]}.{"jpg" if is_jpeg else "png"}"',
-        "Cache-Control": "private, max-age=300",
-    })
+    extension = "jpg" if is_jpeg else "png"
+    return Response(
+        data,
+        media_type="image/jpeg" if is_jpeg else "image/png",
+        headers={
+            "Content-Disposition": f'{disposition}; filename="{name}{suffix}-{job_id[:8]}.{extension}"',
+            "Cache-Control": "private, max-age=300",
+        },
+    )
 
 
-_image_responses = {200: {"content": {"image/png": {}}, "description": "PNG"}, **_errors,
-                    409: {"model": ErrorResponse, "description": "The job has not finished (or failed)."}}
+_image_responses = {
+    200: {"content": {"image/png": {}}, "description": "PNG"},
+    **_errors,
+    409: {"model": ErrorResponse, "description": "The job has not finished (or failed)."},
+}
 FACE = Query(ge=1, le=64, description="Which face of a group photo: 1 (the largest, the default) to face_count.")
 
 
-@router.get("/{job_id}/result", response_class=Response, responses=_image_responses,
-            summary="The Simpsonized face (PNG); ?face=N for face N of a group photo. ?download=1 for an attachment.")
-def get_result(job_id: str, download: bool = False, face: Annotated[int, FACE] = 1,
-               store: JobStore = Depends(get_store)):
+@router.get(
+    "/{job_id}/result",
+    response_class=Response,
+    responses=_image_responses,
+    summary="The Simpsonized face (PNG); ?face=N for face N of a group photo. ?download=1 for an attachment.",
+)
+def get_result(
+    job_id: str, download: bool = False, face: Annotated[int, FACE] = 1, store: JobStore = Depends(get_store)
+):
     return _image(store, job_id, "image", download, face)
 
 
-@router.get("/{job_id}/input", response_class=Response,
-            responses={**_image_responses, 200: {"content": {"image/jpeg": {}}, "description": "JPEG"}},
-            summary="The aligned face crop that was translated (JPEG), for a before/after view; ?face=N as for "
-                    "/result.")
-def get_input(job_id: str, download: bool = False, face: Annotated[int, FACE] = 1,
-              store: JobStore = Depends(get_store)):
+@router.get(
+    "/{job_id}/input",
+    response_class=Response,
+    responses={**_image_responses, 200: {"content": {"image/jpeg": {}}, "description": "JPEG"}},
+    summary="The aligned face crop that was translated (JPEG), for a before/after view; ?face=N as for /result.",
+)
+def get_input(
+    job_id: str, download: bool = False, face: Annotated[int, FACE] = 1, store: JobStore = Depends(get_store)
+):
     return _image(store, job_id, "face", download, face)
 
 
-@router.get("/{job_id}/composite", response_class=Response,
-            responses={**_image_responses, 200: {"content": {"image/png": {}, "image/jpeg": {}},
-                                                 "description": "PNG (lossless), or JPEG with ?format=jpeg"}},
-            summary="Your photo with every drawn head pasted back: PNG (lossless), ?format=jpeg for the lighter "
-                    "copy the page shows. ?download=1 for an attachment.")
-def get_composite(job_id: str, download: bool = False,
-                  format: Annotated[Literal["png", "jpeg"], Query(description="png (lossless, the default) or jpeg "
-                                                                              "(quality 90, several times smaller).")
-                                    ] = "png",
-                  store: JobStore = Depends(get_store)):
+@router.get(
+    "/{job_id}/composite",
+    response_class=Response,
+    responses={
+        **_image_responses,
+        200: {
+            "content": {"image/png": {}, "image/jpeg": {}},
+            "description": "PNG (lossless), or JPEG with ?format=jpeg",
+        },
+    },
+    summary="Your photo with every drawn head pasted back: PNG (lossless), ?format=jpeg for the lighter "
+    "copy the page shows. ?download=1 for an attachment.",
+)
+def get_composite(
+    job_id: str,
+    download: bool = False,
+    format: Annotated[
+        Literal["png", "jpeg"],
+        Query(description="png (lossless, the default) or jpeg (quality 90, several times smaller)."),
+    ] = "png",
+    store: JobStore = Depends(get_store),
+):
     return _image(store, job_id, "composite", download, jpeg=format == "jpeg")
 
 
-@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_errors,
-               summary="Forget the job's input and results (drawings, crops, composite) now.")
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=_errors,
+    summary="Forget the job's input and results (drawings, crops, composite) now.",
+)
 def delete_job(job_id: str, store: JobStore = Depends(get_store)):
     if not store.delete(job_id):
         return error(404, NOT_FOUND)

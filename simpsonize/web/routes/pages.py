@@ -10,11 +10,11 @@ from functools import lru_cache
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from simpsonize.queue.jobstore import JobStore
+from simpsonize.resources import EXAMPLES_INDEX
 from simpsonize.web.deps import ServiceUnavailable, get_store, submit_upload
 from simpsonize.web.guard import TooManyRequests
-from simpsonize.queue.jobstore import JobStore
 from simpsonize.web.routes.jobs import NOT_FOUND, PREFIX
-from simpsonize.resources import EXAMPLES_INDEX
 from simpsonize.web.uploads import UploadError
 
 EXAMPLES = EXAMPLES_INDEX
@@ -34,8 +34,9 @@ def _page(request: Request, template: str, status_code: int = 200, headers=None,
         poll_interval_ms=settings.poll_interval_ms,
         max_side=settings.max_side,  # the page shrinks bigger photos to this before uploading (static/app.js)
     )
-    return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code,
-                                                        headers=headers)
+    return request.app.state.templates.TemplateResponse(
+        request, template, context, status_code=status_code, headers=headers
+    )
 
 
 @lru_cache(maxsize=1)
@@ -60,8 +61,13 @@ async def upload_form(request: Request):
     except UploadError as exc:
         return _page(request, "index.html", status_code=exc.status_code, error=exc.detail)
     except (TooManyRequests, ServiceUnavailable) as exc:
-        return _page(request, "index.html", status_code=429 if isinstance(exc, TooManyRequests) else 503,
-                     error=exc.detail, headers={"Retry-After": str(exc.retry_after)})
+        return _page(
+            request,
+            "index.html",
+            status_code=429 if isinstance(exc, TooManyRequests) else 503,
+            error=exc.detail,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
