@@ -101,14 +101,15 @@ def default_eyes(framing: dict | None) -> list[list[float]]:
 def real_eyes(data: Path, files: list[Path]) -> list[list[list[float]]]:
     """Each real training crop's two eyes ([x, y] fractions), in the order of ``files``; cached in the dataset."""
     data = Path(data)
+    info = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").exists() else {}
+    framing = info.get("framing")
+    eyes_framing(framing)  # before the cache: a cache left from another framing must not hide a head framing
     cache = data / REAL_EYES
     names = [f.name for f in files]
     if cache.exists():
         stored = json.loads(cache.read_text())
         if stored.get("version") == CACHE_VERSION and all(n in stored["eyes"] for n in names):
             return [stored["eyes"][n] for n in names]
-    info = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").exists() else {}
-    framing = info.get("framing")
     faces = json.loads((data / "faces.json").read_text()) if (data / "faces.json").exists() else {}
     by_stem = {Path(k).stem: k for k, v in faces.items() if v}
     eyes, found = {}, 0
