@@ -144,7 +144,9 @@ def launch(name: str, data: Path, out: Path, cpu_minutes: float, core: int | Non
 def measure(names: list[str], out: Path, data_for) -> list[dict]:
     import torch
 
-    from simpsonize.training.evaluate import c2st_of_generator, load_pool, load_run_generators
+    from simpsonize.training.checkpoint import load_run_generators
+    from simpsonize.training.measures import c2st_of_generator
+    from simpsonize.training.quality_pool import load_pool
     from simpsonize.training.visuals import save_grid
 
     pools: dict = {}

@@ -6,7 +6,7 @@
 ``SIMPSONIZE_MEDIAPIPE_DIR`` environment variable, else ``~/.cache/simpsonize/mediapipe``). The graphs are parsed
 with the ``tflite`` package's flatbuffer bindings (no TFLite interpreter). Each becomes one safetensors file: the
 weights in torch's layout (OIHW), named after the tensor each op writes, and the op list as JSON metadata, which
-``simpsonize/model/landmarks.py`` runs. Beside them go the wheel's Apache-2.0 LICENSE and a NOTICE.md.
+``simpsonize/model/tflite_graph.py`` runs. Beside them go the wheel's Apache-2.0 LICENSE and a NOTICE.md.
 
 Weights are stored as fp16 when the network's outputs on a real photo stay within ``FP16_TOLERANCE`` of the fp32
 weights' (the face mesh and the segmenter ship fp16 weights already, so it is exact for them), else as fp32.
@@ -145,7 +145,7 @@ class _Graph:
 
 
 def read_graph(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The graph as ``landmarks.TfliteGraph`` reads it, and its weights in torch layout (their stored dtype)."""
+    """The graph as ``tflite_graph.TfliteGraph`` reads it, and its weights in torch layout (their stored dtype)."""
     graph = _Graph(data)
     sub = graph.sub
     ops: list[dict[str, Any]] = []
@@ -279,7 +279,7 @@ def convert(network: Network, source: Source, out_dir: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
-    from simpsonize.model.landmarks import FORMAT_VERSION, METADATA_KEY, TfliteGraph
+    from simpsonize.model.tflite_graph import FORMAT_VERSION, METADATA_KEY, TfliteGraph
 
     data = source.read(network.member)
     spec, weights = read_graph(data)

@@ -6,8 +6,8 @@ job's status, meta and times). Everything else it relies on is named here, and n
 - RQ's Redis layout: the job hash and its ``status`` field, the job registries, the worker hash and its heartbeat,
   the worker registration sets;
 - its failure bookkeeping for a job that no worker ends (``job_lifecycle.record_job_failure``);
-- the steps of its worker loop that ``simpsonize.worker.process.ModelWorker`` overrides or calls (``WORKER_HOOKS``),
-  and the one private flag of the worker it reads and sets (``_stop_requested``).
+- the steps of its worker loop that ``simpsonize.worker.model_worker.ModelWorker`` overrides or calls
+  (``WORKER_HOOKS``), and the one private flag of the worker it reads and sets (``_stop_requested``).
 
 ``RELIED_ON`` lists every one of them with the parameters the service calls or overrides it with;
 tests/worker/test_rq_adapter.py checks the list against the installed RQ, so that an upgrade that moves any of them

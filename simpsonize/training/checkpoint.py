@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from simpsonize.cpu import cpu_model_name
-from simpsonize.model.weights import save_generator
+from simpsonize.model.networks import ResnetGenerator
+from simpsonize.model.weights import load_generator, save_generator
 from simpsonize.training.config import TrainConfig, check_removed_options
 from simpsonize.training.losses import LOSS_NAMES
 from simpsonize.training.precision import hardware_name
@@ -116,6 +117,23 @@ def read_source(source: str | Path, config: TrainConfig) -> dict:
     if different:
         raise ValueError(f"{path} has a different architecture: {', '.join(different)}.")
     return state
+
+
+def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetGenerator, ResnetGenerator, dict]:
+    """A run's two generators, for measuring or exporting them: from ``snapshots/SNAPSHOT`` when given, else from
+    its last checkpoint; and what they are (config, step, source)."""
+    if snapshot:
+        folder = run / "snapshots" / snapshot
+        g_a, _ = load_generator(folder / "G_A.safetensors")
+        g_b, meta = load_generator(folder / "G_B.safetensors")
+        config = json.loads((run / "config.json").read_text())
+        return g_a, g_b, {"config": config, "step": meta.get("step"), "source": str(folder)}
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(state["config"])
+    g_a, g_b = ResnetGenerator(config.generator_config()), ResnetGenerator(config.generator_config())
+    g_a.load_state_dict(state["G_A"])
+    g_b.load_state_dict(state["G_B"])
+    return g_a.eval(), g_b.eval(), {"config": state["config"], "step": state["step"], "source": "checkpoint.pt"}
 
 
 def continue_optimiser(optimizer: torch.optim.Optimizer, scheduler, state: dict) -> None:

@@ -101,7 +101,8 @@ def export_reference(folder: Path, out: Path, input_size: int) -> int:
 
 
 def export_run(run: Path, out: Path, snapshot: str | None = None, best: bool = False, precision: str = "auto") -> int:
-    from simpsonize.training.evaluate import evaluate, load_run_generators
+    from simpsonize.training.checkpoint import load_run_generators
+    from simpsonize.training.direction_metrics import evaluate
 
     if not (run / "config.json").is_file():
         print(f"error: {run} is not a training run (no config.json).")

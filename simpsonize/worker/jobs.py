@@ -5,7 +5,7 @@ the app enqueues (by name, ``simpsonize.worker.jobs.process_job``): it reads the
 ``simpsonize_bytes``, stores the result with its TTL and deletes the input whatever happens. A photo the model
 rejects (no face, unreadable) fails the job with the model's user-facing sentence in ``job.meta["error"]``.
 
-The worker (``simpsonize.worker.process.ModelWorker``) owns a ``PhotoJobs``: a ``ModelHolder`` (the Simpsonizer,
+The worker (``simpsonize.worker.model_worker.ModelWorker``) owns a ``PhotoJobs``: a ``ModelHolder`` (the Simpsonizer,
 loaded once, or a stub a test gives it) and the outcomes of the batch it is running. While it works, ``process_job``
 finds them through ``serving``; RQ calls the job function by name, with JSON arguments only, so nothing else could
 carry them there.
@@ -207,7 +207,9 @@ def process_job(job_id: str, key_prefix: str, result_ttl: int) -> dict[str, Any]
     job = get_current_job()
     photo_jobs = _serving.get(None)
     if job is None or photo_jobs is None:
-        raise RuntimeError("process_job must run inside a `simpsonize worker` (simpsonize.worker.process.ModelWorker).")
+        raise RuntimeError(
+            "process_job must run inside a `simpsonize worker` (simpsonize.worker.model_worker.ModelWorker)."
+        )
     redis = job.connection
     input_key = keys.input_key(key_prefix, job_id)
     prepared = photo_jobs.prepared.pop(job_id, None)

@@ -23,14 +23,13 @@ from simpsonize.model.landmarks import (
     CHIN,
     FOREHEAD_TOP,
     MESH_FRAMING,
-    METADATA_KEY,
     MOUTH_CORNERS,
     FaceMesh,
     IrisLandmarks,
     PersonSegmenter,
     eye_centres,
-    load_graph,
 )
+from simpsonize.model.tflite_graph import METADATA_KEY, load_graph
 from simpsonize.resources import MEDIAPIPE_DIR
 from tools.mediapipe_reference import CASES, FIXTURE, block_means, case_input, digest
 

@@ -6,7 +6,7 @@ import torch
 from simpsonize.cli import main
 from simpsonize.model.weights import load_generator
 from simpsonize.training.averaging import ema_decay_at
-from simpsonize.training.evaluate import load_run_generators
+from simpsonize.training.checkpoint import load_run_generators
 from tests.training.conftest import TINY_TRAIN, tiny_trainer
 
 

@@ -69,7 +69,7 @@ def test_zoomed_sanity_row_is_cropped_from_the_stored_faces_so_it_keeps_their_sh
     import numpy as np
     from PIL import Image
 
-    from simpsonize.training.evaluate import QualityPool
+    from simpsonize.training.quality_pool import QualityPool
 
     files = []
     for i in range(3):

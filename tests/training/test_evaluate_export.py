@@ -5,7 +5,7 @@ import torch
 
 from simpsonize.cli import main
 from simpsonize.model.weights import load_generator, read_metadata
-from simpsonize.training.evaluate import pick_best, read_snapshot_table, write_snapshot_table
+from simpsonize.training.snapshot_ranking import pick_best, read_snapshot_table, write_snapshot_table
 from tests.training.conftest import TINY_TRAIN
 
 
@@ -239,7 +239,7 @@ def test_export_writes_an_examples_grid_for_the_model_card(trained_run, tmp_path
 
 
 def test_grayscale_classifier_cannot_see_colour():
-    from simpsonize.training.evaluate import DomainClassifier
+    from simpsonize.training.domain_classifier import DomainClassifier
 
     classifier = DomainClassifier(grayscale=True).eval()
     yellow = torch.zeros(1, 3, 32, 32)

@@ -135,7 +135,8 @@ def drawn_dataset(tmp_path_factory):
 
 @pytest.mark.parametrize("draws, expected", [(True, 1.0), (False, 0.0)])
 def test_the_eyes_row_counts_the_translations_with_pupils_beside_the_shows_share(drawn_dataset, draws, expected):
-    from simpsonize.training.evaluate import c2st_of_generator, format_table, load_pool
+    from simpsonize.training.measures import c2st_of_generator, format_table
+    from simpsonize.training.quality_pool import load_pool
 
     pool = load_pool(drawn_dataset)
     row, fake = c2st_of_generator(Draws(draws), pool, 64, seeds=(0, 1, 2))

@@ -71,7 +71,7 @@ def test_prepare_refuses_a_missing_folder(tmp_path, capsys):
 def test_test_photos_can_be_cropped_again_at_another_framing(tmp_path, astronaut):
     """Models trained on different framings are measured on the same photos, each cropped as it was trained."""
     from simpsonize.model.face import Framing
-    from simpsonize.training.evaluate import load_pool
+    from simpsonize.training.quality_pool import load_pool
 
     simpsons, real = tmp_path / "simpsons", tmp_path / "real"
     simpsons.mkdir()

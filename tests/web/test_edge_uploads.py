@@ -61,7 +61,7 @@ def test_a_job_whose_input_is_gone_fails_with_a_sentence(redis_url, redis_client
 
     from simpsonize.queue import keys
     from simpsonize.queue.jobstore import JobStore
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)

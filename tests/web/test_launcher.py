@@ -130,7 +130,7 @@ def wait_for_check(pool, until, timeout: float = 30.0):
 
 
 def test_worker_pool_replaces_a_killed_worker_under_a_new_name(monkeypatch):
-    from simpsonize.serve.launcher import WorkerPool
+    from simpsonize.serve.supervision import WorkerPool
 
     exited = []
     pool = WorkerPool([SLEEPER, SLEEPER], child_env(), name_prefix="t", on_exit=exited.append)
@@ -152,7 +152,7 @@ def test_worker_pool_replaces_a_killed_worker_under_a_new_name(monkeypatch):
 @pytest.mark.parametrize("code", [2, 3])
 def test_worker_pool_stops_on_start_up_failures(code):
     """2: bad weights or settings; 3: Redis unreachable when the first workers start."""
-    from simpsonize.serve.launcher import WorkerPool
+    from simpsonize.serve.supervision import WorkerPool
 
     pool = WorkerPool([SLEEPER, [sys.executable, "-c", f"raise SystemExit({code})"]], child_env())
     pool.start()
@@ -164,7 +164,7 @@ def test_worker_pool_stops_on_start_up_failures(code):
 
 
 def test_worker_pool_retries_quick_crashes_with_a_pause_then_gives_up(monkeypatch):
-    from simpsonize.serve.launcher import WorkerPool
+    from simpsonize.serve.supervision import WorkerPool
 
     monkeypatch.setattr(WorkerPool, "RESTART_DELAY", 0.05)
     monkeypatch.setattr(WorkerPool, "MAX_QUICK_CRASHES", 3)
@@ -207,7 +207,7 @@ def assert_guarded(process) -> None:
 
 def test_workers_and_redis_are_started_without_preexec_fn(tmp_path, popen_calls):
     from simpsonize.serve.embedded import EmbeddedRedis
-    from simpsonize.serve.launcher import WorkerPool
+    from simpsonize.serve.supervision import WorkerPool
 
     redis = EmbeddedRedis(tmp_path / "data")
     pool = WorkerPool([SLEEPER], child_env(), name_prefix="g")
@@ -262,7 +262,7 @@ def test_child_guard_runs_nothing_when_its_parent_is_already_gone(tmp_path):
 KILLED_LAUNCHER = """
 import os, sys, time
 from simpsonize.serve.embedded import EmbeddedRedis
-from simpsonize.serve.launcher import WorkerPool
+from simpsonize.serve.supervision import WorkerPool
 redis = EmbeddedRedis(sys.argv[1])
 redis.start()
 pool = WorkerPool([[sys.executable, "-c", "import time; time.sleep(120)"]], dict(os.environ), name_prefix="k")
@@ -301,7 +301,7 @@ def test_redis_supervisor_restarts_redis_on_the_same_socket_without_waiting_for_
     from redis import Redis
 
     from simpsonize.serve.embedded import EmbeddedRedis
-    from simpsonize.serve.launcher import RedisSupervisor
+    from simpsonize.serve.supervision import RedisSupervisor
 
     redis = EmbeddedRedis(tmp_path / "data")
     redis.start()
@@ -331,7 +331,7 @@ def test_redis_supervisor_stops_the_service_after_failed_restarts(tmp_path, monk
     import shutil
 
     from simpsonize.serve import embedded
-    from simpsonize.serve.launcher import RedisSupervisor
+    from simpsonize.serve.supervision import RedisSupervisor
 
     redis = embedded.EmbeddedRedis(tmp_path / "data")
     redis.start()
@@ -354,7 +354,7 @@ def test_supervised_server_stops_with_the_code_a_check_returns(capsys):
 
     import uvicorn
 
-    from simpsonize.serve.launcher import SupervisedServer
+    from simpsonize.serve.supervision import SupervisedServer
 
     config = uvicorn.Config(app=None)
     calls = []
@@ -375,7 +375,7 @@ def test_serve_starts_checks_and_restarts_children_only_from_the_main_thread(tmp
     Redis's restart (both caused here) all run in the main thread, and no child gets a preexec_fn."""
     import argparse
 
-    from simpsonize.serve import launcher
+    from simpsonize.serve import launcher, supervision
     from simpsonize.settings import Settings
 
     weights = tmp_path / "weights.safetensors"
@@ -384,11 +384,11 @@ def test_serve_starts_checks_and_restarts_children_only_from_the_main_thread(tmp
     monkeypatch.setattr(
         launcher, "get_settings", lambda: Settings(redis_url=None, data_dir=tmp_path / "data", rate_limit="off")
     )
-    monkeypatch.setattr(launcher.WorkerPool, "RESTART_DELAY", 0.05)
+    monkeypatch.setattr(supervision.WorkerPool, "RESTART_DELAY", 0.05)
     checked_in: set[threading.Thread] = set()
     seen = {}
     started = time.monotonic()
-    redis_check, pool_check = launcher.RedisSupervisor.check, launcher.WorkerPool.check
+    redis_check, pool_check = supervision.RedisSupervisor.check, supervision.WorkerPool.check
 
     def recording_redis_check(self):
         checked_in.add(threading.current_thread())
@@ -414,8 +414,8 @@ def test_serve_starts_checks_and_restarts_children_only_from_the_main_thread(tmp
             return 7
         return None
 
-    monkeypatch.setattr(launcher.RedisSupervisor, "check", recording_redis_check)
-    monkeypatch.setattr(launcher.WorkerPool, "check", driving_pool_check)
+    monkeypatch.setattr(supervision.RedisSupervisor, "check", recording_redis_check)
+    monkeypatch.setattr(supervision.WorkerPool, "check", driving_pool_check)
     args = argparse.Namespace(
         host="127.0.0.1",
         port=free_port(),

@@ -83,7 +83,7 @@ def in_process_worker():
 
     def run(settings, store: JobStore) -> None:
         from simpsonize.worker.jobs import ModelHolder
-        from simpsonize.worker.process import ModelWorker
+        from simpsonize.worker.model_worker import ModelWorker
 
         holder = ModelHolder()
         holder.load(settings.weights, device="cpu", num_threads=1)

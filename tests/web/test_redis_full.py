@@ -168,7 +168,7 @@ def test_redis_watch_and_the_worker_pool_keep_serve_up_while_redis_is_full(small
     after MAX_QUICK_CRASHES; bad weights or settings (exit 2) still stop it."""
     from rq import Queue
 
-    from simpsonize.serve.launcher import RedisWatch, WorkerPool
+    from simpsonize.serve.supervision import RedisWatch, WorkerPool
 
     redis = connect(small_redis)
     redis.flushall()

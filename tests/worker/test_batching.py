@@ -59,7 +59,7 @@ def photos(astronaut, coffee):
 
 
 def run_worker(store: JobStore, holder, batch_size: int, **work) -> object:
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis, model=holder)
     worker.batch_size = batch_size

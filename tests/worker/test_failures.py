@@ -15,7 +15,7 @@ from simpsonize.queue.jobstore import GENERIC_FAILURE, JobStore
 def burst(redis_url, redis_client, tiny_weights, monkeypatch):
     """Submit one job to a fresh queue and run it in this process with a broken model that raises ``error``."""
     from simpsonize.worker.jobs import ModelHolder
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     def run(error: BaseException):
         class Broken:

@@ -32,7 +32,7 @@ def loaded_model(tiny_weights):
 
 
 def run_burst(store: JobStore, model) -> None:
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis, model=model)
     worker.key_prefix = store.prefix

@@ -35,7 +35,7 @@ def test_the_installed_rq_is_the_minor_version_the_adapter_and_pyproject_name():
 def rq_instances(redis_url):
     """A queue, its started-job registry and a worker of the installed RQ: where RQ sets an attribute in
     __init__, only an instance has it."""
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     redis = connect(redis_url)
     queue = Queue(f"adapter-{uuid.uuid4().hex[:8]}", connection=redis, serializer=SERIALIZER)
@@ -63,7 +63,7 @@ def test_everything_the_adapter_relies_on_is_there_with_its_parameters(rq_instan
 
 
 def test_the_worker_overrides_only_the_hooks_the_adapter_lists(rq_instances):
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     rq_worker = rq_instances[rq_adapter.Worker]
     overridden = {

@@ -37,7 +37,7 @@ def constructed(monkeypatch):
 
 
 def run_burst(store: JobStore, model, bookkeeping_ttl: int = 7200) -> None:
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis, model=model)
     worker.bookkeeping_ttl = bookkeeping_ttl

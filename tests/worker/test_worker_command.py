@@ -132,7 +132,7 @@ def test_a_live_workers_heartbeat_thread_fails_the_job_of_a_worker_gone_silent(r
 
     from simpsonize.queue.jobstore import SERIALIZER
     from simpsonize.queue.liveness import WORKER_STOPPED
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)

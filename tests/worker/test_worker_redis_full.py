@@ -93,7 +93,7 @@ class StubModel:
 
 def work(store) -> None:
     from simpsonize.worker.jobs import ModelHolder
-    from simpsonize.worker.process import ModelWorker
+    from simpsonize.worker.model_worker import ModelWorker
 
     worker = ModelWorker([store.queue], connection=store.redis, model=ModelHolder(StubModel()))
     worker.key_prefix = store.prefix
