@@ -288,8 +288,8 @@ def bench_photo(size: tuple[int, int]):
 def bench_mtcnn(report: Report, plan: Plan, device) -> None:
     """Detection of photos of one size: one MTCNN call per photo (``detect_faces``) against one per batch
     (``detect_faces_many``, what the worker does), in images/s."""
+    from simpsonize.model.detection import detect_faces, detect_faces_many, get_detector
     from simpsonize.model.device import detector_device_for
-    from simpsonize.model.face import detect_faces, detect_faces_many, get_detector
 
     detector_device = detector_device_for(device)
     get_detector(detector_device)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from simpsonize.model.face import Face, FaceCrop
+from simpsonize.model.detection import Face
+from simpsonize.model.face import FaceCrop
 
 # The head ellipse, in units of the (axis-aligned) MTCNN face box, which covers brows to chin and cheek to cheek:
 # wider by HAIR_WIDTH and taller by HAIR_HEIGHT, its centre raised by HAIR_RAISE of the box height (hair grows

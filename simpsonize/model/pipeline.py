@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from simpsonize.model.composite import FaceSelection, composite
+from simpsonize.model.detection import detect_faces, find_faces, get_detector
 from simpsonize.model.device import detector_device_for, pick_device
 from simpsonize.model.errors import SimpsonizeError
-from simpsonize.model.face import FaceCrop, Framing, align_crop, detect_faces, find_faces, get_detector
+from simpsonize.model.face import FaceCrop, Framing, align_crop
 from simpsonize.model.imaging import ImageSource, to_images, to_tensor
 from simpsonize.model.weights import DEFAULT_WEIGHTS, load_generator
 

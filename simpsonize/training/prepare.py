@@ -176,7 +176,8 @@ def prepare(
     max_outside: float = 1.0,
     held_out: dict[str, list[str]] | None = None,
 ) -> dict:
-    from simpsonize.model.face import Face, align_crop, detect_faces
+    from simpsonize.model.detection import Face, detect_faces
+    from simpsonize.model.face import align_crop
 
     # Detections keyed by source path: a later prepare with another framing reuses them (MTCNN is the slow part).
     known_faces: dict[str, dict | None] = json.loads(faces_from.read_text()) if faces_from else {}

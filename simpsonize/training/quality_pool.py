@@ -100,7 +100,8 @@ def load_pool(data: Path, n: int = POOL_SIZE, seed: int = 0) -> QualityPool:
 
 def recrop(data: Path, files: list[Path], framing, size: int) -> torch.Tensor:
     """Crop the source photos of ``files`` (testB images) again at ``framing``, from `prepare`'s detections."""
-    from simpsonize.model.face import Face, align_crop
+    from simpsonize.model.detection import Face
+    from simpsonize.model.face import align_crop
     from simpsonize.model.imaging import open_image, to_tensor
 
     info = json.loads((data / "dataset.json").read_text())

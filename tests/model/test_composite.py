@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from simpsonize.model.composite import FaceSelection, composite, head_mask, paste_face
-from simpsonize.model.face import Face, align_crop, crop_face
+from simpsonize.model.detection import Face
+from simpsonize.model.face import align_crop, crop_face
 
 ASTRONAUT_FACE_CENTRE = (225, 120)
 

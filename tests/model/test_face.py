@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from simpsonize.model.detection import detect_faces
 from simpsonize.model.errors import NoFaceFound, UnreadableImage
-from simpsonize.model.face import Framing, crop_face, detect_faces
+from simpsonize.model.face import Framing, align_crop, crop_face
 from simpsonize.model.imaging import open_image
 
 # Eileen Collins' face in skimage's astronaut (512x512), measured by hand: eyes at about (205,102) and (247,104).
@@ -123,15 +124,15 @@ def _corners(crop) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["astronaut 512", "tilted", "1600x1200", "4000x3000"])
 def test_the_quick_search_crops_as_the_full_search_does(astronaut, name):
-    import simpsonize.model.face as face
+    import simpsonize.model.detection as detection
 
     photo = _photos(astronaut)[name]
-    detector_side = min(max(photo.size), face.DETECT_MAX_SIDE)
-    quick = face._quick_search(photo, detector_side, "cpu")
+    detector_side = min(max(photo.size), detection.DETECT_MAX_SIDE)
+    quick = detection._quick_search(photo, detector_side, "cpu")
     assert quick is not None and len(quick) == 1  # the big face was found without the full search
-    full = face._search(photo, face._downscaled(photo, detector_side), face.MTCNN_MIN_FACE, "cpu")
+    full = detection._search(photo, detection._downscaled(photo, detector_side), detection.MTCNN_MIN_FACE, "cpu")
     assert len(full) == 1
-    quick_crop, full_crop = crop_face(photo, size=128), face.align_crop(photo, full[0], 128)
+    quick_crop, full_crop = crop_face(photo, size=128), align_crop(photo, full[0], 128)
     assert quick_crop.face == quick[0]
     # the same crop square (its corners, rotation included) within 2 px of the image the detector sees (for the
     # 4000 px photo: 2 px of its 1024 px copy)
@@ -143,11 +144,11 @@ def test_the_quick_search_crops_as_the_full_search_does(astronaut, name):
 
 def test_a_small_face_in_a_big_photo_is_found_by_the_full_search(astronaut):
     """A face 3 % of the photo's side (a group photo, a face far off): too small for the quick search."""
-    import simpsonize.model.face as face
+    import simpsonize.model.detection as detection
 
     photo = Image.new("RGB", (3000, 3000), (120, 120, 120))
     photo.paste(astronaut.resize((500, 500), Image.BICUBIC), (1800, 300))  # her face ~90 px
-    assert face._quick_search(photo, face.DETECT_MAX_SIDE, "cpu") is None
+    assert detection._quick_search(photo, detection.DETECT_MAX_SIDE, "cpu") is None
     faces = detect_faces(photo)
     assert len(faces) == 1
     x0, y0, x1, y1 = faces[0].box
@@ -288,8 +289,6 @@ def test_a_big_photo_is_shrunk_only_where_the_crop_reads_it(phone_photo, monkeyp
 
     face = detect_faces(phone_photo)[0]
     monkeypatch.setattr(Image.Image, "resize", counting_resize)
-    from simpsonize.model.face import align_crop
-
     crop = align_crop(phone_photo, face, 256)
     assert crop.side > 2 * 256  # the shrink path ran
     photo_pixels = phone_photo.width * phone_photo.height

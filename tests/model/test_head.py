@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simpsonize.model.face import Face, align_crop, detect_faces
+from simpsonize.model.detection import Face, detect_faces
+from simpsonize.model.face import align_crop
 from simpsonize.model.framing import Framing
 from simpsonize.model.head import head_framing, measure_head
 from simpsonize.model.landmarks import CHIN, FaceMesh, PersonSegmenter

@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors import safe_open
 
 from simpsonize.model.composite import crop_to_photo
+from simpsonize.model.detection import detect_faces
 from simpsonize.model.errors import MissingWeights, WeightsError
-from simpsonize.model.face import align_crop, detect_faces
+from simpsonize.model.face import align_crop
 from simpsonize.model.landmarks import (
     CHIN,
     FOREHEAD_TOP,

@@ -116,7 +116,8 @@ def test_roi_patches_are_cut_around_the_boxes(dotted_dataset):
 
 
 def test_the_person_eyes_follow_from_the_landmarks_as_align_crop_places_them():
-    from simpsonize.model.face import Face, Framing, align_crop
+    from simpsonize.model.detection import Face
+    from simpsonize.model.face import Framing, align_crop
 
     photo = Image.new("RGB", (400, 400), (90, 90, 90))
     pixels = np.asarray(photo).copy()
