@@ -13,6 +13,7 @@ from simpsonize.training.data import load_fixed
 from simpsonize.training.prepare import list_images
 
 CLASSIFIER_SIZE = 64
+CLASSIFIER_STEPS = 400  # batches of 64; a module constant so the plumbing tests can take a few
 
 
 class DomainClassifier(nn.Module):
@@ -43,9 +44,10 @@ def is_simpsons(classifier: DomainClassifier, images: torch.Tensor, batch: int =
 
 
 def train_classifier(
-    data: Path, grayscale: bool = True, steps: int = 400, seed: int = 0
+    data: Path, grayscale: bool = True, steps: int | None = None, seed: int = 0
 ) -> tuple[DomainClassifier, float]:
     """Fit on trainA/trainB (balanced batches, flips); return it and its accuracy on testA/testB."""
+    steps = CLASSIFIER_STEPS if steps is None else steps
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     train_a = load_fixed(list_images(data / "trainA"), CLASSIFIER_SIZE)

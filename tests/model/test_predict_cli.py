@@ -1,8 +1,11 @@
-"""`simpsonize predict` as a user runs it: a real subprocess, real exit codes and messages."""
+"""`simpsonize predict` as a user runs it: real exit codes and messages. Three tests run it as a subprocess, the way a
+user does; the other failure paths call `simpsonize.cli.main` in this process, where a fresh torch import does not
+cost each of them three seconds."""
 
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -19,6 +22,23 @@ def predict(*args, cwd=REPO):
         timeout=300,
         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
     )
+
+
+@pytest.fixture
+def predict_here(capsys):
+    """`simpsonize predict ARGS` through `main` in this process: the exit code (argparse's SystemExit included) and
+    what it printed, shaped like `subprocess.run`'s answer."""
+    from simpsonize.cli import main
+
+    def run(*args):
+        try:
+            code = main(["predict", *map(str, args)])
+        except SystemExit as exit_:
+            code = exit_.code
+        printed = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=printed.out, stderr=printed.err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +58,15 @@ def test_one_photo_writes_one_png(photos, tiny_weights, tmp_path):
     assert "wrote" in done.stdout
 
 
-def test_no_face_exits_non_zero_with_the_reason(photos, tiny_weights, tmp_path):
-    done = predict(photos / "coffee.jpg", "--output", tmp_path / "x.png", "--weights", tiny_weights)
+def test_no_face_exits_non_zero_with_the_reason(predict_here, photos, tiny_weights, tmp_path):
+    done = predict_here(photos / "coffee.jpg", "--output", tmp_path / "x.png", "--weights", tiny_weights)
     assert done.returncode == 1
     assert "coffee.jpg: No face found" in done.stderr
     assert not (tmp_path / "x.png").exists()
 
 
-def test_unreadable_file_is_named(photos, tiny_weights, tmp_path):
-    done = predict(photos / "broken.png", "--output", tmp_path / "x.png", "--weights", tiny_weights)
+def test_unreadable_file_is_named(predict_here, photos, tiny_weights, tmp_path):
+    done = predict_here(photos / "broken.png", "--output", tmp_path / "x.png", "--weights", tiny_weights)
     assert done.returncode == 1
     assert "broken.png" in done.stderr and "not a readable image" in done.stderr
 
@@ -67,19 +87,19 @@ def test_missing_weights_is_one_sentence_and_exit_2(photos, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_corrupt_weights_exit_2_without_traceback(photos, tmp_path):
+def test_corrupt_weights_exit_2_without_traceback(predict_here, photos, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"junk" * 100)
-    done = predict(photos / "astronaut.jpg", "--output", tmp_path / "x.png", "--weights", bad)
+    done = predict_here(photos / "astronaut.jpg", "--output", tmp_path / "x.png", "--weights", bad)
     assert done.returncode == 2 and "bad.safetensors" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("size", [(3, 3), (2000, 30)], ids=["3x3", "2000x30"])
-def test_a_photo_too_small_for_the_detector_is_a_sentence_not_a_traceback(tiny_weights, tmp_path, size):
+def test_a_photo_too_small_for_the_detector_is_a_sentence_not_a_traceback(predict_here, tiny_weights, tmp_path, size):
     """MTCNN raised a bare ValueError (torch.cat of an empty pyramid) on photos a few pixels wide."""
     photo = tmp_path / "tiny.png"
     Image.new("RGB", size, (120, 100, 90)).save(photo)
-    done = predict(photo, "--output", tmp_path / "x.png", "--weights", tiny_weights, "--device", "cpu")
+    done = predict_here(photo, "--output", tmp_path / "x.png", "--weights", tiny_weights, "--device", "cpu")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "ValueError" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]

@@ -99,10 +99,13 @@ TINY_TRAIN = [
 
 @pytest.fixture(autouse=True)
 def quick_c2st(monkeypatch):
-    """The C2ST's own tests check its figures; elsewhere a few classifier steps are enough to test the plumbing."""
+    """The C2ST's own tests check its figures; elsewhere a few classifier steps are enough to test the plumbing (the
+    tiny domains differ in colour, so the domain classifier separates them in 40)."""
     import simpsonize.training.c2st
+    import simpsonize.training.domain_classifier
 
     monkeypatch.setattr(simpsonize.training.c2st, "STEPS", 20)
+    monkeypatch.setattr(simpsonize.training.domain_classifier, "CLASSIFIER_STEPS", 40)
 
 
 class TinyFeatures(torch.nn.Module):
