@@ -2,7 +2,9 @@
 
 Metadata lives under the safetensors header key ``simpsonize`` as one JSON object:
 ``{"format_version", "architecture", "generator": GeneratorConfig, "input_size", "normalization",
-"direction", "dtype", "training": {...}, "metrics": {...}, ...}``.
+"direction", "dtype", "training": {...}, "metrics": {...}, ...}``. A generator trained with landmark heatmaps as extra
+input (``train --landmark-maps``, ``simpsonize.model.landmark_maps``) also has ``"landmark_maps": [part, ...]``, and
+loads wrapped so that it draws them itself.
 """
 
 from __future__ import annotations
@@ -29,15 +31,21 @@ _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 def save_generator(
     path: str | Path,
-    generator: ResnetGenerator,
+    generator: torch.nn.Module,
     *,
     input_size: int,
     half: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``generator`` as safetensors with its metadata; ``half`` stores fp16 (loaded back as fp32)."""
+    """Write ``generator`` (a ``ResnetGenerator``, or one wrapped by ``LandmarkGuidedGenerator``) as safetensors with
+    its metadata; ``half`` stores fp16 (loaded back as fp32)."""
     from safetensors.torch import save_file
 
+    from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
+
+    landmark_maps = None
+    if isinstance(generator, LandmarkGuidedGenerator):
+        landmark_maps, generator = list(GROUPS), generator.generator
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32
@@ -51,6 +59,8 @@ def save_generator(
         "normalization": NORMALIZATION,
         "dtype": "float16" if half else "float32",
     }
+    if landmark_maps:
+        metadata["landmark_maps"] = landmark_maps
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return path
 
@@ -76,10 +86,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResnetGenerator, dict[str, Any]]:
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the generator a weights file describes. ``.safetensors`` or a reference ``.pth``.
 
-    Returns the generator in eval mode on ``device`` (fp32) and its metadata.
+    Returns the generator in eval mode on ``device`` (fp32) and its metadata. A generator trained with landmark maps
+    comes wrapped in ``LandmarkGuidedGenerator``: called on photo crops like any other, it draws its maps itself.
     """
     path = _existing(path)
     if path.suffix in (".pth", ".pt"):
@@ -110,6 +121,15 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise WeightsError(f"{path} does not fit a {config} generator: {first[0] if first else exc}") from exc
+    if metadata.get("landmark_maps"):
+        from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
+
+        if list(metadata["landmark_maps"]) != list(GROUPS) or config.input_nc != 3 + len(GROUPS):
+            raise WeightsError(
+                f"{path} was trained with landmark maps {metadata['landmark_maps']} on {config.input_nc} input "
+                f"channels; this version draws {list(GROUPS)} (3 + {len(GROUPS)} channels)."
+            )
+        generator = LandmarkGuidedGenerator(generator)
     return generator.to(device).eval(), metadata
 
 
