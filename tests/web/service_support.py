@@ -74,7 +74,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, weights: Path, name: str | None = None) -> subprocess.Popen:
+def start_worker(settings: Settings, weights: Path, name: str | None = None, **env: str) -> subprocess.Popen:
+    """A `simpsonize worker` subprocess (1 thread) on ``settings``' Redis and queue; ``env``: extra variables
+    (``SIMPSONIZE_WORKER_HEARTBEAT="1"``, ...). It dies with the test process (child_guard)."""
     command = [
         sys.executable,
         "-m",
@@ -93,7 +95,7 @@ def start_worker(settings: Settings, weights: Path, name: str | None = None) -> 
         "--log-level",
         "WARNING",
     ]
-    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env())
+    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env(**env))
 
 
 def wait_for_worker(store, process: subprocess.Popen, timeout: float = 180.0) -> None:

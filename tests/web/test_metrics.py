@@ -18,11 +18,12 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import REPO_ROOT, child_env, free_port, make_settings, stop, wait_for_job
+from service_support import REPO_ROOT, child_env, free_port, make_settings, start_worker, stop, wait_for_job
 
 from simpsonize.queue import keys, metrics
 
 HEARTBEAT = 1  # seconds: a worker counts as live while its heartbeat is <= 2 s old
+WORKER_ENV = {"SIMPSONIZE_WORKER_HEARTBEAT": str(HEARTBEAT)}  # start_worker's **env: the workers' heartbeat
 LOOPBACK = ("127.0.0.1", 50000)  # the TestClient's peer address (its default, "testclient", is no address)
 STAGES = ("detect", "generate", "encode")
 
@@ -67,28 +68,6 @@ def submit(client, photo: bytes) -> str:
     return response.json()["id"]
 
 
-def launch_worker(settings, weights, name: str) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "simpsonize.cli",
-        "worker",
-        "--redis-url",
-        settings.redis_url,
-        "--queue",
-        settings.queue_name,
-        "--weights",
-        str(weights),
-        "--threads",
-        "1",
-        "--name",
-        name,
-        "--log-level",
-        "WARNING",
-    ]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
-
-
 def metrics_client(settings, **kwargs):
     from fastapi.testclient import TestClient
 
@@ -102,7 +81,7 @@ def service(redis_url, tiny_weights):
     """A queue of its own, served by one real worker (1 s heartbeat), and a client scraping from loopback."""
     settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
     name = f"metrics-{uuid.uuid4().hex[:6]}"
-    process = launch_worker(settings, tiny_weights, name)
+    process = start_worker(settings, tiny_weights, name, **WORKER_ENV)
     try:
         with metrics_client(settings) as client:
             store = client.app.state.store
@@ -309,7 +288,7 @@ def test_the_job_of_a_dead_worker_counts_as_failed_worker_stopped(redis_url, tin
 
     settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
     name = f"victim-{uuid.uuid4().hex[:6]}"
-    process = launch_worker(settings, tiny_weights, name)
+    process = start_worker(settings, tiny_weights, name, **WORKER_ENV)
     try:
         with metrics_client(settings) as client:
             store = client.app.state.store
