@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from simpsonize.bench.common import free_port
+from simpsonize.bench.common import free_port, wait_serving
+from simpsonize.bench.common import stop_process as stop  # terminate, wait, else kill: workers and serve alike
 from simpsonize.serve.child_guard import guarded
 from simpsonize.serve.embedded import EmbeddedRedis
 from simpsonize.settings import Settings
@@ -123,16 +124,6 @@ def wait_for_worker(store, process: subprocess.Popen, timeout: float = 180.0) ->
         time.sleep(0.2)
 
 
-def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def wait_for_job(client, job_id: str, timeout: float = POLL_TIMEOUT) -> dict:
     """Poll GET /api/v1/jobs/{id} until finished or failed; returns the last JSON."""
     deadline = time.monotonic() + timeout
@@ -197,23 +188,6 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     )
 
 
-def wait_ready(process: subprocess.Popen, port: int, workers: int, timeout: float = 180.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    wanted = f"{workers} worker{'s' if workers != 1 else ''} alive"
-    while True:
-        assert process.poll() is None, process.communicate()
-        try:
-            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
-            if response.status_code == 200 and wanted in response.json()["detail"]:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"serve was not ready with {wanted} in {timeout:.0f} s"
-        time.sleep(0.3)
-
-
 class Served:
     """A ready `simpsonize serve` subprocess."""
 
@@ -229,15 +203,15 @@ class Served:
 
 
 @contextmanager
-def serving(data_dir: Path, weights: Path, workers: int = 1, *extra: str) -> Iterator[Served]:
-    """`simpsonize serve` on a free port with ``workers`` workers, once /readyz counts them all; killed on the way
-    out unless the test stopped it (``Served.stop``)."""
+def serving(data_dir: Path, weights: Path, workers: int = 1, *extra: str, timeout: float = 180.0) -> Iterator[Served]:
+    """`simpsonize serve` on a free port with ``workers`` workers, once /readyz counts them all (within ``timeout``
+    s); killed on the way out unless the test stopped it (``Served.stop``)."""
     port = free_port()
     process = serve(
         "--port", str(port), "--workers", str(workers), "--weights", str(weights), "--data-dir", str(data_dir), *extra
     )
     try:
-        wait_ready(process, port, workers)
+        wait_serving(process, f"http://127.0.0.1:{port}", timeout, "/readyz", workers)
         yield Served(process, port, Path(data_dir))
     finally:
         if process.poll() is None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -18,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import REPO_ROOT, child_env, free_port, make_settings, start_worker, stop, wait_for_job
+from service_support import make_settings, serving, start_worker, stop, wait_for_job
 
 from simpsonize.queue import keys, metrics
 
@@ -388,58 +386,26 @@ def test_a_scrape_without_redis_still_answers(tiny_weights):
 def test_serve_reports_its_workers_jobs_on_its_own_metrics_endpoint(tmp_path, tiny_weights, astronaut_jpeg):
     """`simpsonize serve` with 2 worker processes: the web process's /metrics (loopback, the default allow-list)
     counts the jobs both ran and both workers as live."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--weights",
-            str(tiny_weights),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        cwd=REPO_ROOT,
-        env=child_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    with (
+        serving(tmp_path / "data", tiny_weights, 2, timeout=240) as served,
+        httpx.Client(base_url=served.base_url, timeout=60) as client,
+    ):
+
+        def live() -> float:
+            return value(parse(client.get("/metrics").text), "simpsonize_workers_live")
+
+        wait_until(lambda: live() == 2, 60, "/metrics counting both live workers")  # /readyz counts them already
+        before = parse(client.get("/metrics").text)
+        ids = [submit(client, astronaut_jpeg) for _ in range(2)]
+        for job_id in ids:
+            assert wait_for_job(client, job_id)["status"] == "finished"
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        after = parse(response.text)
+    assert moved(before, after, "simpsonize_jobs_finished_total") == 2
+    for stage in STAGES:
+        assert moved(before, after, "simpsonize_job_stage_seconds_count", stage=stage) == 2
+    assert (
+        moved(before, after, "simpsonize_http_requests_total", method="POST", route="/api/v1/jobs", status="202") == 2
     )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-
-            def live() -> float:
-                try:
-                    return value(parse(client.get("/metrics").text), "simpsonize_workers_live")
-                except httpx.HTTPError:
-                    return -1
-
-            wait_until(lambda: process.poll() is not None or live() == 2, 240, "serve with 2 live workers")
-            assert process.poll() is None, process.communicate()[1]
-            before = parse(client.get("/metrics").text)
-            ids = [submit(client, astronaut_jpeg) for _ in range(2)]
-            for job_id in ids:
-                assert wait_for_job(client, job_id)["status"] == "finished"
-            response = client.get("/metrics")
-            assert response.status_code == 200
-            after = parse(response.text)
-        assert moved(before, after, "simpsonize_jobs_finished_total") == 2
-        for stage in STAGES:
-            assert moved(before, after, "simpsonize_job_stage_seconds_count", stage=stage) == 2
-        assert (
-            moved(before, after, "simpsonize_http_requests_total", method="POST", route="/api/v1/jobs", status="202")
-            == 2
-        )
-        assert value(after, "simpsonize_workers_live") == 2
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    assert value(after, "simpsonize_workers_live") == 2
