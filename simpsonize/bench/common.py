@@ -1,8 +1,10 @@
-"""Helpers every benchmark shares: one percentile, one free port, `simpsonize serve` started and stopped (the CPU a
-figure came from: simpsonize.cpu)."""
+"""Helpers every benchmark shares: one percentile, one free port, the astronaut photo, a noise dataset, `simpsonize
+serve` started and stopped (the CPU a figure came from: simpsonize.cpu). Only the standard library at import: numpy,
+Pillow, scikit-image and httpx are imported by the functions that need them."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -40,6 +42,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def noise_dataset(root: Path, size: int, count: int) -> Path:
+    """``count`` random ``size`` px PNGs in each of ``root``/trainA and trainB, for a training step to be timed on: its
+    cost does not depend on what the pixels show."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("trainA", "trainB"):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+    return root
+
+
+def astronaut_jpeg() -> bytes:
+    """The photo a service benchmark sends unless told otherwise: scikit-image's astronaut, 512x512, JPEG quality 90."""
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 # -- `simpsonize serve` in a subprocess -------------------------------------------------------------------------------
 
 
@@ -60,7 +86,7 @@ def wait_serving(
 ) -> None:
     """Poll ``base + path`` until it answers 200, and with ``workers`` until /readyz counts that many live workers.
     ServeExited if ``process`` ends first, TimeoutError after ``timeout`` s."""
-    import httpx  # at call time: this module stays light for whatever imports free_port
+    import httpx
 
     wanted = None if workers is None else f"{workers} worker{'s' if workers != 1 else ''} alive"
     deadline = time.monotonic() + timeout

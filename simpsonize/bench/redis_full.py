@@ -16,7 +16,6 @@ code before a change) with this benchmark. Timings are left out on purpose: the 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -28,19 +27,10 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import REPO_ROOT, serving
+from simpsonize.bench.common import REPO_ROOT, astronaut_jpeg, serving
 from simpsonize.cpu import cpu_name
 
 EXIT_LINE = re.compile(r"worker pid \d+ (exited with code -?\d+|was killed by signal \d+)")
-
-
-def default_photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def failed_by_reason(metrics_text: str) -> dict[str, int]:
@@ -130,7 +120,7 @@ def client_loop(
 
 def measure(args: argparse.Namespace) -> dict:
     repo = Path(args.repo or REPO_ROOT).resolve()
-    photo = Path(args.photo).read_bytes() if args.photo else default_photo()
+    photo = Path(args.photo).read_bytes() if args.photo else astronaut_jpeg()
     with tempfile.TemporaryDirectory(prefix="szfull-") as data_dir:
         settings = {
             "SIMPSONIZE_REDIS_MAXMEMORY": args.maxmemory,

@@ -21,7 +21,6 @@ the CPU model and the load average. ``--json`` writes everything; ``--markdown``
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import percentile, serving
+from simpsonize.bench.common import astronaut_jpeg, percentile, serving
 from simpsonize.cpu import cpu_name
 from simpsonize.resources import SHIPPED_WEIGHTS
 
@@ -61,15 +60,6 @@ class Config:
 
     def __str__(self) -> str:
         return f"{self.workers}x{self.threads}"
-
-
-def default_photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def one_photo(client: httpx.Client, photo: bytes, timeout: float) -> dict:
@@ -282,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     if args.photo and not args.photo.is_file():
         print(f"bench service: the photo {args.photo} does not exist.", file=sys.stderr)
         return 2
-    photo = args.photo.read_bytes() if args.photo else default_photo()
+    photo = args.photo.read_bytes() if args.photo else astronaut_jpeg()
     cores = len(os.sched_getaffinity(0))
     configs = args.configs or [Config(1, cores), Config(cores, 1)]
     header = {
