@@ -11,12 +11,13 @@ import io
 import signal
 import time
 import uuid
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import make_settings, serving, start_worker, stop, wait_for_job
+from service_support import make_settings, serving, start_worker, stop, wait_for_job, wait_for_worker
 
 from simpsonize.queue import keys, metrics
 
@@ -74,23 +75,29 @@ def metrics_client(settings, **kwargs):
     return TestClient(create_app(settings), client=kwargs.pop("client", LOOPBACK), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def service(redis_url, tiny_weights):
-    """A queue of its own, served by one real worker (1 s heartbeat), and a client scraping from loopback."""
-    settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
-    name = f"metrics-{uuid.uuid4().hex[:6]}"
-    process = start_worker(settings, tiny_weights, name, **WORKER_ENV)
+@contextmanager
+def worker_and_client(redis_url, weights, name: str):
+    """A queue of its own, served by one real worker (1 s heartbeat) once it has registered, and a client scraping
+    from loopback; yields (settings, the worker process, the client). The worker is stopped (thawed first)."""
+    settings = make_settings(redis_url, weights, worker_heartbeat=HEARTBEAT)
+    process = start_worker(settings, weights, name, **WORKER_ENV)
     try:
         with metrics_client(settings) as client:
-            store = client.app.state.store
-            wait_until(lambda: store.live_workers() == 1 or process.poll() is not None, 180, "worker registered")
-            assert process.poll() is None, f"the worker exited with code {process.returncode}"
-            client.worker, client.worker_name, client.settings = process, name, settings
-            yield client
+            wait_for_worker(client.app.state.store, process)
+            yield settings, process, client
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGCONT)
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def service(redis_url, tiny_weights):
+    """``worker_and_client``'s client, with its worker, the worker's name and the settings as attributes."""
+    name = f"metrics-{uuid.uuid4().hex[:6]}"
+    with worker_and_client(redis_url, tiny_weights, name) as (settings, process, client):
+        client.worker, client.worker_name, client.settings = process, name, settings
+        yield client
 
 
 @pytest.fixture()
@@ -284,41 +291,35 @@ def big_photo(astronaut) -> bytes:
 def test_the_job_of_a_dead_worker_counts_as_failed_worker_stopped(redis_url, tiny_weights, big_photo):
     from simpsonize.queue import liveness
 
-    settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
     name = f"victim-{uuid.uuid4().hex[:6]}"
-    process = start_worker(settings, tiny_weights, name, **WORKER_ENV)
-    try:
-        with metrics_client(settings) as client:
-            store = client.app.state.store
-            wait_until(lambda: store.live_workers() == 1, 180, "worker registered")
-            before = scrape(client)
-            for _attempt in range(5):
-                job_id = submit(client, big_photo)
-                wait_until(
-                    lambda job_id=job_id: client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "queued",
-                    120,
-                    "job started",
-                )
-                process.send_signal(signal.SIGSTOP)
-                if client.get(f"/api/v1/jobs/{job_id}").json()["status"] == "started":
-                    break
-                process.send_signal(signal.SIGCONT)
-            else:
-                pytest.fail("never caught the worker in the middle of a job")
-            process.kill()
-            process.wait()
-            # What `serve` does when one of its workers exits (and live workers do for stale heartbeats).
-            assert liveness.reap(store.queue, settings.key_prefix, 2 * HEARTBEAT, dead=(name,)) == [job_id]
-            after = scrape(client)
-            assert moved(before, after, "simpsonize_jobs_failed_total", reason="worker_stopped") == 1
-            assert value(after, "simpsonize_jobs_in_progress") == 0
+    with worker_and_client(redis_url, tiny_weights, name) as (settings, process, client):
+        store = client.app.state.store
+        before = scrape(client)
+        for _attempt in range(5):
+            job_id = submit(client, big_photo)
             wait_until(
-                lambda: value(scrape(client), "simpsonize_workers_live") == 0,
-                4 * HEARTBEAT + 10,
-                "dead worker no longer live",
+                lambda job_id=job_id: client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "queued",
+                120,
+                "job started",
             )
-    finally:
-        stop(process)
+            process.send_signal(signal.SIGSTOP)
+            if client.get(f"/api/v1/jobs/{job_id}").json()["status"] == "started":
+                break
+            process.send_signal(signal.SIGCONT)
+        else:
+            pytest.fail("never caught the worker in the middle of a job")
+        process.kill()
+        process.wait()
+        # What `serve` does when one of its workers exits (and live workers do for stale heartbeats).
+        assert liveness.reap(store.queue, settings.key_prefix, 2 * HEARTBEAT, dead=(name,)) == [job_id]
+        after = scrape(client)
+        assert moved(before, after, "simpsonize_jobs_failed_total", reason="worker_stopped") == 1
+        assert value(after, "simpsonize_jobs_in_progress") == 0
+        wait_until(
+            lambda: value(scrape(client), "simpsonize_workers_live") == 0,
+            4 * HEARTBEAT + 10,
+            "dead worker no longer live",
+        )
 
 
 # -- who may scrape --------------------------------------------------------------------------------------------------
