@@ -52,24 +52,15 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
     empty = tmp_path / "empty.env"  # not the developer's own .env
     empty.write_text("")
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**env, "REDIS_PASSWORD": "s3cret"},
-    )
+    command = [binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"]
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+
+    result = config({**env, "REDIS_PASSWORD": "s3cret"})
     assert result.returncode == 0, result.stderr
     # Without a password, compose refuses to start anything (rather than run an open Redis).
-    result = subprocess.run(
-        [binary, "-f", str(COMPOSE), "--env-file", str(empty), "config", "-q"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    result = config(env)
     assert result.returncode != 0 and "REDIS_PASSWORD" in result.stderr
 
 

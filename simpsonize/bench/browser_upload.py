@@ -28,9 +28,7 @@ import argparse
 import io
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simpsonize.bench.common import REPO_ROOT, free_port
+from simpsonize.bench.common import REPO_ROOT, serving
 
 
 def photo_like(width: int = 4000, height: int = 3000, grain: float = 9.0, seed: int = 0) -> Image.Image:
@@ -58,46 +56,6 @@ def photo_jpeg(megapixels: float) -> bytes:
     buffer = io.BytesIO()
     photo_like(int(height * 4 / 3), height).save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
-
-
-def start_server(repo: Path, port: int, data_dir: str) -> subprocess.Popen:
-    import httpx
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPSONIZE_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(repo), SIMPSONIZE_RATE_LIMIT="off", SIMPSONIZE_MAX_QUEUE="1000")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "serve",
-            "--workers",
-            "0",
-            "--port",
-            str(port),
-            "--data-dir",
-            data_dir,
-            "--log-level",
-            "warning",
-        ],
-        cwd=repo,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 90
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError("serve exited: " + process.stderr.read())
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError("serve did not come up")
-        time.sleep(0.2)
 
 
 def upload_once(page, base: str, path: Path, shrink: bool) -> dict:
@@ -151,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
     with Image.open(photo) as image:
         photo_size = image.size
     photo_bytes = photo.stat().st_size
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_server(args.repo, port, str(work / "data"))
     rows: dict[str, list[dict]] = {"original": [], "shrunk": []}
+    options = ("--workers", "0", "--data-dir", str(work / "data"), "--log-level", "warning")
+    settings = {"SIMPSONIZE_RATE_LIMIT": "off", "SIMPSONIZE_MAX_QUEUE": "1000"}
     try:
-        with sync_playwright() as p:
+        with serving(*options, repo=args.repo, settings=settings) as server, sync_playwright() as p:
+            base = server.base
             browser = p.chromium.launch(
                 executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
             )
@@ -179,11 +137,6 @@ def run(args: argparse.Namespace) -> int:
                     rows[kind].append(upload_once(page, base, photo, shrink=kind == "shrunk"))
             browser.close()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
         shutil.rmtree(work, ignore_errors=True)
 
     print(

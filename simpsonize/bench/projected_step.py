@@ -17,20 +17,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+from simpsonize.bench.common import noise_dataset
 
 ARMS = ("off", "alone", "with-patch")
-
-
-def _random_dataset(root: Path, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    for split in ("trainA", "trainB"):
-        (root / split).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
-    return root
 
 
 @contextmanager
@@ -65,7 +56,7 @@ def measure(
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp, _feature_side(feature_side):
-        data = _random_dataset(Path(tmp) / "data", size)
+        data = noise_dataset(Path(tmp) / "data", size, 4)
         trainers = {}
         for arm in arms:
             config = TrainConfig(

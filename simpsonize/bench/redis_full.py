@@ -16,13 +16,9 @@ code before a change) with this benchmark. Timings are left out on purpose: the 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,34 +27,10 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import REPO_ROOT, free_port
+from simpsonize.bench.common import REPO_ROOT, astronaut_jpeg, serving
 from simpsonize.cpu import cpu_name
 
 EXIT_LINE = re.compile(r"worker pid \d+ (exited with code -?\d+|was killed by signal \d+)")
-
-
-def default_photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def wait_ready(base: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"simpsonize serve exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"simpsonize serve was not ready within {timeout:.0f} s")
-        time.sleep(0.3)
 
 
 def failed_by_reason(metrics_text: str) -> dict[str, int]:
@@ -148,40 +120,32 @@ def client_loop(
 
 def measure(args: argparse.Namespace) -> dict:
     repo = Path(args.repo or REPO_ROOT).resolve()
-    photo = Path(args.photo).read_bytes() if args.photo else default_photo()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    photo = Path(args.photo).read_bytes() if args.photo else astronaut_jpeg()
     with tempfile.TemporaryDirectory(prefix="szfull-") as data_dir:
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL" and not k.startswith("SIMPSONIZE_")}
-        env.update(
-            {
-                "SIMPSONIZE_REDIS_MAXMEMORY": args.maxmemory,
-                "SIMPSONIZE_RATE_LIMIT": "off",
-                "SIMPSONIZE_RESULT_TTL": str(args.result_ttl),
-                "PYTHONPATH": str(repo),
-            }
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--data-dir",
-            data_dir,
-        ]
+        settings = {
+            "SIMPSONIZE_REDIS_MAXMEMORY": args.maxmemory,
+            "SIMPSONIZE_RATE_LIMIT": "off",
+            "SIMPSONIZE_RESULT_TTL": str(args.result_ttl),
+        }
+        options = ["--workers", str(args.workers), "--data-dir", data_dir]
         if args.threads:
-            command += ["--threads", str(args.threads)]
+            options += ["--threads", str(args.threads)]
         if args.weights:
-            command += ["--weights", str(args.weights)]
+            options += ["--weights", str(args.weights)]
         log_path = Path(data_dir) / "serve.log"
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            wait_ready(base, process, args.start_timeout)
+        with (
+            open(log_path, "w") as log,
+            serving(
+                *options,
+                repo=repo,
+                settings=settings,
+                stderr=log,
+                timeout=args.start_timeout,
+                path="/readyz",
+                stop_timeout=90,
+            ) as server,
+        ):
+            process, base = server.process, server.base
             tally = Tally()
             counter = iter(range(args.uploads))
             counter_lock = threading.Lock()
@@ -210,14 +174,6 @@ def measure(args: argparse.Namespace) -> dict:
                     metrics_text = httpx.get(f"{base}/metrics", timeout=10).text
                 except httpx.HTTPError:
                     pass
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(90)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
         serve_log = log_path.read_text(errors="replace")
     exits = EXIT_LINE.findall(serve_log)
     stopped = [line for line in serve_log.splitlines() if "stopping." in line]

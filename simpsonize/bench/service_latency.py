@@ -21,7 +21,6 @@ the CPU model and the load average. ``--json`` writes everything; ``--markdown``
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import REPO_ROOT, free_port, percentile
+from simpsonize.bench.common import astronaut_jpeg, percentile, serving
 from simpsonize.cpu import cpu_name
 from simpsonize.resources import SHIPPED_WEIGHTS
 
@@ -61,15 +60,6 @@ class Config:
 
     def __str__(self) -> str:
         return f"{self.workers}x{self.threads}"
-
-
-def default_photo() -> bytes:
-    from PIL import Image
-    from skimage import data
-
-    buffer = io.BytesIO()
-    Image.fromarray(data.astronaut()).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def one_photo(client: httpx.Client, photo: bytes, timeout: float) -> dict:
@@ -108,23 +98,6 @@ def burst(client: httpx.Client, photo: bytes, count: int, timeout: float) -> tup
     with ThreadPoolExecutor(max_workers=count) as pool:
         results = list(pool.map(lambda _: one_photo(client, photo, timeout), range(count)))
     return results, time.perf_counter() - started
-
-
-def wait_ready(base: str, process: subprocess.Popen, workers: int, timeout: float) -> None:
-    wanted = f"{workers} worker{'s' if workers != 1 else ''} alive"
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"simpsonize serve exited with code {process.returncode}")
-        try:
-            response = httpx.get(base + "/readyz", timeout=5)
-            if response.status_code == 200 and wanted in response.json()["detail"]:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready with {wanted} after {timeout:.0f} s")
-        time.sleep(0.2)
 
 
 def service_cpu_seconds(root_pid: int) -> dict[str, float]:
@@ -169,38 +142,26 @@ def summarise_stages(results: list[dict]) -> dict[str, float]:
 def measure(
     config: Config, weights: Path, photo: bytes, singles: int, burst_size: int, timeout: float, device: str | None
 ) -> dict:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="szbench-") as data_dir:
-        command = [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(config.workers),
-            "--threads",
-            str(config.threads),
-            "--weights",
-            str(weights),
-            "--data-dir",
-            data_dir,
-            "--log-level",
-            "warning",
-        ]
+        options = ["--workers", str(config.workers), "--threads", str(config.threads), "--weights", str(weights)]
+        options += ["--data-dir", data_dir, "--log-level", "warning"]
         if device:
-            command += ["--device", device]
+            options += ["--device", device]
         # Benchmarks need the per-client limits off (one client sends the whole burst) and the queue wide enough.
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"SIMPSONIZE_RATE_LIMIT": "off"}
         started = time.perf_counter()
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            wait_ready(base, process, config.workers, timeout)
+        with serving(
+            *options,
+            settings={"SIMPSONIZE_RATE_LIMIT": "off"},
+            inherit=True,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            path="/readyz",
+            workers=config.workers,
+            stop_signal=signal.SIGINT,
+            stop_timeout=60,
+        ) as server:
+            process, base = server.process, server.base
             startup = time.perf_counter() - started
             with bench_client(base, connections=max(burst_size, 2 * config.workers)) as client:
                 # Every worker builds its detector and picks kernels; the burst's connections are opened.
@@ -209,13 +170,6 @@ def measure(
                 cpu_before, client_before = service_cpu_seconds(process.pid), client_cpu_seconds()
                 bursted, wall = burst(client, photo, burst_size, timeout)
                 cpu_after, client_after = service_cpu_seconds(process.pid), client_cpu_seconds()
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
     latencies = [r["latency"] for r in single]
     stages = summarise_stages(single)
@@ -318,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     if args.photo and not args.photo.is_file():
         print(f"bench service: the photo {args.photo} does not exist.", file=sys.stderr)
         return 2
-    photo = args.photo.read_bytes() if args.photo else default_photo()
+    photo = args.photo.read_bytes() if args.photo else astronaut_jpeg()
     cores = len(os.sched_getaffinity(0))
     configs = args.configs or [Config(1, cores), Config(cores, 1)]
     header = {

@@ -13,21 +13,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from simpsonize.bench.common import free_port
+from simpsonize.bench.common import free_port, noise_dataset
 from simpsonize.bench.train_speed import QUICK_NETWORKS, RECIPES, Variant
-
-
-def _synthetic_dataset(root: Path, size: int) -> Path:
-    """Eight noise images per domain: the step's cost does not depend on what the pixels show."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("trainA", "trainB"):
-        (root / split).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
-    return root
 
 
 def _make_trainer(variant: Variant, data: Path, out: Path, networks: dict, dist_info=None):
@@ -150,7 +137,7 @@ def _child(spec: dict) -> dict:
     networks = QUICK_NETWORKS if spec["quick"] else {}
     size = networks.get("size", RECIPES[variant.recipe]["size"])
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(spec["data"]) if spec["data"] else _synthetic_dataset(Path(tmp) / "data", size)
+        data = Path(spec["data"]) if spec["data"] else noise_dataset(Path(tmp) / "data", size, 8)
         steps, warmup = spec["steps"], spec["warmup"]
         if variant.procs == 1:
             trainer = _make_trainer(variant, data, Path(tmp) / "out", networks)

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from simpsonize.bench.common import REPO_ROOT, free_port
+from simpsonize.bench.common import REPO_ROOT, ServeExited, serving
 
 
 def transparent_png(megapixels: float) -> bytes:
@@ -73,85 +70,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     photo = transparent_png(args.megapixels)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     data_dir = tempfile.mkdtemp(prefix="szbench-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMPSONIZE_") and k != "REDIS_URL"}
-    env.update(PYTHONPATH=str(args.repo), SIMPSONIZE_RATE_LIMIT="off", SIMPSONIZE_MAX_QUEUE="1000")
+    settings = {"SIMPSONIZE_RATE_LIMIT": "off", "SIMPSONIZE_MAX_QUEUE": "1000"}
     if args.decoders:
-        env["SIMPSONIZE_DECODE_CONCURRENCY"] = str(args.decoders)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "serve",
-            "--workers",
-            "0",
-            "--port",
-            str(port),
-            "--data-dir",
-            data_dir,
-            "--log-level",
-            "warning",
-        ],
-        cwd=args.repo,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        settings["SIMPSONIZE_DECODE_CONCURRENCY"] = str(args.decoders)
+    options = ("--workers", "0", "--data-dir", data_dir, "--log-level", "warning")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                print(process.stderr.read(), file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("serve did not come up")
-            time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=120) as client:  # warm-up: imports, codecs, Redis scripts
-            client.post("/api/v1/jobs", files={"file": ("w.png", transparent_png(0.1), "image/png")})
-        before_rss = status_kb(process.pid, "VmRSS")
-        exact = reset_peak(process.pid)
-        before_peak = status_kb(process.pid, "VmHWM")
+        with serving(*options, repo=args.repo, settings=settings, timeout=60) as server:
+            process, base = server.process, server.base
+            with httpx.Client(base_url=base, timeout=120) as client:  # warm-up: imports, codecs, Redis scripts
+                client.post("/api/v1/jobs", files={"file": ("w.png", transparent_png(0.1), "image/png")})
+            before_rss = status_kb(process.pid, "VmRSS")
+            exact = reset_peak(process.pid)
+            before_peak = status_kb(process.pid, "VmHWM")
 
-        health: list[float] = []
-        done = threading.Event()
+            health: list[float] = []
+            done = threading.Event()
 
-        def probe() -> None:
-            with httpx.Client(base_url=base, timeout=30) as client:
-                while not done.is_set():
-                    started = time.perf_counter()
-                    client.get("/healthz")
-                    health.append(time.perf_counter() - started)
-                    time.sleep(0.05)
+            def probe() -> None:
+                with httpx.Client(base_url=base, timeout=30) as client:
+                    while not done.is_set():
+                        started = time.perf_counter()
+                        client.get("/healthz")
+                        health.append(time.perf_counter() - started)
+                        time.sleep(0.05)
 
-        prober = threading.Thread(target=probe, daemon=True)
-        prober.start()
+            prober = threading.Thread(target=probe, daemon=True)
+            prober.start()
 
-        def send(_):
-            with httpx.Client(base_url=base, timeout=300) as client:
-                return client.post("/api/v1/jobs", files={"file": ("big.png", photo, "image/png")}).status_code
+            def send(_):
+                with httpx.Client(base_url=base, timeout=300) as client:
+                    return client.post("/api/v1/jobs", files={"file": ("big.png", photo, "image/png")}).status_code
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(args.uploads) as pool:
-            codes = Counter(pool.map(send, range(args.uploads)))
-        elapsed = time.perf_counter() - started
-        done.set()
-        prober.join(30)
-        peak = status_kb(process.pid, "VmHWM")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.uploads) as pool:
+                codes = Counter(pool.map(send, range(args.uploads)))
+            elapsed = time.perf_counter() - started
+            done.set()
+            prober.join(30)
+            peak = status_kb(process.pid, "VmHWM")
+    except ServeExited as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
     growth_mb = (peak - (before_peak if exact else before_rss)) / 1024
     print(f"checkout:            {args.repo}")

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from simpsonize.bench.common import free_port, percentile
+from simpsonize.bench.common import REPO_ROOT, ServeExited, free_port, percentile, serve_env, serving
 
 
 def test_percentile_interpolates_between_the_nearest_ranks():
@@ -25,3 +25,21 @@ def test_free_port_can_be_bound():
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # raises if another socket held it
     assert 1024 <= port <= 65535
+
+
+def test_serve_env_leaves_out_redis_url_and_this_shells_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("REDIS_URL", "redis://elsewhere:6379/0")
+    monkeypatch.setenv("SIMPSONIZE_MAX_QUEUE", "3")
+    env = serve_env(tmp_path, SIMPSONIZE_RATE_LIMIT="off")
+    assert "REDIS_URL" not in env and "SIMPSONIZE_MAX_QUEUE" not in env
+    assert env["PYTHONPATH"] == str(tmp_path) and env["SIMPSONIZE_RATE_LIMIT"] == "off"
+    kept = serve_env(inherit=True)
+    assert "REDIS_URL" not in kept and kept["SIMPSONIZE_MAX_QUEUE"] == "3" and kept["PYTHONPATH"] == str(REPO_ROOT)
+
+
+def test_serving_says_what_serve_wrote_when_it_exits_before_answering(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    with pytest.raises(ServeExited, match="exited with code 2") as raised:
+        with serving("--weights", str(missing), "--data-dir", str(tmp_path / "data")):
+            pytest.fail("serve answered without its weights")
+    assert "missing.safetensors does not exist" in str(raised.value)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
+from bench_support import bench_report
 
 from simpsonize.bench.redis_full import failed_by_reason
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_failures_by_reason_come_from_the_metrics_text():
@@ -21,34 +16,8 @@ def test_failures_by_reason_come_from_the_metrics_text():
 
 
 def test_bench_full_counts_every_upload_and_every_job(tmp_path, tiny_weights):
-    out = tmp_path / "full.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "bench",
-            "full",
-            "--maxmemory",
-            "4mb",
-            "--uploads",
-            "12",
-            "--clients",
-            "3",
-            "--threads",
-            "1",
-            "--weights",
-            str(tiny_weights),
-            "--json",
-            str(out),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    args = ("full", "--maxmemory", "4mb", "--uploads", "12", "--clients", "3", "--threads", "1")
+    report, _ = bench_report(tmp_path / "full.json", *args, "--weights", str(tiny_weights), timeout=400)
     assert "family" in report["header"]["cpu"]
     assert (
         report["accepted"]

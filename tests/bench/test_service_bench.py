@@ -5,16 +5,10 @@ Only the plumbing and the arithmetic are checked here; the figures themselves ar
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from bench_support import bench_report
 
 from simpsonize.bench.service_latency import Config, markdown
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_parses_workers_by_threads():
@@ -25,34 +19,9 @@ def test_config_parses_workers_by_threads():
 
 @pytest.mark.slow
 def test_bench_service_reports_latency_split_and_saturation(tmp_path, tiny_weights):
-    out = tmp_path / "service.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "bench",
-            "service",
-            "--configs",
-            "1x1",
-            "--singles",
-            "2",
-            "--burst",
-            "2",
-            "--json",
-            str(out),
-            "--timeout",
-            "240",
-            "--weights",  # the plumbing and the arithmetic; the shipped model's figures are for an idle machine
-            str(tiny_weights),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    args = ("service", "--configs", "1x1", "--singles", "2", "--burst", "2", "--timeout", "240")
+    # the plumbing and the arithmetic; the shipped model's figures are for an idle machine
+    report, _ = bench_report(tmp_path / "service.json", *args, "--weights", str(tiny_weights), timeout=400)
     assert "family" in report["header"]["cpu"]  # every figure carries the CPU it was measured on
     (row,) = report["rows"]
     single, burst = row["single"], row["burst"]

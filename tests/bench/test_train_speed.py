@@ -3,17 +3,12 @@ only; the figures themselves are for an idle machine)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
+from bench_support import REPO_ROOT, bench_report, run_bench
 
 from simpsonize.bench.train_speed import BASELINE, Variant, variants
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_baseline_is_the_readmes_command_and_every_other_variant_changes_one_thing():
@@ -43,16 +38,7 @@ def test_the_baseline_is_the_readmes_command_and_every_other_variant_changes_one
 
 @pytest.mark.slow
 def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
-    out = tmp_path / "train.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "simpsonize.cli", "bench", "train", "--quick", "--json", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report, done = bench_report(tmp_path / "train.json", "train", "--quick", timeout=600)
     assert "family" in report["cpu"] and "| variant |" in done.stdout
     ddp, single = report["rows"]
     assert ddp["variant"]["procs"] == 2 and single["variant"]["procs"] == 1
@@ -75,11 +61,5 @@ def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
 
 
 def test_an_unknown_recipe_is_refused_with_a_sentence():
-    done = subprocess.run(
-        [sys.executable, "-m", "simpsonize.cli", "bench", "train", "--recipes", "nope"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_bench("train", "--recipes", "nope", timeout=120)
     assert done.returncode == 2 and "unknown recipe nope" in done.stdout

@@ -6,38 +6,12 @@ cannot or need not shrink byte for byte, as the server receives them."""
 from __future__ import annotations
 
 import io
-import shutil
 
 import pytest
 from service_support import POLL_TIMEOUT, REPO_ROOT
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 TIMEOUT_MS = int(POLL_TIMEOUT * 1000)
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def photo(tmp_path, astronaut_jpeg):
-    path = tmp_path / "astronaut.jpg"
-    path.write_bytes(astronaut_jpeg)
-    return path
 
 
 @pytest.fixture()

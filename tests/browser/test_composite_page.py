@@ -5,42 +5,15 @@ rules on the home page and a result page, at both sizes (axe-playwright-python b
 from __future__ import annotations
 
 import io
-import shutil
 
-import pytest
 from PIL import Image
 from service_support import POLL_TIMEOUT, REPO_ROOT
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 TIMEOUT_MS = int(POLL_TIMEOUT * 1000)
 DESKTOP = {"width": 1000, "height": 900}
 PHONE = {"width": 390, "height": 844}
 AXE_RULES = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}}
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def photo(tmp_path, astronaut):
-    path = tmp_path / "astronaut.jpg"
-    astronaut.save(path, quality=90)
-    return path
 
 
 def axe_violations(page) -> str:

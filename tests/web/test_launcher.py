@@ -13,7 +13,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import REPO_ROOT, alive, child_env, descendants, free_port, serve, serving, wait_gone
+from service_support import (
+    REPO_ROOT,
+    alive,
+    child_env,
+    descendants,
+    free_port,
+    serve,
+    serving,
+    wait_gone,
+    wait_serving,
+)
 
 
 def test_serve_refuses_to_start_workers_without_weights(tmp_path):
@@ -72,16 +82,7 @@ def test_serve_with_redis_url_starts_only_the_web_process(redis_url):
     port = free_port()
     process = serve("--port", str(port), "--workers", "3", env=child_env(REDIS_URL=redis_url))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_serving(process, f"http://127.0.0.1:{port}", 60)
         assert descendants(process.pid) == set()
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)

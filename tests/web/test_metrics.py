@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import io
 import signal
-import subprocess
-import sys
 import time
 import uuid
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from service_support import REPO_ROOT, child_env, free_port, make_settings, stop, wait_for_job
+from service_support import make_settings, serving, start_worker, stop, wait_for_job, wait_for_worker
 
 from simpsonize.queue import keys, metrics
 
 HEARTBEAT = 1  # seconds: a worker counts as live while its heartbeat is <= 2 s old
+WORKER_ENV = {"SIMPSONIZE_WORKER_HEARTBEAT": str(HEARTBEAT)}  # start_worker's **env: the workers' heartbeat
 LOOPBACK = ("127.0.0.1", 50000)  # the TestClient's peer address (its default, "testclient", is no address)
 STAGES = ("detect", "generate", "encode")
 
@@ -67,28 +67,6 @@ def submit(client, photo: bytes) -> str:
     return response.json()["id"]
 
 
-def launch_worker(settings, weights, name: str) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "simpsonize.cli",
-        "worker",
-        "--redis-url",
-        settings.redis_url,
-        "--queue",
-        settings.queue_name,
-        "--weights",
-        str(weights),
-        "--threads",
-        "1",
-        "--name",
-        name,
-        "--log-level",
-        "WARNING",
-    ]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
-
-
 def metrics_client(settings, **kwargs):
     from fastapi.testclient import TestClient
 
@@ -97,23 +75,29 @@ def metrics_client(settings, **kwargs):
     return TestClient(create_app(settings), client=kwargs.pop("client", LOOPBACK), **kwargs)
 
 
-@pytest.fixture(scope="module")
-def service(redis_url, tiny_weights):
-    """A queue of its own, served by one real worker (1 s heartbeat), and a client scraping from loopback."""
-    settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
-    name = f"metrics-{uuid.uuid4().hex[:6]}"
-    process = launch_worker(settings, tiny_weights, name)
+@contextmanager
+def worker_and_client(redis_url, weights, name: str):
+    """A queue of its own, served by one real worker (1 s heartbeat) once it has registered, and a client scraping
+    from loopback; yields (settings, the worker process, the client). The worker is stopped (thawed first)."""
+    settings = make_settings(redis_url, weights, worker_heartbeat=HEARTBEAT)
+    process = start_worker(settings, weights, name, **WORKER_ENV)
     try:
         with metrics_client(settings) as client:
-            store = client.app.state.store
-            wait_until(lambda: store.live_workers() == 1 or process.poll() is not None, 180, "worker registered")
-            assert process.poll() is None, f"the worker exited with code {process.returncode}"
-            client.worker, client.worker_name, client.settings = process, name, settings
-            yield client
+            wait_for_worker(client.app.state.store, process)
+            yield settings, process, client
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGCONT)
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def service(redis_url, tiny_weights):
+    """``worker_and_client``'s client, with its worker, the worker's name and the settings as attributes."""
+    name = f"metrics-{uuid.uuid4().hex[:6]}"
+    with worker_and_client(redis_url, tiny_weights, name) as (settings, process, client):
+        client.worker, client.worker_name, client.settings = process, name, settings
+        yield client
 
 
 @pytest.fixture()
@@ -307,41 +291,35 @@ def big_photo(astronaut) -> bytes:
 def test_the_job_of_a_dead_worker_counts_as_failed_worker_stopped(redis_url, tiny_weights, big_photo):
     from simpsonize.queue import liveness
 
-    settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
     name = f"victim-{uuid.uuid4().hex[:6]}"
-    process = launch_worker(settings, tiny_weights, name)
-    try:
-        with metrics_client(settings) as client:
-            store = client.app.state.store
-            wait_until(lambda: store.live_workers() == 1, 180, "worker registered")
-            before = scrape(client)
-            for _attempt in range(5):
-                job_id = submit(client, big_photo)
-                wait_until(
-                    lambda job_id=job_id: client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "queued",
-                    120,
-                    "job started",
-                )
-                process.send_signal(signal.SIGSTOP)
-                if client.get(f"/api/v1/jobs/{job_id}").json()["status"] == "started":
-                    break
-                process.send_signal(signal.SIGCONT)
-            else:
-                pytest.fail("never caught the worker in the middle of a job")
-            process.kill()
-            process.wait()
-            # What `serve` does when one of its workers exits (and live workers do for stale heartbeats).
-            assert liveness.reap(store.queue, settings.key_prefix, 2 * HEARTBEAT, dead=(name,)) == [job_id]
-            after = scrape(client)
-            assert moved(before, after, "simpsonize_jobs_failed_total", reason="worker_stopped") == 1
-            assert value(after, "simpsonize_jobs_in_progress") == 0
+    with worker_and_client(redis_url, tiny_weights, name) as (settings, process, client):
+        store = client.app.state.store
+        before = scrape(client)
+        for _attempt in range(5):
+            job_id = submit(client, big_photo)
             wait_until(
-                lambda: value(scrape(client), "simpsonize_workers_live") == 0,
-                4 * HEARTBEAT + 10,
-                "dead worker no longer live",
+                lambda job_id=job_id: client.get(f"/api/v1/jobs/{job_id}").json()["status"] != "queued",
+                120,
+                "job started",
             )
-    finally:
-        stop(process)
+            process.send_signal(signal.SIGSTOP)
+            if client.get(f"/api/v1/jobs/{job_id}").json()["status"] == "started":
+                break
+            process.send_signal(signal.SIGCONT)
+        else:
+            pytest.fail("never caught the worker in the middle of a job")
+        process.kill()
+        process.wait()
+        # What `serve` does when one of its workers exits (and live workers do for stale heartbeats).
+        assert liveness.reap(store.queue, settings.key_prefix, 2 * HEARTBEAT, dead=(name,)) == [job_id]
+        after = scrape(client)
+        assert moved(before, after, "simpsonize_jobs_failed_total", reason="worker_stopped") == 1
+        assert value(after, "simpsonize_jobs_in_progress") == 0
+        wait_until(
+            lambda: value(scrape(client), "simpsonize_workers_live") == 0,
+            4 * HEARTBEAT + 10,
+            "dead worker no longer live",
+        )
 
 
 # -- who may scrape --------------------------------------------------------------------------------------------------
@@ -409,58 +387,26 @@ def test_a_scrape_without_redis_still_answers(tiny_weights):
 def test_serve_reports_its_workers_jobs_on_its_own_metrics_endpoint(tmp_path, tiny_weights, astronaut_jpeg):
     """`simpsonize serve` with 2 worker processes: the web process's /metrics (loopback, the default allow-list)
     counts the jobs both ran and both workers as live."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simpsonize.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--weights",
-            str(tiny_weights),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        cwd=REPO_ROOT,
-        env=child_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    with (
+        serving(tmp_path / "data", tiny_weights, 2, timeout=240) as served,
+        httpx.Client(base_url=served.base_url, timeout=60) as client,
+    ):
+
+        def live() -> float:
+            return value(parse(client.get("/metrics").text), "simpsonize_workers_live")
+
+        wait_until(lambda: live() == 2, 60, "/metrics counting both live workers")  # /readyz counts them already
+        before = parse(client.get("/metrics").text)
+        ids = [submit(client, astronaut_jpeg) for _ in range(2)]
+        for job_id in ids:
+            assert wait_for_job(client, job_id)["status"] == "finished"
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        after = parse(response.text)
+    assert moved(before, after, "simpsonize_jobs_finished_total") == 2
+    for stage in STAGES:
+        assert moved(before, after, "simpsonize_job_stage_seconds_count", stage=stage) == 2
+    assert (
+        moved(before, after, "simpsonize_http_requests_total", method="POST", route="/api/v1/jobs", status="202") == 2
     )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-
-            def live() -> float:
-                try:
-                    return value(parse(client.get("/metrics").text), "simpsonize_workers_live")
-                except httpx.HTTPError:
-                    return -1
-
-            wait_until(lambda: process.poll() is not None or live() == 2, 240, "serve with 2 live workers")
-            assert process.poll() is None, process.communicate()[1]
-            before = parse(client.get("/metrics").text)
-            ids = [submit(client, astronaut_jpeg) for _ in range(2)]
-            for job_id in ids:
-                assert wait_for_job(client, job_id)["status"] == "finished"
-            response = client.get("/metrics")
-            assert response.status_code == 200
-            after = parse(response.text)
-        assert moved(before, after, "simpsonize_jobs_finished_total") == 2
-        for stage in STAGES:
-            assert moved(before, after, "simpsonize_job_stage_seconds_count", stage=stage) == 2
-        assert (
-            moved(before, after, "simpsonize_http_requests_total", method="POST", route="/api/v1/jobs", status="202")
-            == 2
-        )
-        assert value(after, "simpsonize_workers_live") == 2
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    assert value(after, "simpsonize_workers_live") == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from service_support import descendants, serving
+from service_support import descendants, serving, start_worker
 
 from simpsonize.queue.liveness import WORKER_STOPPED
 from simpsonize.web.routes.jobs import NOT_FOUND
@@ -147,35 +147,7 @@ def test_a_killed_embedded_redis_is_restarted_and_the_service_recovers(tmp_path,
 # -- workers and Redis outside `serve` (REDIS_URL deployments) --------------------------------------------------------
 
 HEARTBEAT = 2  # seconds: alive while the last heartbeat is <= 4 s old; a silent worker's job is failed after 8 s
-
-
-def start_worker(settings, weights, name: str):
-    import subprocess
-    import sys
-
-    from service_support import REPO_ROOT, child_env
-
-    from simpsonize.serve.child_guard import guarded
-
-    command = [
-        sys.executable,
-        "-m",
-        "simpsonize.cli",
-        "worker",
-        "--redis-url",
-        settings.redis_url,
-        "--queue",
-        settings.queue_name,
-        "--weights",
-        str(weights),
-        "--threads",
-        "1",
-        "--name",
-        name,
-        "--log-level",
-        "WARNING",
-    ]
-    return subprocess.Popen(guarded(command), cwd=REPO_ROOT, env=child_env(SIMPSONIZE_WORKER_HEARTBEAT=str(HEARTBEAT)))
+WORKER_ENV = {"SIMPSONIZE_WORKER_HEARTBEAT": str(HEARTBEAT)}  # start_worker's **env: the workers' heartbeat
 
 
 def wait_until(predicate, timeout: float, what: str) -> float:
@@ -197,7 +169,7 @@ def test_liveness_follows_the_heartbeat_and_live_workers_end_a_dead_workers_job(
     from simpsonize.web.main import create_app
 
     settings = make_settings(redis_url, tiny_weights, worker_heartbeat=HEARTBEAT)
-    workers = {name: start_worker(settings, tiny_weights, name) for name in ("w-a", "w-b")}
+    workers = {name: start_worker(settings, tiny_weights, name, **WORKER_ENV) for name in ("w-a", "w-b")}
     try:
         with TestClient(create_app(settings)) as client:
             store = client.app.state.store
@@ -238,7 +210,7 @@ def test_web_and_worker_ride_out_a_restart_of_an_external_redis(tmp_path, tiny_w
     redis = EmbeddedRedis(tmp_path / "redis")
     url = redis.start()
     settings = make_settings(url, tiny_weights, worker_heartbeat=HEARTBEAT)
-    worker = start_worker(settings, tiny_weights, "w-ext")
+    worker = start_worker(settings, tiny_weights, "w-ext", **WORKER_ENV)
     try:
         with TestClient(create_app(settings)) as client:
             wait_until(lambda: client.get("/readyz").status_code == 200, 180, "ready")

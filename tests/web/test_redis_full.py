@@ -7,19 +7,24 @@ Against a real redis-server with a small maxmemory and noeviction (what compose 
 from __future__ import annotations
 
 import re
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
 import httpx
 import pytest
-from service_support import child_env, make_settings, served_in_thread, start_worker, stop, wait_for_worker
+from service_support import (
+    child_env,
+    make_settings,
+    served_in_thread,
+    small_redis_server,
+    start_worker,
+    stop,
+    wait_for_worker,
+)
 
 from simpsonize.queue.capacity import BUSY, FULL_READINESS, Admission, JobFootprint, MemoryGauge
 from simpsonize.queue.jobstore import JobStore, connect
-from simpsonize.serve.embedded import EmbeddedRedis
 
 MAXMEMORY = 4 * 1024 * 1024
 UPLOADS, CLIENTS = 16, 4
@@ -27,14 +32,8 @@ UPLOADS, CLIENTS = 16, 4
 
 @pytest.fixture(scope="module")
 def small_redis():
-    directory = tempfile.mkdtemp(prefix="szs-")
-    server = EmbeddedRedis(directory, maxmemory=str(MAXMEMORY))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    with small_redis_server(MAXMEMORY) as url:
+        yield url
 
 
 def metric(text: str, name: str) -> float:
@@ -163,6 +162,27 @@ def test_admission_leaves_room_for_every_job_already_accepted(small_redis):
     redis.flushall()
 
 
+def wait_until_full(watch) -> None:
+    deadline = time.monotonic() + 10
+    while watch.current() != "full":
+        watch.check()
+        assert time.monotonic() < deadline, "RedisWatch did not see a full Redis"
+        time.sleep(0.05)
+
+
+def stop_code(pool) -> int:
+    """Start the WorkerPool ``pool`` and check it until it says serve must stop; that exit code."""
+    pool.start()
+    try:
+        deadline = time.monotonic() + 20
+        while (code := pool.check()) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return code
+    finally:
+        pool.stop(5)
+
+
 def test_redis_watch_and_the_worker_pool_keep_serve_up_while_redis_is_full(small_redis, monkeypatch):
     """A worker that keeps exiting while Redis is full is restarted for as long as it takes, instead of stopping serve
     after MAX_QUICK_CRASHES; bad weights or settings (exit 2) still stop it."""
@@ -179,11 +199,7 @@ def test_redis_watch_and_the_worker_pool_keep_serve_up_while_redis_is_full(small
     try:
         used = int(redis.info("memory")["used_memory"])
         redis.config_set("maxmemory", used - 100_000)  # full
-        deadline = time.monotonic() + 10
-        while watch.current() != "full":
-            watch.check()
-            assert time.monotonic() < deadline, "RedisWatch did not see a full Redis"
-            time.sleep(0.05)
+        wait_until_full(watch)
 
         pool = WorkerPool([crashing], child_env(), name_prefix="full", redis_trouble=watch.current)
         pool.start()
@@ -200,35 +216,18 @@ def test_redis_watch_and_the_worker_pool_keep_serve_up_while_redis_is_full(small
         redis.config_set("maxmemory", MAXMEMORY)
         monkeypatch.setattr(RedisWatch, "WINDOW", 0.0)
         watch.check()
-        pool = WorkerPool([crashing], child_env(), name_prefix="crash", redis_trouble=watch.current)
-        pool.start()
-        try:
-            deadline = time.monotonic() + 20
-            while (code := pool.check()) is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            assert code == 1
-        finally:
-            pool.stop(5)
+        assert stop_code(WorkerPool([crashing], child_env(), name_prefix="crash", redis_trouble=watch.current)) == 1
 
         # Exit code 2 stops serve even while Redis is full.
         redis.config_set("maxmemory", used - 100_000)
         monkeypatch.setattr(RedisWatch, "WINDOW", 10.0)
-        deadline = time.monotonic() + 10
-        while watch.current() != "full":
-            watch.check()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        pool = WorkerPool([[sys.executable, "-c", "raise SystemExit(2)"]], child_env(), redis_trouble=watch.current)
-        pool.start()
-        try:
-            deadline = time.monotonic() + 20
-            while (code := pool.check()) is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            assert code == 2
-        finally:
-            pool.stop(5)
+        wait_until_full(watch)
+        assert (
+            stop_code(
+                WorkerPool([[sys.executable, "-c", "raise SystemExit(2)"]], child_env(), redis_trouble=watch.current)
+            )
+            == 2
+        )
     finally:
         redis.config_set("maxmemory", MAXMEMORY)
         watch.close()

@@ -5,7 +5,6 @@ test_recovery.py; its health check: tests/web/test_security.py.)"""
 from __future__ import annotations
 
 import json
-import signal
 import uuid
 from datetime import UTC
 
@@ -16,15 +15,6 @@ from simpsonize.cli import main
 from simpsonize.queue import keys
 from simpsonize.queue.jobstore import JobStore
 from simpsonize.web.uploads import normalise
-
-
-@pytest.fixture()
-def isolated_worker_process():
-    """Restore what `simpsonize worker` sets for its whole process: signal handlers."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def worker_args(redis_url: str, queue: str, weights, *extra: str) -> list[str]:
@@ -49,7 +39,7 @@ def worker_args(redis_url: str, queue: str, weights, *extra: str) -> list[str]:
 
 
 def test_the_worker_command_serves_the_queue_and_stops_when_it_is_empty(
-    redis_url, redis_client, tiny_weights, astronaut_jpeg, coffee_jpeg, isolated_worker_process
+    redis_url, redis_client, tiny_weights, astronaut_jpeg, coffee_jpeg, restore_signals
 ):
     settings = make_settings(redis_url, tiny_weights)
     store = JobStore(settings, redis_client)
@@ -85,7 +75,7 @@ def test_the_worker_command_needs_a_redis_url(monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and "REDIS_URL is not set" in err and err.endswith(".")
 
 
-def test_the_worker_command_exits_3_when_redis_is_unreachable(tiny_weights, isolated_worker_process, capsys):
+def test_the_worker_command_exits_3_when_redis_is_unreachable(tiny_weights, restore_signals, capsys):
     """3, not 2: `serve` tells a Redis not up yet from bad weights or settings by this code."""
     assert main(worker_args("redis://127.0.0.1:1/0", "q", tiny_weights, "--batch", "1", "--precision", "fp32")) == 3
     err = capsys.readouterr().err.strip()
@@ -93,7 +83,7 @@ def test_the_worker_command_exits_3_when_redis_is_unreachable(tiny_weights, isol
 
 
 @pytest.mark.parametrize("batch", ["0", "65", "many"])
-def test_the_worker_command_refuses_a_bad_batch_size(redis_url, tiny_weights, isolated_worker_process, capsys, batch):
+def test_the_worker_command_refuses_a_bad_batch_size(redis_url, tiny_weights, restore_signals, capsys, batch):
     assert main(worker_args(redis_url, "q", tiny_weights, "--batch", batch)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("simpsonize worker: the worker batch must be") and "Traceback" not in err

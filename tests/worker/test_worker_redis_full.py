@@ -7,17 +7,14 @@ worker runs in this process (burst mode), so a worker that would die raises out 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 import time
 
 import pytest
-from service_support import make_settings
+from service_support import make_settings, small_redis_server
 
 from simpsonize.queue import capacity, keys, metrics
 from simpsonize.queue.jobstore import JobStore, connect
-from simpsonize.serve.embedded import EmbeddedRedis
 
 MAXMEMORY = 6 * 1024 * 1024
 BIG = 800_000  # an upload or a result this big, when freed, brings Redis back under maxmemory by 500 KB
@@ -25,14 +22,8 @@ BIG = 800_000  # an upload or a result this big, when freed, brings Redis back u
 
 @pytest.fixture(scope="module")
 def small_redis():
-    directory = tempfile.mkdtemp(prefix="szf-")
-    server = EmbeddedRedis(directory, maxmemory=str(MAXMEMORY))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+    with small_redis_server(MAXMEMORY) as url:
+        yield url
 
 
 def fill(redis, over: int = 300_000) -> None:
