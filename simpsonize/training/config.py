@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 UPSAMPLINGS = ("transpose", "resize_conv")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
-# --d-projected: the Projected GAN judge (training/projected.py) of the Simpsons side: none, instead of the
-# Simpsons-side PatchGAN, or beside it.
-PROJECTED_MODES = ("off", "alone", "with-patch")
+# --d-projected: the Projected GAN judge (training/projected.py) of the Simpsons side: none, or beside the
+# Simpsons-side PatchGAN.
+PROJECTED_MODES = ("off", "with-patch")
 # The PatchGAN's three stride-2 and two 4x4 stride-1 convolutions leave no output below this input side.
 MIN_DISCRIMINATOR_SIDE = 24
 
@@ -45,6 +45,9 @@ REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
     "eye_judge": (0.0, "410744a"),
 }
 # lambda_nce, nce_patches and r1_every were settings of CUT and R1: inert while those were off, so they are ignored.
+# Values of kept options that left the same way, with the last commit that has them: the projected judge instead of
+# the PatchGAN.
+REMOVED_CHOICES: dict[str, dict[Any, str]] = {"d_projected": {"alone": "410744a"}}
 
 
 def option(
@@ -123,8 +126,7 @@ class TrainConfig:
     d_projected: str = option(
         "off",
         "a Projected GAN judge of the Simpsons side on frozen ImageNet "
-        "EfficientNet-Lite0 features (Sauer et al., 2021): alone (instead of the PatchGAN D_B) "
-        "or with-patch (beside it)",
+        "EfficientNet-Lite0 features (Sauer et al., 2021), beside the PatchGAN D_B",
         choices=PROJECTED_MODES,
     )
     ema_decay: float = option(
@@ -232,11 +234,17 @@ def resumable_options() -> tuple[str, ...]:
 
 
 def check_removed_options(saved: Mapping[str, Any]) -> None:
-    """A saved config that used a removed option cannot train here: say which, and where it still exists."""
+    """A saved config that used a removed option (or a removed value of a kept one) cannot train here: say which, and
+    where it still exists."""
     used = {
         _as_flag(name, saved[name]): commit
         for name, (off, commit) in REMOVED_OPTIONS.items()
         if name in saved and saved[name] != off
+    }
+    used |= {
+        _as_flag(name, saved[name]): removed[saved[name]]
+        for name, removed in REMOVED_CHOICES.items()
+        if saved.get(name) in removed
     }
     if used:
         flags = list(used)

@@ -83,15 +83,9 @@ class Trainer:
         self.G_train, self.D_train = self.G, self.D
         if self.dist.world_size > 1:
             # The projected judge's frozen network is 4.7 M floats of buffers; DDP would broadcast them from rank 0
-            # before every forward. They never change, so the ranks stay in step without it. D_B sits out (no
-            # gradient) when the projected judge replaces it.
+            # before every forward. They never change, so the ranks stay in step without it.
             self.G_train = wrap(self.G, self.device)
-            self.D_train = wrap(
-                self.D,
-                self.device,
-                find_unused_parameters=config.d_projected == "alone",
-                broadcast_buffers=not self.projected,
-            )
+            self.D_train = wrap(self.D, self.device, broadcast_buffers=not self.projected)
 
         fixed = min(4, len(self.dataset.files_a), len(self.dataset.files_b))
         test_root = Path(config.data)
@@ -145,8 +139,7 @@ class Trainer:
         with self.autocast():
             out = self.G_train(real_A, real_B, c.lambda_identity > 0)
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
-            judged = self.D.judge_simpsons(out["fake_A"])
-            loss_G_B = lsgan(judged, True) if judged is not None else zero
+            loss_G_B = lsgan(self.D.judge_simpsons(out["fake_A"]), True)
             loss_G_B_proj = projected_lsgan(self.D.judge_projected(out["fake_A"]), True) if self.projected else zero
         l1 = cycle_and_identity(out, real_A, real_B, c.lambda_cycle, c.lambda_identity)
         # Each judge pushes with its full weight (summed, not averaged): an average would halve the PatchGAN's push
@@ -168,7 +161,7 @@ class Trainer:
         with self.autocast():
             real_b, fake_b, real_a, fake_a, real_proj, fake_proj = self.D_train(real_A, real_B, fake_A, fake_B)
             loss_D_A = discriminator_lsgan(real_b, fake_b)
-            loss_D_B = discriminator_lsgan(real_a, fake_a) if real_a is not None else zero
+            loss_D_B = discriminator_lsgan(real_a, fake_a)
             loss_D_B_proj = (
                 0.5 * (projected_lsgan(real_proj, True) + projected_lsgan(fake_proj, False)) if self.projected else zero
             )

@@ -581,6 +581,11 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
             "this run uses --eye-judge 1, an option removed from the trainer after its "
             "ablation lost (docs/experiments.md); commit 410744a still has it.",
         ),
+        (  # a removed value of a kept option
+            {"d_projected": "alone"},
+            "this run uses --d-projected alone, an option removed from the trainer after its "
+            "ablation lost (docs/experiments.md); commit 410744a still has it.",
+        ),
         (  # the older commit still has the tricks removed after it
             {"lambda_tv": 2.0, "eye_judge": 0.5},
             "this run uses --lambda-tv 2 and --eye-judge 0.5, options removed from the trainer after their ablation "
