@@ -19,28 +19,35 @@ if TYPE_CHECKING:
 UPSAMPLINGS = ("transpose", "resize_conv")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
-# --d-projected: the Projected GAN judge (training/projected.py) of the Simpsons side: none, instead of the
-# Simpsons-side PatchGAN, or beside it.
-PROJECTED_MODES = ("off", "alone", "with-patch")
+# --d-projected: the Projected GAN judge (training/projected.py) of the Simpsons side: none, or beside the
+# Simpsons-side PatchGAN.
+PROJECTED_MODES = ("off", "with-patch")
 # The PatchGAN's three stride-2 and two 4x4 stride-1 convolutions leave no output below this input side.
 MIN_DISCRIMINATOR_SIDE = 24
 
-# Tricks whose ablations lost (docs/experiments.md) and that left the trainer in issue 29, with the value that meant
-# "off". A run folder that left them off resumes here; one that used one must go back to the commit that has it.
-REMOVED_OPTIONS: dict[str, Any] = {
-    "lambda_tv": 0.0,
-    "d_scales": 1,
-    "d_thumbnail": 0,
-    "cycle_noise": 0.0,
-    "cycle_eyes": 1.0,
-    "cycle_surround": 1.0,
-    "spectral_norm": False,
-    "objective": "cyclegan",
-    "d_warmup": 0,
-    "r1_gamma": 0.0,
+# The last commits with tricks whose ablations lost (docs/experiments.md), oldest first: the trainer before its split
+# in issue 29, and the trainer before the eighteenth session's losers left. Each still has every trick removed after
+# it, so a run that used tricks of several removals resumes at the oldest of their commits.
+REMOVED_AT = ("f6bafa5", "410744a")
+# The tricks that left, with the value that meant "off" and the last commit that has them. A run folder that left
+# them off resumes here; one that used one must go back to a commit that has it.
+REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
+    "lambda_tv": (0.0, "f6bafa5"),
+    "d_scales": (1, "f6bafa5"),
+    "d_thumbnail": (0, "f6bafa5"),
+    "cycle_noise": (0.0, "f6bafa5"),
+    "cycle_eyes": (1.0, "f6bafa5"),
+    "cycle_surround": (1.0, "f6bafa5"),
+    "spectral_norm": (False, "f6bafa5"),
+    "objective": ("cyclegan", "f6bafa5"),
+    "d_warmup": (0, "f6bafa5"),
+    "r1_gamma": (0.0, "f6bafa5"),
+    "eye_judge": (0.0, "410744a"),
 }
 # lambda_nce, nce_patches and r1_every were settings of CUT and R1: inert while those were off, so they are ignored.
-LAST_COMMIT_WITH_REMOVED_OPTIONS = "f6bafa5"
+# Values of kept options that left the same way, with the last commit that has them: the projected judge instead of
+# the PatchGAN.
+REMOVED_CHOICES: dict[str, dict[Any, str]] = {"d_projected": {"alone": "410744a"}}
 
 
 def option(
@@ -119,15 +126,8 @@ class TrainConfig:
     d_projected: str = option(
         "off",
         "a Projected GAN judge of the Simpsons side on frozen ImageNet "
-        "EfficientNet-Lite0 features (Sauer et al., 2021): alone (instead of the PatchGAN D_B) "
-        "or with-patch (beside it)",
+        "EfficientNet-Lite0 features (Sauer et al., 2021), beside the PatchGAN D_B",
         choices=PROJECTED_MODES,
-    )
-    eye_judge: float = option(
-        0.0,
-        "weight of a local judge of the eyes (training/eye_judge.py): G_B's eyes at "
-        "the person's eye positions against the show's eye patches, e.g. 1 (0: off)",
-        metavar="WEIGHT",
     )
     ema_decay: float = option(
         0.0,
@@ -159,7 +159,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def validate(self, world_size: int = 1) -> None:
+    def validate(self) -> None:
         """Raise ValueError with one sentence for the first setting that cannot train."""
         for f in fields(self):
             choices = f.metadata.get("choices")
@@ -181,11 +181,6 @@ class TrainConfig:
         from simpsonize.training.averaging import check_decay
 
         check_decay(self.ema_decay)
-        if self.eye_judge < 0:
-            raise ValueError(f"--eye-judge must be 0 (off) or a positive weight, not {self.eye_judge:g}.")
-        if self.eye_judge and world_size > 1:
-            # Its discriminator sits outside the DDP-wrapped modules, so its gradients would not be averaged.
-            raise ValueError("--eye-judge runs in one process only (not yet under DDP).")
 
     @classmethod
     def from_options(
@@ -239,17 +234,27 @@ def resumable_options() -> tuple[str, ...]:
 
 
 def check_removed_options(saved: Mapping[str, Any]) -> None:
-    """A saved config that used a removed option cannot train here: say which, and where it still exists."""
-    used = [
-        _as_flag(name, saved[name]) for name, off in REMOVED_OPTIONS.items() if name in saved and saved[name] != off
-    ]
+    """A saved config that used a removed option (or a removed value of a kept one) cannot train here: say which, and
+    where it still exists."""
+    used = {
+        _as_flag(name, saved[name]): commit
+        for name, (off, commit) in REMOVED_OPTIONS.items()
+        if name in saved and saved[name] != off
+    }
+    used |= {
+        _as_flag(name, saved[name]): removed[saved[name]]
+        for name, removed in REMOVED_CHOICES.items()
+        if saved.get(name) in removed
+    }
     if used:
-        many = len(used) > 1
-        listed = f"{', '.join(used[:-1])} and {used[-1]}" if many else used[0]
+        flags = list(used)
+        many = len(flags) > 1
+        listed = f"{', '.join(flags[:-1])} and {flags[-1]}" if many else flags[0]
+        commit = min(used.values(), key=REMOVED_AT.index)
         raise ValueError(
             f"this run uses {listed}, {'options' if many else 'an option'} removed from the "
             f"trainer after {'their' if many else 'its'} ablation lost (docs/experiments.md); commit "
-            f"{LAST_COMMIT_WITH_REMOVED_OPTIONS} still has {'them' if many else 'it'}."
+            f"{commit} still has {'them' if many else 'it'}."
         )
 
 

@@ -56,16 +56,12 @@ def process_group(info: Distributed, device: str) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def wrap(
-    module: nn.Module, device: torch.device, find_unused_parameters: bool = False, broadcast_buffers: bool = True
-) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, broadcast_buffers: bool = True) -> nn.Module:
     """``module`` under DDP: its gradients are averaged over the processes in its backward."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(
-        module, device_ids=ids, find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers
-    )
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=broadcast_buffers)
 
 
 def any_rank(flag: bool, info: Distributed, device: torch.device) -> bool:

@@ -25,8 +25,6 @@ LOSS_NAMES = (
     "idt_B",
     "D_B_proj",
     "G_B_proj",
-    "D_eye",
-    "G_eye",
 )
 
 

@@ -48,13 +48,10 @@ class Discriminators(nn.Module):
     ) -> None:
         super().__init__()
         self.D_A = init_weights(NLayerDiscriminator(config))
-        # Built (and optimised, without gradients) even when the projected judge replaces it, so that every run's
-        # checkpoint and optimiser hold the same PatchGAN parameters.
         self.D_B = init_weights(NLayerDiscriminator(config))
         self.augment = lambda x: x  # the trainer swaps in DiffAugment when asked
         # The Projected GAN judge: built last and from its own seed, so every other network starts as without it.
         # It augments what it judges by itself (always: the paper's judge is never without DiffAugment).
-        self.patch_judges = projected != "alone"
         self.D_B_projected = nn.ModuleList()
         if projected != "off":
             from simpsonize.training import projected as projected_module  # looked up now, so tests can swap features
@@ -65,17 +62,17 @@ class Discriminators(nn.Module):
                 )
             )
 
-    def judge_simpsons(self, images: torch.Tensor) -> torch.Tensor | None:
-        """D_B's logits on (augmented) images; None when the projected judge replaces it."""
-        return self.D_B(self.augment(images)) if self.patch_judges else None
+    def judge_simpsons(self, images: torch.Tensor) -> torch.Tensor:
+        """D_B's logits on (augmented) images."""
+        return self.D_B(self.augment(images))
 
     def judge_projected(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The Projected GAN judge's logits, one map per feature scale, finest first (none when it is off)."""
         return [p for judge in self.D_B_projected for p in judge(images)]
 
     def forward(self, real_A, real_B, fake_A, fake_B) -> tuple:
-        """D_A on real and fake B, D_B on real and fake A (None with --d-projected alone), and the projected judge's
-        logits on real and fake A (empty lists when off). The order is that of the augmentations' random draws."""
+        """D_A on real and fake B, D_B on real and fake A, and the projected judge's logits on real and fake A (empty
+        lists when off). The order is that of the augmentations' random draws."""
         patch = self.judge_simpsons(real_A), self.judge_simpsons(fake_A)
         projected = self.judge_projected(real_A), self.judge_projected(fake_A)
         a = self.augment

@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
             if (out / "checkpoint.pt").exists():
                 raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
             config = config_from_args(args)
-        config.validate(info.world_size)
+        config.validate()
         trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info, precision=precision)
     except (FileNotFoundError, ValueError, SimpsonizeError) as exc:  # SimpsonizeError: e.g. CUDA asked, none here
         print(f"error: {exc}")

@@ -1,8 +1,8 @@
 """The training loop: one ``Trainer`` holds a run's networks, optimisers and pools, takes steps and keeps to budgets.
 
 The objective is the published CycleGAN's (training/losses.py), with the options that survived their ablations:
-DiffAugment on the judges' inputs, the Projected GAN judge (``d_projected``), the eye judge (``eye_judge``) and a
-moving average of the generators (``ema_decay``). The run folder it writes is training/checkpoint.py's.
+DiffAugment on the judges' inputs, the Projected GAN judge (``d_projected``) and a moving average of the generators
+(``ema_decay``). The run folder it writes is training/checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.dist = dist_info or Distributed()
-        config.validate(self.dist.world_size)
+        config.validate()
         if device in (None, "", "auto"):
             device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -52,10 +52,7 @@ class Trainer:
         self.out = Path(config.out)
 
         torch.manual_seed(config.seed)  # same initial weights on every rank
-        # With the eye judge, the samples also say which files they are and how they were cut (the same images).
-        self.dataset = UnpairedFaces(
-            config.data, "train", config.size, seed=config.seed, positions=config.eye_judge > 0
-        )
+        self.dataset = UnpairedFaces(config.data, "train", config.size, seed=config.seed)
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
@@ -76,19 +73,6 @@ class Trainer:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         self.projected = config.d_projected != "off"
-        # The eye judge (training/eye_judge.py): its own network, from its own seed.
-        self.eye_judge = None
-        if config.eye_judge:
-            from simpsonize.training.eye_judge import EyeJudge
-
-            self.eye_judge = EyeJudge(
-                Path(config.data),
-                self.dataset.files_a,
-                self.dataset.files_b,
-                self.dataset.load_size,
-                config.size,
-                seed=config.seed,
-            ).to(self.device)
         self._build_optimisers()
         # Only the main process saves, and DDP keeps every rank's generators identical, so only it averages.
         self.G_ema = generator_average(self.G, config.ema_decay) if config.ema_decay and self.dist.is_main else None
@@ -99,15 +83,9 @@ class Trainer:
         self.G_train, self.D_train = self.G, self.D
         if self.dist.world_size > 1:
             # The projected judge's frozen network is 4.7 M floats of buffers; DDP would broadcast them from rank 0
-            # before every forward. They never change, so the ranks stay in step without it. D_B sits out (no
-            # gradient) when the projected judge replaces it.
+            # before every forward. They never change, so the ranks stay in step without it.
             self.G_train = wrap(self.G, self.device)
-            self.D_train = wrap(
-                self.D,
-                self.device,
-                find_unused_parameters=config.d_projected == "alone",
-                broadcast_buffers=not self.projected,
-            )
+            self.D_train = wrap(self.D, self.device, broadcast_buffers=not self.projected)
 
         fixed = min(4, len(self.dataset.files_a), len(self.dataset.files_b))
         test_root = Path(config.data)
@@ -134,15 +112,11 @@ class Trainer:
         # The projected judge's frozen parts are buffers: its optimiser sees only its heads.
         if self.projected:
             self.opt_D_projected, self.sched_D_projected = scheduled(self.D.D_B_projected.parameters(), lr_d)
-        if self.eye_judge is not None:
-            self.opt_D_eye, self.sched_D_eye = scheduled(self.eye_judge.parameters(), lr_d)
 
     def _discriminator_optimisers(self) -> list[tuple[torch.optim.Optimizer, object]]:
         parts = [(self.opt_D, self.sched_D)]
         if self.projected:
             parts.append((self.opt_D_projected, self.sched_D_projected))
-        if self.eye_judge is not None:
-            parts.append((self.opt_D_eye, self.sched_D_eye))
         return parts
 
     # ----------------------------------------------------------------------------------------- one step
@@ -151,39 +125,32 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor, eyes: dict | None = None) -> dict[str, float]:
-        """One step of every network; the losses, by ``LOSS_NAMES``. ``eyes``: the batch's file indices and crops
-        (``UnpairedFaces(positions=True)``), needed by the eye judge only."""
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
+        """One step of every network; the losses, by ``LOSS_NAMES``."""
         c = self.config
-        if self.eye_judge is not None and eyes is None:
-            raise ValueError("the eye judge needs the batch's positions (A_index, A_crop, B_index, B_crop)")
         if self.channels_last:
             real_A = real_A.contiguous(memory_format=torch.channels_last)
             real_B = real_B.contiguous(memory_format=torch.channels_last)
         zero = torch.zeros((), device=self.device)
 
         # Generators: the judges are frozen so that their gradients stay clean for their own step.
-        self._judges_learn(False)
+        self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.G_train(real_A, real_B, c.lambda_identity > 0)
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
-            judged = self.D.judge_simpsons(out["fake_A"])
-            loss_G_B = lsgan(judged, True) if judged is not None else zero
+            loss_G_B = lsgan(self.D.judge_simpsons(out["fake_A"]), True)
             loss_G_B_proj = projected_lsgan(self.D.judge_projected(out["fake_A"]), True) if self.projected else zero
-            loss_G_eye = self._eye_generator_loss(out["fake_A"], eyes)
         l1 = cycle_and_identity(out, real_A, real_B, c.lambda_cycle, c.lambda_identity)
         # Each judge pushes with its full weight (summed, not averaged): an average would halve the PatchGAN's push
         # against the cycle and so change the balance of the recipe the judges are compared with. A judge that is
         # off adds an exact 0, so without it the sum is the published objective's to the bit.
-        loss_G = (
-            loss_G_A + loss_G_B + l1["cycle_A"] + l1["cycle_B"] + l1["idt_A"] + l1["idt_B"] + loss_G_B_proj + loss_G_eye
-        )
+        loss_G = loss_G_A + loss_G_B + l1["cycle_A"] + l1["cycle_B"] + l1["idt_A"] + l1["idt_B"] + loss_G_B_proj
         loss_G.backward()
         self.opt_G.step()
 
         # Discriminators, on real images and on fakes drawn from the history pools.
-        self._judges_learn(True)
+        self.D.requires_grad_(True)
         for optimizer, _ in self._discriminator_optimisers():
             optimizer.zero_grad(set_to_none=True)
         fake_B = self.pool_A.query(out["fake_B"].detach().float())
@@ -194,12 +161,11 @@ class Trainer:
         with self.autocast():
             real_b, fake_b, real_a, fake_a, real_proj, fake_proj = self.D_train(real_A, real_B, fake_A, fake_B)
             loss_D_A = discriminator_lsgan(real_b, fake_b)
-            loss_D_B = discriminator_lsgan(real_a, fake_a) if real_a is not None else zero
+            loss_D_B = discriminator_lsgan(real_a, fake_a)
             loss_D_B_proj = (
                 0.5 * (projected_lsgan(real_proj, True) + projected_lsgan(fake_proj, False)) if self.projected else zero
             )
-        loss_D_eye = self._eye_discriminator_loss(real_A, out["fake_A"], eyes)
-        (loss_D_A + loss_D_B + loss_D_B_proj + loss_D_eye).backward()
+        (loss_D_A + loss_D_B + loss_D_B_proj).backward()
         for optimizer, scheduler in self._discriminator_optimisers():
             optimizer.step()
             scheduler.step()
@@ -217,35 +183,8 @@ class Trainer:
             l1["idt_B"],
             loss_D_B_proj,
             loss_G_B_proj,
-            loss_D_eye,
-            loss_G_eye,
         )
         return {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
-
-    def _judges_learn(self, learn: bool) -> None:
-        self.D.requires_grad_(learn)
-        if self.eye_judge is not None:
-            self.eye_judge.requires_grad_(learn)
-
-    def _eye_generator_loss(self, fake_A: torch.Tensor, eyes: dict | None) -> torch.Tensor:
-        """The eye judge's weighted push on G_B: its eyes, at the person's eye positions, should pass for the show's
-        (0 when off)."""
-        if self.eye_judge is None:
-            return torch.zeros((), device=self.device)
-        boxes = self.eye_judge.person_boxes(eyes["B_index"], eyes["B_crop"])
-        return self.config.eye_judge * self.eye_judge.generator_loss(fake_A, boxes)
-
-    def _eye_discriminator_loss(self, real_A: torch.Tensor, fake_A: torch.Tensor, eyes: dict | None) -> torch.Tensor:
-        """The eye judge's own loss: the show's eye patches against this step's generated ones (0 when off)."""
-        if self.eye_judge is None:
-            return torch.zeros((), device=self.device)
-        with self.autocast():
-            return self.eye_judge.discriminator_loss(
-                real_A,
-                self.eye_judge.show_boxes(eyes["A_index"], eyes["A_crop"]),
-                fake_A,
-                self.eye_judge.person_boxes(eyes["B_index"], eyes["B_crop"]),
-            )
 
     # ------------------------------------------------------------------------------------ the run folder
     def networks(self) -> tuple[tuple[str, nn.Module], ...]:
@@ -274,12 +213,6 @@ class Trainer:
                 opt_D_projected=self.opt_D_projected.state_dict(),
                 sched_D_projected=self.sched_D_projected.state_dict(),
             )
-        if self.eye_judge is not None:
-            state.update(
-                D_eye=self.eye_judge.state_dict(),
-                opt_D_eye=self.opt_D_eye.state_dict(),
-                sched_D_eye=self.sched_D_eye.state_dict(),
-            )
         state["rng"] = checkpoint.rng_state()
         return state
 
@@ -298,10 +231,6 @@ class Trainer:
             self.D.D_B_projected[0].load_trained_state_dict(state["D_B_projected"])
             self.opt_D_projected.load_state_dict(state["opt_D_projected"])
             self.sched_D_projected.load_state_dict(state["sched_D_projected"])
-        if self.eye_judge is not None:
-            self.eye_judge.load_state_dict(state["D_eye"])
-            self.opt_D_eye.load_state_dict(state["opt_D_eye"])
-            self.sched_D_eye.load_state_dict(state["sched_D_eye"])
         checkpoint.restore_rng(state["rng"])
 
     def load_networks(self, source: str | Path) -> int:
@@ -396,11 +325,8 @@ class Trainer:
         stopped_by_clock = False
         step_started = time.time()
         for batch in loader:
-            eyes = None
-            if self.eye_judge is not None:  # where the batch's eyes are: its files and crops
-                eyes = {k: batch[k] for k in ("A_index", "A_crop", "B_index", "B_crop")}
             losses = self.train_step(
-                batch["A"].to(self.device, non_blocking=True), batch["B"].to(self.device, non_blocking=True), eyes
+                batch["A"].to(self.device, non_blocking=True), batch["B"].to(self.device, non_blocking=True)
             )
             if self.G_ema is not None:
                 self.G_ema.update_parameters(self.G)

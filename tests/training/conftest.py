@@ -170,9 +170,13 @@ def checkout_of(commit: str, scratch: Path) -> tuple[Path, str]:
     return root, module
 
 
-def run_in_checkout(root: Path, argv: list[str], timeout: int = 280) -> subprocess.CompletedProcess:
-    """``python ARGV`` with ``root``'s code first on the path (over this checkout's and the installed package)."""
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+def run_in_checkout(
+    root: Path, argv: list[str], timeout: int = 280, also: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
+    """``python ARGV`` with ``root``'s code first on the path (over this checkout's and the installed package), then
+    the folders ``also`` (e.g. this checkout, for its ``tests`` helpers)."""
+    path = os.pathsep.join(str(p) for p in (root, *also))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run([sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

@@ -1,5 +1,5 @@
-"""`simpsonize.cli` with the tiny stand-in for the projected judge's pretrained features, for a DDP run under torchrun
-(the tests' monkeypatch does not reach the processes torchrun starts)."""
+"""`simpsonize.cli` with the tiny stand-in for the projected judge's pretrained features, in a process of its own: a
+DDP run under torchrun, or an earlier commit's trainer (the tests' monkeypatch does not reach other processes)."""
 
 import sys
 

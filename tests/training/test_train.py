@@ -356,8 +356,6 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         "idt_B",
         "D_B_proj",
         "G_B_proj",
-        "D_eye",
-        "G_eye",
     }
     assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
     after = trainer.G.G_B.state_dict()
@@ -503,26 +501,34 @@ def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsy
     assert "invalid choice" in capsys.readouterr().err
 
 
-# The last trainer in one file, with every trick that later lost its ablation (issue 29).
+# The last trainer in one file, with every trick that later lost its ablation (issue 29); and the last trainer with
+# --eye-judge and --d-projected alone (the eighteenth session's losers).
 BEFORE_THE_SPLIT = "f6bafa5"
+BEFORE_THE_TRIM = "410744a"
 
 
-def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_trainer_trains_it(
-    tiny_dataset, tmp_path
+@pytest.mark.usefixtures("tiny_projected_features")
+@pytest.mark.parametrize(
+    "commit, judge",
+    [(BEFORE_THE_SPLIT, []), (BEFORE_THE_TRIM, ["--d-projected", "with-patch"])],
+    ids=["before-the-split", "before-the-trim-with-patch"],
+)
+def test_a_run_folder_of_an_earlier_trainer_resumes_and_ends_as_this_trainer_trains_it(
+    tiny_dataset, tmp_path, commit, judge
 ):
-    """The shipped recipe's options on tiny networks: a run that the trainer before the split took 2 of its 4 steps,
-    resumed here, ends with the same weights, average and loss log to the bit as this trainer's straight run, so
-    those first 2 steps were the same too. Its config.json names the removed options, at their defaults."""
+    """The shipped recipe's options on tiny networks (before the trim, with the long run's projected judge beside the
+    PatchGAN): a run that the earlier trainer took 2 of its 4 steps, resumed here, ends with the same weights, average
+    and loss log to the bit as this trainer's straight run, so those first 2 steps were the same too. Its config.json
+    names the removed options, at their defaults."""
     from tests.training.conftest import checkout_of, run_in_checkout
 
-    recipe = ["--upsampling", "resize_conv", "--pool-size", "1", "--ema-decay", "0.9"]
-    root, _ = checkout_of(BEFORE_THE_SPLIT, tmp_path)
+    recipe = ["--upsampling", "resize_conv", "--pool-size", "1", "--ema-decay", "0.9", *judge]
+    root, _ = checkout_of(commit, tmp_path)
     old = tmp_path / "old"
     run_in_checkout(
         root,
         [
-            "-m",
-            "simpsonize.cli",
+            str(Path(__file__).with_name("projected_ddp_entry.py")),  # that commit's CLI, with the tiny features
             "train",
             "--data",
             str(tiny_dataset),
@@ -533,20 +539,24 @@ def test_a_run_folder_of_the_trainer_before_the_split_resumes_and_ends_as_this_t
             "--max-steps",
             "2",
         ],
+        also=(REPO,),
     )
     saved = json.loads((old / "config.json").read_text())
-    assert (saved["lambda_tv"], saved["d_scales"], saved["objective"]) == (0.0, 1, "cyclegan")  # the old trainer's
+    assert saved["eye_judge"] == 0.0  # the old trainer's (this one has no such field)
+    if commit == BEFORE_THE_SPLIT:
+        assert (saved["lambda_tv"], saved["d_scales"], saved["objective"]) == (0.0, 1, "cyclegan")
     assert main(["train", "--out", str(old), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
     straight = tmp_path / "straight"
     assert train(tiny_dataset, straight, *recipe) == 0
     a = torch.load(straight / "checkpoint.pt", weights_only=False)
     b = torch.load(old / "checkpoint.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
-    for net in ("G_A", "G_B", "D_A", "D_B", "G_ema"):
+    for net in ("G_A", "G_B", "D_A", "D_B", "G_ema", *(["D_B_projected"] if judge else [])):
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs"
+    assert set(a) == set(b)  # the same entries: no sign of the removed tricks is left
     assert _loss_rows(old) == _loss_rows(straight)  # the resume drops the removed tricks' columns (all 0)
-    assert "lambda_tv" not in json.loads((old / "config.json").read_text())
+    assert not {"lambda_tv", "eye_judge"} & set(json.loads((old / "config.json").read_text()))
 
 
 def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_dataset, tmp_path, capsys):
@@ -566,6 +576,21 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
             "this run uses --spectral-norm, --objective cut and --r1-gamma 10, options removed from the trainer "
             "after their ablation lost (docs/experiments.md); commit f6bafa5 still has them.",
         ),
+        (
+            {"eye_judge": 1.0},
+            "this run uses --eye-judge 1, an option removed from the trainer after its "
+            "ablation lost (docs/experiments.md); commit 410744a still has it.",
+        ),
+        (  # a removed value of a kept option
+            {"d_projected": "alone"},
+            "this run uses --d-projected alone, an option removed from the trainer after its "
+            "ablation lost (docs/experiments.md); commit 410744a still has it.",
+        ),
+        (  # the older commit still has the tricks removed after it
+            {"lambda_tv": 2.0, "eye_judge": 0.5},
+            "this run uses --lambda-tv 2 and --eye-judge 0.5, options removed from the trainer after their ablation "
+            "lost (docs/experiments.md); commit f6bafa5 still has them.",
+        ),
     ]
     for removed, sentence in cases:
         torch.save({**original, "config": {**original["config"], **removed}}, run / "checkpoint.pt")
@@ -578,6 +603,7 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
         "d_scales": 1,
         "objective": "cyclegan",
         "spectral_norm": False,
+        "eye_judge": 0.0,
         "r1_every": 16,
         "lambda_nce": 2.0,
         "nce_patches": 64,
