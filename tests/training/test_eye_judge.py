@@ -252,7 +252,7 @@ def test_off_trains_exactly_as_the_trainer_before_the_flag(eyed_dataset, tmp_pat
         {k: v for k, v in r.items() if k in new_rows[0]} for r in old_rows
     ]
     assert all(float(r["D_eye"]) == float(r["G_eye"]) == 0 for r in new_rows)
-    assert set(new) - set(old) == set()  # no new checkpoint entries when off
+    assert set(new) - set(old) <= {"layout"}  # no new checkpoint entries when off (the layout is recorded since)
 
 
 def test_eye_judge_module_builds_from_its_own_seed(eyed_dataset):
