@@ -1,7 +1,7 @@
 """The run folder: everything a run writes, and everything ``--resume`` and ``--init-from`` read back.
 
 ``RUN/config.json`` (the ``TrainConfig``), ``checkpoint.pt`` (all a resume needs to continue exactly: networks,
-optimisers, schedules, history pools, every RNG state, the precision chosen), ``losses.csv``, ``losses.png``,
+optimisers, schedules, history pools, every RNG state, the precision and layout chosen), ``losses.csv``, ``losses.png``,
 ``samples/step_*.png``, ``snapshots/step_*`` (both generators as served-weights files, for picking the best) and
 ``sessions.json`` (where and how each stretch of training ran; the model card reports the hardware).
 """
@@ -46,9 +46,16 @@ def write_config(out: Path, config: TrainConfig) -> None:
 
 
 def record_session(
-    out: Path, start_step: int, device: torch.device, world_size: int, bf16: bool, precision_reason: str
+    out: Path,
+    start_step: int,
+    device: torch.device,
+    world_size: int,
+    bf16: bool,
+    precision_reason: str,
+    channels_last: bool,
+    layout_reason: str,
 ) -> None:
-    """Append where and how this stretch of training ran."""
+    """Append where and how this stretch of training ran (the precision and memory layout, each with its reason)."""
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.exists() else []
     sessions.append(
@@ -60,6 +67,8 @@ def record_session(
             "world_size": world_size,
             "precision": "bf16" if bf16 else "fp32",
             "precision_reason": precision_reason,
+            "layout": "channels_last" if channels_last else "contiguous",
+            "layout_reason": layout_reason,
             "torch": torch.__version__,
         }
     )

@@ -1,4 +1,5 @@
-"""Data-parallel training under ``torchrun``: which process this is, the process group, and agreeing to stop.
+"""Data-parallel training under ``torchrun``: which process this is, the process group, and agreeing on a choice or to
+stop.
 
 Hugging Face ``accelerate`` would wrap DDP, autocast and the RNG state for us, but it is not adopted: the trainer's
 exact resume depends on which RNG states are saved and restored and in what order (tested to the last digit), and
@@ -71,3 +72,15 @@ def any_rank(flag: bool, info: Distributed, device: torch.device) -> bool:
     total = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(total)
     return bool(total.item() > 0)
+
+
+def main_rank_choice(choice: tuple[bool, str], info: Distributed, device: torch.device) -> tuple[bool, str]:
+    """Rank 0's ``(flag, why)`` on every process: each rank times its own probe (training/precision.py), which can
+    differ on a busy machine, and the ranks must agree: DDP refuses parameters whose strides differ between processes
+    (one memory layout), and one precision keeps the ranks' steps alike. Only rank 0 reports the reason."""
+    if info.world_size == 1:
+        return choice
+    flag = torch.tensor([1.0 if choice[0] else 0.0], device=device)
+    dist.broadcast(flag, src=0)
+    chosen = bool(flag.item() > 0)
+    return chosen, choice[1] if chosen == choice[0] else f"rank 0's choice (this rank's probe: {choice[1]})"

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
     out: Path = args.out
     given = given_options(args)
     state = None
-    precision = None
+    precision = layout = None
     try:
         if args.resume:
             state = read_checkpoint(out)
@@ -72,6 +72,9 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
                 print(f"train: --resume keeps the run's own {', '.join(ignored)}")
             if given.get("precision", "auto") == "auto":
                 precision = kept_precision(state, args.device)
+            if config.channels_last == "auto":
+                bf16 = precision[0] if precision else {"bf16": True, "fp32": False}.get(config.precision)
+                layout = kept_layout(state, args.device, bf16)
         else:
             if args.data is None:
                 raise ValueError("--data is required for a new run.")
@@ -79,14 +82,28 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
                 raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
             config = config_from_args(args)
         config.validate()
-        trainer = Trainer(config, device=args.device, num_workers=args.num_workers, dist_info=info, precision=precision)
+        trainer = Trainer(
+            config,
+            device=args.device,
+            num_workers=args.num_workers,
+            dist_info=info,
+            precision=precision,
+            layout=layout,
+        )
     except (FileNotFoundError, ValueError, SimpsonizeError) as exc:  # SimpsonizeError: e.g. CUDA asked, none here
         print(f"error: {exc}")
         return 2
     if info.is_main:
         write_config(out, config)
         record_session(
-            out, state["step"] if state else 0, trainer.device, info.world_size, trainer.bf16, trainer.precision_reason
+            out,
+            state["step"] if state else 0,
+            trainer.device,
+            info.world_size,
+            trainer.bf16,
+            trainer.precision_reason,
+            trainer.channels_last,
+            trainer.layout_reason,
         )
     if state is not None:
         trainer.load_state_dict(state)
@@ -100,7 +117,8 @@ def _run(args: argparse.Namespace, info: Distributed) -> int:
             print(f"train: networks from {config.init_from} (its step {start}); the schedule starts fresh")
     if info.is_main:
         print(
-            f"train: precision {'bf16' if trainer.bf16 else 'fp32'} ({trainer.precision_reason}) on "
+            f"train: precision {'bf16' if trainer.bf16 else 'fp32'} ({trainer.precision_reason}), layout "
+            f"{'channels_last' if trainer.channels_last else 'contiguous'} ({trainer.layout_reason}) on "
             f"{device_description(trainer.device)}"
         )
     summary = trainer.fit(max_minutes=args.max_minutes, max_steps=args.max_steps, max_cpu_minutes=args.max_cpu_minutes)
@@ -140,5 +158,26 @@ def kept_precision(state: dict, device_arg: str) -> tuple[bool, str] | None:
     device = pick_device(device_arg)
     if saved.get("hardware") != hardware_name(device):
         return None
+    return bool(saved["bf16"]), kept_reason(saved["reason"])
+
+
+def kept_layout(state: dict, device_arg: str, bf16: bool | None) -> tuple[bool, str] | None:
+    """The memory layout the run used earlier (``--channels-last auto``), if it resumes on the same hardware in the
+    same precision (``bf16``: this session's; None while it is still to be chosen, which happens only on other
+    hardware): the layout changes bf16's rounding, so a new probe could also make the run no longer continue exactly.
+    A checkpoint written before the layout was recorded used the old rule of auto: channels_last with bf16 or on
+    CUDA."""
+    saved_precision = state.get("precision") or {}
+    device = pick_device(device_arg)
+    if bf16 is None or saved_precision.get("hardware") != hardware_name(device) or saved_precision["bf16"] != bf16:
+        return None
+    saved = state.get("layout")
+    if saved is None:
+        old_rule = device.type == "cuda" or bf16
+        return old_rule, kept_reason("auto: the rule before layouts were recorded, channels_last with bf16 or on CUDA")
+    return bool(saved["channels_last"]), kept_reason(saved["reason"])
+
+
+def kept_reason(reason: str) -> str:
     kept = " (kept from the run's earlier session)"
-    return bool(saved["bf16"]), saved["reason"].removesuffix(kept) + kept  # said once, however many resumes
+    return reason.removesuffix(kept) + kept  # said once, however many resumes

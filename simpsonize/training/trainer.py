@@ -21,11 +21,11 @@ from simpsonize.training import checkpoint
 from simpsonize.training.averaging import generator_average
 from simpsonize.training.config import TrainConfig
 from simpsonize.training.data import StepBatches, UnpairedFaces, load_fixed
-from simpsonize.training.ddp import Distributed, any_rank, wrap
+from simpsonize.training.ddp import Distributed, any_rank, main_rank_choice, wrap
 from simpsonize.training.losses import LOSS_NAMES, cycle_and_identity, discriminator_lsgan, linear_decay, lsgan
 from simpsonize.training.networks import Discriminators, Generators
 from simpsonize.training.pool import ImagePool
-from simpsonize.training.precision import choose_precision, hardware_name, use_channels_last
+from simpsonize.training.precision import choose_channels_last, choose_precision, hardware_name
 from simpsonize.training.projected import DEFAULT_POLICY, projected_lsgan
 
 
@@ -37,6 +37,7 @@ class Trainer:
         num_workers: int | None = None,
         dist_info: Distributed | None = None,
         precision: tuple[bool, str] | None = None,
+        layout: tuple[bool, str] | None = None,
     ) -> None:
         self.config = config
         self.dist = dist_info or Distributed()
@@ -45,10 +46,17 @@ class Trainer:
             device = f"cuda:{self.dist.local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        # ``precision``: a choice made earlier in this run on this same hardware (resume keeps it: a timing probe
-        # could flip on a busy machine, and the run would then no longer continue exactly).
-        self.bf16, self.precision_reason = precision or choose_precision(config, self.device)
-        self.channels_last = use_channels_last(config.channels_last, self.device, self.bf16)
+        # ``precision`` and ``layout`` (channels_last or not): choices made earlier in this run on this same hardware,
+        # each with its reason (resume keeps them: a timing probe could flip on a busy machine, and the run would then
+        # no longer continue exactly). The layout choice reuses what the precision probe timed; under DDP every rank
+        # takes rank 0's choices.
+        timings: dict = {}
+        self.bf16, self.precision_reason = main_rank_choice(
+            precision or choose_precision(config, self.device, timings), self.dist, self.device
+        )
+        self.channels_last, self.layout_reason = main_rank_choice(
+            layout or choose_channels_last(config, self.device, self.bf16, timings), self.dist, self.device
+        )
         self.out = Path(config.out)
 
         torch.manual_seed(config.seed)  # same initial weights on every rank
@@ -197,6 +205,11 @@ class Trainer:
             "config": self.config.to_dict(),
             "step": self.step,
             "precision": {"bf16": self.bf16, "reason": self.precision_reason, "hardware": hardware_name(self.device)},
+            "layout": {
+                "channels_last": self.channels_last,
+                "reason": self.layout_reason,
+                "hardware": hardware_name(self.device),
+            },
             **{name: module.state_dict() for name, module in self.networks()},
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),

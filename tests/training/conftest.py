@@ -97,6 +97,24 @@ TINY_TRAIN = [
 ]
 
 
+def fake_probe(monkeypatch, seconds: dict) -> list[list[tuple[bool, bool]]]:
+    """The timing probe of training/precision.py replaced by ``seconds`` per (bf16, channels_last) variant; returns
+    the variants it is asked to time, a list per probe. A variant not in ``seconds`` fails the test: it should not have
+    been timed."""
+    from simpsonize.training import precision
+
+    calls = []
+
+    def probe(config, device, variants, steps=3):
+        calls.append(list(variants))
+        missing = [variant for variant in variants if variant not in seconds]
+        assert not missing, f"the probe should not have timed {missing}"
+        return tuple(seconds[variant] for variant in variants)
+
+    monkeypatch.setattr(precision, "probe_step_seconds", probe)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def quick_c2st(monkeypatch):
     """The C2ST's own tests check its figures; elsewhere a few classifier steps are enough to test the plumbing (the

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from simpsonize.cli import main
-from tests.training.conftest import TINY_TRAIN
+from tests.training.conftest import TINY_TRAIN, fake_probe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,32 +201,36 @@ def test_resume_can_add_a_decay_to_the_schedule(tiny_dataset, tmp_path, capsys):
 def test_precision_auto_picks_bf16_only_with_hardware_or_a_faster_probe(monkeypatch):
     from simpsonize.training import precision as precision_module
     from simpsonize.training.config import TrainConfig
-    from simpsonize.training.precision import choose_precision
+    from simpsonize.training.precision import BF16, BF16_CHANNELS_LAST, FP32, choose_precision
 
     config = TrainConfig(data="", out="")
     cpu = torch.device("cpu")
+    fake_probe(monkeypatch, {})  # no probe when asked or with AMX
     assert choose_precision(TrainConfig(data="", out="", precision="fp32"), cpu)[0] is False
     assert choose_precision(TrainConfig(data="", out="", precision="bf16"), cpu)[0] is True
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: {"avx2", "amx_bf16"})
     assert choose_precision(config, cpu) == (True, "auto: CPU has AMX (amx_bf16)")
     monkeypatch.setattr(precision_module, "cpu_flags", lambda: {"avx2"})
-    monkeypatch.setattr(precision_module, "probe_step_seconds", lambda c, d: (1.84, 75.0))  # the AVX2 EPYC's trap
+    fake_probe(monkeypatch, {FP32: 1.84, BF16: 75.0, BF16_CHANNELS_LAST: 75.0})  # the AVX2 EPYC's trap
     use_bf16, reason = choose_precision(config, cpu)
     assert use_bf16 is False and "probe" in reason
-    monkeypatch.setattr(precision_module, "probe_step_seconds", lambda c, d: (1.0, 0.5))
-    assert choose_precision(config, cpu)[0] is True
+    fake_probe(monkeypatch, {FP32: 1.0, BF16: 0.95, BF16_CHANNELS_LAST: 0.5})  # bf16 in its faster layout
+    assert choose_precision(config, cpu) == (
+        True,
+        "auto: CPU has no AMX or avx512_bf16; probe: bf16 0.500 s vs fp32 1.000 s per step",
+    )
 
 
-def test_probe_times_both_precisions_without_touching_the_run_rng():
+def test_probe_times_each_variant_without_touching_the_run_rng():
     from simpsonize.training.config import TrainConfig
-    from simpsonize.training.precision import probe_step_seconds
+    from simpsonize.training.precision import BF16, BF16_CHANNELS_LAST, FP32, probe_step_seconds
 
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
     config = TrainConfig(data="", out="", size=32, ngf=4, n_blocks=1, ndf=4)
-    fp32, bf16 = probe_step_seconds(config, torch.device("cpu"))
-    assert fp32 > 0 and bf16 > 0
+    seconds = probe_step_seconds(config, torch.device("cpu"), (FP32, BF16, BF16_CHANNELS_LAST))
+    assert len(seconds) == 3 and all(0 < s < math.inf for s in seconds)
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -337,7 +341,9 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         epochs_decay=0,
         steps_per_epoch=2,
     )
-    trainer = Trainer(config, device="cpu", num_workers=0, precision=(True, "asked for bf16"))
+    trainer = Trainer(
+        config, device="cpu", num_workers=0, precision=(True, "asked for bf16"), layout=(True, "asked for on")
+    )
     assert trainer.bf16 and trainer.channels_last
     convs = [m.weight for m in [*trainer.G.modules(), *trainer.D.modules()] if isinstance(m, nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
@@ -375,6 +381,8 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
                 *TINY_TRAIN[:-2],
                 "--precision",
                 "bf16",
+                "--channels-last",
+                "on",
                 "--max-steps",
                 "2",
                 "--snapshot-every",
@@ -383,8 +391,10 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         )
         == 0
     )
-    assert json.loads((run / "sessions.json").read_text())[-1]["precision"] == "bf16"
-    assert torch.load(run / "checkpoint.pt", weights_only=False)["precision"]["bf16"] is True
+    session = json.loads((run / "sessions.json").read_text())[-1]
+    assert [session[k] for k in ("precision", "layout", "layout_reason")] == ["bf16", "channels_last", "asked for on"]
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["precision"]["bf16"] is True and state["layout"]["channels_last"] is True
     from simpsonize.model.weights import load_generator
 
     generator, _ = load_generator(run / "snapshots" / "step_0000002" / "G_B.safetensors")
@@ -456,16 +466,32 @@ def test_lambda_cycle_is_a_flag(tiny_dataset, tmp_path):
     assert json.loads((run / "config.json").read_text())["lambda_cycle"] == 0.0
 
 
+FASTER_CHANNELS_LAST = {(True, False): 1.0, (True, True): 0.5}  # bf16 step seconds by (bf16, channels_last)
+FASTER_CONTIGUOUS = {(True, False): 0.5, (True, True): 1.0}
+
+
 @pytest.mark.parametrize(
-    "bf16, choice, expected", [(True, "auto", True), (False, "auto", False), (True, "off", False), (False, "on", True)]
+    "bf16, choice, probe, expected",
+    [
+        (True, "auto", FASTER_CHANNELS_LAST, True),
+        (True, "auto", FASTER_CONTIGUOUS, False),
+        (False, "auto", {}, False),
+        (True, "off", {}, False),
+        (False, "on", {}, True),
+    ],
 )
-def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, choice, expected):
-    """--channels-last auto keeps the old coupling to bf16; on/off force the layout of the networks and the images
-    (bench train found bf16 faster without it on a Zen 4), and a step trains either way."""
+def test_channels_last_follows_the_bf16_probe_unless_forced(
+    tiny_dataset, tmp_path, monkeypatch, bf16, choice, probe, expected
+):
+    """--channels-last auto on a CPU: contiguous with fp32, and with bf16 the layout the probe (here a stand-in) finds
+    faster (bench train found bf16 faster without channels_last on a Zen 4); on/off force the layout of the networks
+    and the images, and a step trains either way."""
     from torch import nn
 
     from simpsonize.training.config import TrainConfig
     from simpsonize.training.trainer import Trainer
+
+    calls = fake_probe(monkeypatch, probe)
 
     config = TrainConfig(
         data=str(tiny_dataset),
@@ -480,7 +506,7 @@ def test_channels_last_follows_bf16_unless_forced(tiny_dataset, tmp_path, bf16, 
         channels_last=choice,
     )
     trainer = Trainer(config, device="cpu", num_workers=0, precision=(bf16, "test"))
-    assert trainer.channels_last is expected
+    assert trainer.channels_last is expected and len(calls) == (1 if probe else 0)
     convs = [m.weight for m in trainer.G.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
     assert all(w.is_contiguous(memory_format=torch.channels_last) is expected for w in convs)
     losses = trainer.train_step(trainer.sample_A[:1], trainer.sample_B[:1])
