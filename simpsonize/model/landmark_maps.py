@@ -3,8 +3,8 @@
 The real -> Simpsons generator draws blank white eyes because nothing tells it where a pupil should go. With
 ``train --landmark-maps`` it gets, beside the photo's three channels, one heatmap per face part (:data:`GROUPS`:
 eyes, brows, nose, mouth, face outline), drawn from MediaPipe's face mesh run on the very crop it translates. The
-same maps are drawn again when serving (:class:`LandmarkGuidedGenerator` wraps the generator), so training and
-serving cannot disagree about them.
+same maps are drawn again when serving (:class:`LandmarkGuidedGenerator` is a generator that draws them itself), so
+training and serving cannot disagree about them.
 
 Why on the crop itself, padded: the generator's crop holds the face edge to edge (the mesh spans 0.93 of its side),
 while the mesh was trained on a face box 1.5x wider. Padding the crop by a quarter of its side on each side (edge
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simpsonize.model.landmarks import FACE_OVAL, LEFT_EYE_CONTOUR, RIGHT_EYE_CONTOUR, FaceMesh
+from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
 
 # MediaPipe face-mesh indices (face_mesh_connections.py) of each part; "right" and "left" are the person's own.
 RIGHT_BROW = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
@@ -87,17 +88,31 @@ class LandmarkMaps(nn.Module):
             return torch.stack(maps, dim=1).clamp(max=1) * found
 
 
-class LandmarkGuidedGenerator(nn.Module):
-    """A generator trained with ``--landmark-maps``: called like any generator (B x 3 x H x W in [-1, 1]); it draws
-    the maps and hands the generator the photo and its maps, as in training."""
+class LandmarkGuidedGenerator(ResnetGenerator):
+    """A generator trained with ``--landmark-maps``: called like any generator (B x 3 x H x W in [-1, 1]), it draws
+    the maps and runs on the photo and its maps (``config.input_nc`` = 3 + :data:`MAP_CHANNELS`), as in training.
 
-    def __init__(self, generator: nn.Module, maps: LandmarkMaps | None = None) -> None:
-        super().__init__()
-        self.generator = generator
-        self.maps = maps or LandmarkMaps()
+    Its parameters and state dict are exactly a ``ResnetGenerator``'s: the mesh is kept outside the module tree, so
+    it is never trained, saved, averaged or synchronised across processes; it follows the input's device.
+    """
+
+    def __init__(self, config: GeneratorConfig, maps: LandmarkMaps | None = None) -> None:
+        if config.input_nc != 3 + MAP_CHANNELS:
+            raise ValueError(f"a landmark-guided generator takes 3 + {MAP_CHANNELS} channels, not {config.input_nc}")
+        super().__init__(config)
+        object.__setattr__(self, "_maps", maps)  # plain attribute: not a submodule (see above)
+
+    def maps_on(self, device: torch.device) -> LandmarkMaps:
+        maps = self.__dict__["_maps"]
+        if maps is None:  # loaded from a weights file: the mesh is loaded at the first call
+            maps = LandmarkMaps()
+        if maps.indices.device != device:
+            maps = maps.to(device)
+        object.__setattr__(self, "_maps", maps)
+        return maps
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.generator(with_maps(crops, self.maps))
+        return super().forward(with_maps(crops, self.maps_on(crops.device)))
 
 
 def with_maps(crops: torch.Tensor, maps: LandmarkMaps) -> torch.Tensor:

@@ -31,21 +31,19 @@ _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 def save_generator(
     path: str | Path,
-    generator: torch.nn.Module,
+    generator: ResnetGenerator,
     *,
     input_size: int,
     half: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``generator`` (a ``ResnetGenerator``, or one wrapped by ``LandmarkGuidedGenerator``) as safetensors with
-    its metadata; ``half`` stores fp16 (loaded back as fp32)."""
+    """Write ``generator`` (a ``ResnetGenerator``, landmark-guided or not) as safetensors with its metadata; ``half``
+    stores fp16 (loaded back as fp32)."""
     from safetensors.torch import save_file
 
     from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
 
-    landmark_maps = None
-    if isinstance(generator, LandmarkGuidedGenerator):
-        landmark_maps, generator = list(GROUPS), generator.generator
+    landmark_maps = list(GROUPS) if isinstance(generator, LandmarkGuidedGenerator) else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32
@@ -86,11 +84,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResnetGenerator, dict[str, Any]]:
     """Build the generator a weights file describes. ``.safetensors`` or a reference ``.pth``.
 
     Returns the generator in eval mode on ``device`` (fp32) and its metadata. A generator trained with landmark maps
-    comes wrapped in ``LandmarkGuidedGenerator``: called on photo crops like any other, it draws its maps itself.
+    is a ``LandmarkGuidedGenerator``: called on photo crops like any other, it draws its maps itself.
     """
     path = _existing(path)
     if path.suffix in (".pth", ".pt"):
@@ -114,23 +112,28 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
             state = load_file(str(path))
         except Exception as exc:
             raise WeightsError(f"{path} is corrupt: its tensors could not be read ({exc}).") from exc
-    generator = ResnetGenerator(config)
+    generator = guided_or_plain(config, metadata, path)
     state = {k: v.float() for k, v in state.items()}
     try:
         generator.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise WeightsError(f"{path} does not fit a {config} generator: {first[0] if first else exc}") from exc
-    if metadata.get("landmark_maps"):
-        from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
-
-        if list(metadata["landmark_maps"]) != list(GROUPS) or config.input_nc != 3 + len(GROUPS):
-            raise WeightsError(
-                f"{path} was trained with landmark maps {metadata['landmark_maps']} on {config.input_nc} input "
-                f"channels; this version draws {list(GROUPS)} (3 + {len(GROUPS)} channels)."
-            )
-        generator = LandmarkGuidedGenerator(generator)
     return generator.to(device).eval(), metadata
+
+
+def guided_or_plain(config: GeneratorConfig, metadata: dict[str, Any], path: str | Path) -> ResnetGenerator:
+    """The generator class a weights file needs: landmark-guided when its metadata says so, with the same parts."""
+    if not metadata.get("landmark_maps"):
+        return ResnetGenerator(config)
+    from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
+
+    if list(metadata["landmark_maps"]) != list(GROUPS) or config.input_nc != 3 + len(GROUPS):
+        raise WeightsError(
+            f"{path} was trained with landmark maps {metadata['landmark_maps']} on {config.input_nc} input "
+            f"channels; this version draws {list(GROUPS)} (3 + {len(GROUPS)} channels)."
+        )
+    return LandmarkGuidedGenerator(config)
 
 
 def load_reference_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorConfig]:
