@@ -45,9 +45,35 @@ class GeneratorConfig:
         return cls(**known)
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` whose incoming gradient is made contiguous before its backward.
+
+    Why: torch 2.14.1's CPU backward of instance norm, at batch 1, reads a channels_last gradient's memory as if it
+    were NCHW (``tests/training/test_precision.py`` keeps a canary of it). The convolutions of a channels_last network
+    hand back exactly such gradients, so every channels_last run at batch 1 on a CPU (the trainer's bf16 default until
+    2026-12-06) trained on scrambled gradients. Not a tensor hook: the in-place ReLU after the norm would silence it.
+    A contiguous gradient passes unchanged, so contiguous runs do not change by a bit; no parameters, so state dicts
+    and the reference checkpoints are unchanged; without gradients (serving) nothing is added.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return _ContiguousGradient.apply(out) if out.requires_grad else out
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()  # a tensor of its own: the in-place activation after the norm modifies it
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def instance_norm(channels: int) -> nn.InstanceNorm2d:
     """Instance norm as the reference code builds it: no affine parameters, no running stats."""
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    return InstanceNorm2d(channels, affine=False, track_running_stats=False)
 
 
 class ResnetBlock(nn.Module):

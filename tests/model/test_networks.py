@@ -10,6 +10,7 @@ from simpsonize.model.networks import (
     NLayerDiscriminator,
     ResnetGenerator,
     init_weights,
+    instance_norm,
 )
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_cyclegan_generator_keys.json"
@@ -73,3 +74,24 @@ def test_init_is_normal_with_std_002_and_zero_bias():
 def test_invalid_config_is_rejected():
     with pytest.raises(ValueError):
         GeneratorConfig(upsampling="bilinear")
+
+
+@pytest.mark.parametrize("batch, then_relu", [(1, False), (2, False), (1, True)])
+def test_the_networks_instance_norm_takes_a_channels_last_gradient_as_it_is(batch, then_relu):
+    """torch 2.14.1 misreads a channels_last incoming gradient at batch 1 (the canary in
+    tests/training/test_precision.py; in a channels_last training step such gradients reach the residual blocks'
+    norms). The networks' own instance norm hands its backward a contiguous copy."""
+    torch.manual_seed(0)
+    x, grad = torch.randn(batch, 4, 6, 6), torch.randn(batch, 4, 6, 6)
+
+    def input_grad(incoming: torch.Tensor) -> torch.Tensor:
+        leaf = x.clone().requires_grad_(True)
+        out = instance_norm(4)(leaf)
+        if then_relu:  # in place, as the networks follow it: allowed, and the gradient still goes through
+            torch.relu_(out)
+        out.backward(incoming)
+        return leaf.grad
+
+    torch.testing.assert_close(input_grad(grad.contiguous(memory_format=torch.channels_last)), input_grad(grad))
+    with torch.no_grad():  # serving: nothing added
+        assert type(instance_norm(4)(x).grad_fn) is type(None)
