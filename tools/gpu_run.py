@@ -149,8 +149,11 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
 
 
 def save_shards(generator, out: Path, name: str, config, framing, step: int) -> list[Path]:
-    """fp16 tensors split across files of at most ``MAX_RETURN_BYTES``; ``merge`` puts them back together."""
+    """fp16 tensors split across files of at most ``MAX_RETURN_BYTES``; ``merge`` puts them back together (and a
+    landmark-guided generator back as one: the shards name its maps)."""
     from safetensors.torch import save_file
+
+    from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
 
     state = {k: v.detach().half().cpu().contiguous() for k, v in generator.state_dict().items()}
     shards: list[dict] = [{}]
@@ -170,6 +173,8 @@ def save_shards(generator, out: Path, name: str, config, framing, step: int) -> 
         "framing": json.dumps(framing),
         "shards": str(len(shards)),
     }
+    if isinstance(generator, LandmarkGuidedGenerator):
+        meta["landmark_maps"] = json.dumps(list(GROUPS))
     paths = []
     for i, shard in enumerate(shards):
         path = out / f"{name}.{i}.safetensors"
@@ -183,8 +188,8 @@ def merge(folder: Path, run: Path) -> Path:
     """Returned shards -> a run folder with ``snapshots/step_N/G_{A,B}.safetensors`` that `simpsonize test` ranks."""
     from safetensors import safe_open
 
-    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
-    from simpsonize.model.weights import save_generator
+    from simpsonize.model.networks import GeneratorConfig
+    from simpsonize.model.weights import guided_or_plain, save_generator
 
     summary = json.loads((folder / "summary.json").read_text())
     step = int(summary["step"])
@@ -198,7 +203,9 @@ def merge(folder: Path, run: Path) -> Path:
                 state.update({k: handle.get_tensor(k).float() for k in handle.keys()})
         if not state:
             raise FileNotFoundError(f"{folder} holds no {name} shards")
-        generator = ResnetGenerator(GeneratorConfig.from_dict(json.loads(meta["generator"])))
+        shape = GeneratorConfig.from_dict(json.loads(meta["generator"]))
+        landmark_maps = json.loads(meta.get("landmark_maps", "null"))  # `train --landmark-maps`: G_B draws its maps
+        generator = guided_or_plain(shape, {"landmark_maps": landmark_maps}, folder / f"{name}.0.safetensors")
         generator.load_state_dict(state)
         save_generator(
             target / f"{name}.safetensors",

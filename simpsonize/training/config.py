@@ -129,6 +129,11 @@ class TrainConfig:
         "EfficientNet-Lite0 features (Sauer et al., 2021), beside the PatchGAN D_B",
         choices=PROJECTED_MODES,
     )
+    landmark_maps: bool = option(
+        False,
+        "give G_B (real -> Simpsons) heatmaps of the eyes, brows, nose, mouth and face oval from MediaPipe's "
+        "face mesh as extra input (Landmark Assisted CycleGAN, Wu et al. 2019); its weights draw them when served",
+    )
     ema_decay: float = option(
         0.0,
         "also keep a moving average of the generators' weights (e.g. 0.999), saved "
