@@ -27,6 +27,19 @@ MTCNN_MIN_FACE = 20  # pixels of the full search's copy (facenet-pytorch's defau
 FAST_SIDE = 640  # 480 was quicker, but its landmarks tilted the crop by over a degree against the full search's
 FAST_MIN_FACE = 0.15  # selfies' faces are 30-60 % of the shorter side; 0.15 halves the search against 0.10
 
+
+def open_searchable(source: ImageSource) -> Image.Image:
+    """The photo as upright RGB, or ``NoFaceFound`` with a sentence when it is too small for MTCNN to search."""
+    image = open_image(source)
+    if min(image.size) < MTCNN_MIN_FACE:
+        width, height = image.size
+        raise NoFaceFound(
+            f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at least "
+            f"{MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo."
+        )
+    return image
+
+
 _detectors: dict[str, object] = {}
 _detectors_lock = threading.Lock()
 
@@ -226,13 +239,7 @@ def find_faces(
     for i, source in enumerate(sources):
         started = time.perf_counter()
         try:
-            image = open_image(source)
-            if min(image.size) < MTCNN_MIN_FACE:
-                width, height = image.size
-                raise NoFaceFound(
-                    f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at "
-                    f"least {MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo."
-                )
+            image = open_searchable(source)
         except SimpsonizeError as exc:
             results[i] = exc
         else:

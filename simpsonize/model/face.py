@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from simpsonize.model.detection import MTCNN_MIN_FACE, Face, detect_faces, find_faces
+from simpsonize.model.detection import Face, detect_faces, find_faces, open_searchable
 from simpsonize.model.errors import NoFaceFound, SimpsonizeError
 from simpsonize.model.framing import CROP_SCALE, EYE_LINE, Framing  # noqa: F401 (re-exported)
-from simpsonize.model.imaging import ImageSource, open_image
+from simpsonize.model.imaging import ImageSource
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,7 @@ def crop_face(source: ImageSource, size: int = 256, device: str = "cpu", framing
 
     Raises ``NoFaceFound`` when there is none.
     """
-    image = open_image(source)
-    if min(image.size) < MTCNN_MIN_FACE:
-        width, height = image.size
-        raise NoFaceFound(
-            f"The photo is too small ({width}x{height} pixels) to find a face in: it needs at least "
-            f"{MTCNN_MIN_FACE} pixels on each side. Please use a bigger photo."
-        )
+    image = open_searchable(source)
     faces = detect_faces(image, device=device)
     if not faces:
         raise NoFaceFound()
