@@ -134,12 +134,6 @@ class TrainConfig:
         "give G_B (real -> Simpsons) heatmaps of the eyes, brows, nose, mouth and face oval from MediaPipe's "
         "face mesh as extra input (Landmark Assisted CycleGAN, Wu et al. 2019); its weights draw them when served",
     )
-    cycle_perceptual: float = option(
-        0.0,
-        "measure this share of the photo cycle (photo -> drawing -> photo) on frozen ImageNet EfficientNet-Lite0 "
-        "features instead of pixels, so the drawing is not pinned to the photo's pixel positions (0: pixel L1 only)",
-        metavar="SHARE",
-    )
     ema_decay: float = option(
         0.0,
         "also keep a moving average of the generators' weights (e.g. 0.999), saved "
@@ -189,8 +183,6 @@ class TrainConfig:
                 parse_policy(self.diff_augment)
             except ValueError as exc:
                 raise ValueError(f"--diff-augment: {exc}.") from None
-        if not 0.0 <= self.cycle_perceptual <= 1.0:
-            raise ValueError(f"--cycle-perceptual is a share between 0 and 1, not {self.cycle_perceptual:g}.")
         from simpsonize.training.averaging import check_decay
 
         check_decay(self.ema_decay)

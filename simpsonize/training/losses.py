@@ -46,17 +46,13 @@ def cycle_and_identity(
     real_B: torch.Tensor,
     lambda_cycle: float,
     lambda_identity: float,
-    photo_cycle: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted L1 terms: each reconstruction against its original, and (when ``out`` has them) each identity
-    map against its input; 0 for identity terms that are off. ``photo_cycle``: the photo cycle's unweighted loss
-    when it is not the pixel L1 (training/perceptual.py)."""
+    map against its input; 0 for identity terms that are off."""
     l1 = nn.functional.l1_loss
-    if photo_cycle is None:
-        photo_cycle = l1(out["rec_B"].float(), real_B)
     losses = {
         "cycle_A": l1(out["rec_A"].float(), real_A) * lambda_cycle,
-        "cycle_B": photo_cycle * lambda_cycle,
+        "cycle_B": l1(out["rec_B"].float(), real_B) * lambda_cycle,
     }
     if "idt_A" in out:
         losses["idt_A"] = l1(out["idt_A"].float(), real_B) * lambda_cycle * lambda_identity

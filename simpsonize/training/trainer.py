@@ -24,7 +24,6 @@ from simpsonize.training.data import StepBatches, UnpairedFaces, load_fixed
 from simpsonize.training.ddp import Distributed, any_rank, main_rank_choice, wrap
 from simpsonize.training.losses import LOSS_NAMES, cycle_and_identity, discriminator_lsgan, linear_decay, lsgan
 from simpsonize.training.networks import Discriminators, Generators
-from simpsonize.training.perceptual import mixed_cycle
 from simpsonize.training.pool import ImagePool
 from simpsonize.training.precision import choose_channels_last, choose_precision, hardware_name
 from simpsonize.training.projected import DEFAULT_POLICY, projected_lsgan
@@ -82,13 +81,6 @@ class Trainer:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         self.projected = config.d_projected != "off"
-        # The photo cycle's feature distance (--cycle-perceptual): frozen, outside the networks DDP reduces and
-        # checkpoints save; gradients reach G through the reconstruction.
-        self.cycle_distance = None
-        if config.cycle_perceptual:
-            from simpsonize.training import perceptual
-
-            self.cycle_distance = perceptual.pretrained_distance().to(self.device)
         self._build_optimisers()
         # Only the main process saves, and DDP keeps every rank's generators identical, so only it averages.
         self.G_ema = generator_average(self.G, config.ema_decay) if config.ema_decay and self.dist.is_main else None
@@ -157,12 +149,7 @@ class Trainer:
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
             loss_G_B = lsgan(self.D.judge_simpsons(out["fake_A"]), True)
             loss_G_B_proj = projected_lsgan(self.D.judge_projected(out["fake_A"]), True) if self.projected else zero
-            photo_cycle = (
-                mixed_cycle(out["rec_B"], real_B, c.cycle_perceptual, self.cycle_distance)
-                if self.cycle_distance is not None
-                else None
-            )
-        l1 = cycle_and_identity(out, real_A, real_B, c.lambda_cycle, c.lambda_identity, photo_cycle)
+        l1 = cycle_and_identity(out, real_A, real_B, c.lambda_cycle, c.lambda_identity)
         # Each judge pushes with its full weight (summed, not averaged): an average would halve the PatchGAN's push
         # against the cycle and so change the balance of the recipe the judges are compared with. A judge that is
         # off adds an exact 0, so without it the sum is the published objective's to the bit.
