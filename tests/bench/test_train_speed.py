@@ -54,8 +54,11 @@ def test_bench_train_quick_reports_rates_and_where_the_step_goes(tmp_path):
             "backward (all networks)",
             "optimizers",
         } <= parts.keys()
-        named = sum(ms for part, ms in parts.items() if part != "step")
-        assert all(ms >= 0 for ms in parts.values()) and named == pytest.approx(parts["step"], rel=0.02)
+        # DDP's all-reduce runs while the backward does (README: the shares then add up to a little more than the
+        # step), so it may exceed the step by that much and no more; every other part is the step's own time.
+        named = sum(ms for part, ms in parts.items() if part not in ("step", "DDP all-reduce"))
+        assert all(ms >= 0 for ms in parts.values()) and named <= parts["step"] * 1.02
+        assert named + parts.get("DDP all-reduce", 0.0) >= parts["step"] * 0.98
     assert parts.keys().isdisjoint({"DDP all-reduce"})  # one process: nothing to reduce
     assert ddp["breakdown_ms"]["DDP all-reduce"] > 0
 
