@@ -149,11 +149,8 @@ def train(pack_dir: Path, out: Path, minutes: float, args: argparse.Namespace) -
 
 
 def save_shards(generator, out: Path, name: str, config, framing, step: int) -> list[Path]:
-    """fp16 tensors split across files of at most ``MAX_RETURN_BYTES``; ``merge`` puts them back together (and a
-    landmark-guided generator back as one: the shards name its maps)."""
+    """fp16 tensors split across files of at most ``MAX_RETURN_BYTES``; ``merge`` puts them back together."""
     from safetensors.torch import save_file
-
-    from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
 
     state = {k: v.detach().half().cpu().contiguous() for k, v in generator.state_dict().items()}
     shards: list[dict] = [{}]
@@ -173,8 +170,6 @@ def save_shards(generator, out: Path, name: str, config, framing, step: int) -> 
         "framing": json.dumps(framing),
         "shards": str(len(shards)),
     }
-    if isinstance(generator, LandmarkGuidedGenerator):
-        meta["landmark_maps"] = json.dumps(list(GROUPS))
     paths = []
     for i, shard in enumerate(shards):
         path = out / f"{name}.{i}.safetensors"
@@ -188,10 +183,16 @@ def merge(folder: Path, run: Path) -> Path:
     """Returned shards -> a run folder with ``snapshots/step_N/G_{A,B}.safetensors`` that `simpsonize test` ranks."""
     from safetensors import safe_open
 
-    from simpsonize.model.networks import GeneratorConfig
-    from simpsonize.model.weights import guided_or_plain, save_generator
+    from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
+    from simpsonize.model.weights import save_generator
+    from simpsonize.training.config import REMOVED_OPTIONS
 
     summary = json.loads((folder / "summary.json").read_text())
+    if summary.get("config", {}).get("landmark_maps"):  # its G_B would merge as a plain generator on 8 channels
+        raise ValueError(
+            f"{folder} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
+            f"commit {REMOVED_OPTIONS['landmark_maps'][1]} still merges it."
+        )
     step = int(summary["step"])
     averaged = bool(summary.get("config", {}).get("ema_decay"))  # the shards hold the average (train --ema-decay)
     target = run / "snapshots" / (f"step_{step:07d}" + ("_ema" if averaged else ""))
@@ -203,9 +204,7 @@ def merge(folder: Path, run: Path) -> Path:
                 state.update({k: handle.get_tensor(k).float() for k in handle.keys()})
         if not state:
             raise FileNotFoundError(f"{folder} holds no {name} shards")
-        shape = GeneratorConfig.from_dict(json.loads(meta["generator"]))
-        landmark_maps = json.loads(meta.get("landmark_maps", "null"))  # `train --landmark-maps`: G_B draws its maps
-        generator = guided_or_plain(shape, {"landmark_maps": landmark_maps}, folder / f"{name}.0.safetensors")
+        generator = ResnetGenerator(GeneratorConfig.from_dict(json.loads(meta["generator"])))
         generator.load_state_dict(state)
         save_generator(
             target / f"{name}.safetensors",
@@ -283,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             f"({summary['precision']}), {summary['images_per_second']} images/s; files {summary['files']}"
         )
         return 0
-    target = merge(args.folder, args.out)
+    try:
+        target = merge(args.folder, args.out)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     print(f"merge: {target}")
     return 0
 

@@ -2,9 +2,9 @@
 
 Metadata lives under the safetensors header key ``simpsonize`` as one JSON object:
 ``{"format_version", "architecture", "generator": GeneratorConfig, "input_size", "normalization",
-"direction", "dtype", "training": {...}, "metrics": {...}, ...}``. A generator trained with landmark heatmaps as extra
-input (``train --landmark-maps``, ``simpsonize.model.landmark_maps``) also has ``"landmark_maps": [part, ...]``, and
-loads wrapped so that it draws them itself.
+"direction", "dtype", "training": {...}, "metrics": {...}, ...}``. A file whose metadata has ``"landmark_maps"`` was
+trained with face-part heatmaps as extra input (``train --landmark-maps``, removed after its ablation lost) and is
+refused.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ METADATA_KEY = "simpsonize"
 FORMAT_VERSION = 1
 NORMALIZATION = "rgb_minus1_to_1"  # x / 127.5 - 1, the reference code's Normalize((0.5,)*3, (0.5,)*3)
 DEFAULT_WEIGHTS = SHIPPED_WEIGHTS  # package data: a wheel serves the same model as a checkout
+LANDMARK_MAPS_REMOVED_AT = "e674807"  # the last commit that serves weights trained with `train --landmark-maps`
 
 # InstanceNorm buffers that old reference checkpoints carry (a PyTorch < 0.4 quirk); the layer has no state.
 _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -37,13 +38,9 @@ def save_generator(
     half: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``generator`` (a ``ResnetGenerator``, landmark-guided or not) as safetensors with its metadata; ``half``
-    stores fp16 (loaded back as fp32)."""
+    """Write ``generator`` as safetensors with its metadata; ``half`` stores fp16 (loaded back as fp32)."""
     from safetensors.torch import save_file
 
-    from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
-
-    landmark_maps = list(GROUPS) if isinstance(generator, LandmarkGuidedGenerator) else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32
@@ -57,8 +54,6 @@ def save_generator(
         "normalization": NORMALIZATION,
         "dtype": "float16" if half else "float32",
     }
-    if landmark_maps:
-        metadata["landmark_maps"] = landmark_maps
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     return path
 
@@ -87,8 +82,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[ResnetGenerator, dict[str, Any]]:
     """Build the generator a weights file describes. ``.safetensors`` or a reference ``.pth``.
 
-    Returns the generator in eval mode on ``device`` (fp32) and its metadata. A generator trained with landmark maps
-    is a ``LandmarkGuidedGenerator``: called on photo crops like any other, it draws its maps itself.
+    Returns the generator in eval mode on ``device`` (fp32) and its metadata.
     """
     path = _existing(path)
     if path.suffix in (".pth", ".pt"):
@@ -104,6 +98,11 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         from safetensors.torch import load_file
 
         metadata = read_metadata(path)
+        if metadata.get("landmark_maps"):  # its G_B took five face-part heatmaps beside the photo
+            raise WeightsError(
+                f"{path} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
+                f"commit {LANDMARK_MAPS_REMOVED_AT} still serves it."
+            )
         try:
             config = GeneratorConfig.from_dict(metadata.get("generator", {}))
         except (TypeError, ValueError) as exc:
@@ -112,7 +111,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
             state = load_file(str(path))
         except Exception as exc:
             raise WeightsError(f"{path} is corrupt: its tensors could not be read ({exc}).") from exc
-    generator = guided_or_plain(config, metadata, path)
+    generator = ResnetGenerator(config)
     state = {k: v.float() for k, v in state.items()}
     try:
         generator.load_state_dict(state, strict=True)
@@ -120,20 +119,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         first = str(exc).strip().splitlines()
         raise WeightsError(f"{path} does not fit a {config} generator: {first[0] if first else exc}") from exc
     return generator.to(device).eval(), metadata
-
-
-def guided_or_plain(config: GeneratorConfig, metadata: dict[str, Any], path: str | Path) -> ResnetGenerator:
-    """The generator class a weights file needs: landmark-guided when its metadata says so, with the same parts."""
-    if not metadata.get("landmark_maps"):
-        return ResnetGenerator(config)
-    from simpsonize.model.landmark_maps import GROUPS, LandmarkGuidedGenerator
-
-    if list(metadata["landmark_maps"]) != list(GROUPS) or config.input_nc != 3 + len(GROUPS):
-        raise WeightsError(
-            f"{path} was trained with landmark maps {metadata['landmark_maps']} on {config.input_nc} input "
-            f"channels; this version draws {list(GROUPS)} (3 + {len(GROUPS)} channels)."
-        )
-    return LandmarkGuidedGenerator(config)
 
 
 def load_reference_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], GeneratorConfig]:

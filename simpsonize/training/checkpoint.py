@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from simpsonize.cpu import cpu_model_name
+from simpsonize.model.errors import WeightsError
 from simpsonize.model.networks import ResnetGenerator
 from simpsonize.model.weights import load_generator, save_generator
-from simpsonize.training.config import TrainConfig, check_removed_options
+from simpsonize.training.config import REMOVED_OPTIONS, TrainConfig, check_removed_options
 from simpsonize.training.losses import LOSS_NAMES
-from simpsonize.training.networks import generator_b
 from simpsonize.training.precision import hardware_name
 
 # Architecture fields that must match for another run's networks to load into this one.
@@ -122,8 +122,8 @@ def read_source(source: str | Path, config: TrainConfig) -> dict:
         for name in NETWORK_FIELDS
         if theirs.get(name, ours[name]) != ours[name]
     ]
-    if bool(theirs.get("landmark_maps")) != config.landmark_maps:  # G_B's input channels (a run before the flag: off)
-        different.append(f"landmark_maps {bool(theirs.get('landmark_maps'))} (this run {config.landmark_maps})")
+    if theirs.get("landmark_maps"):  # a removed option that gave G_B five more input channels
+        different.append("landmark_maps True (this trainer has none)")
     if theirs.get("spectral_norm"):  # a removed option that changed the discriminators' layers
         different.append("spectral_norm True (this trainer has none)")
     if different:
@@ -141,9 +141,13 @@ def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetG
         config = json.loads((run / "config.json").read_text())
         return g_a, g_b, {"config": config, "step": meta.get("step"), "source": str(folder)}
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    if state["config"].get("landmark_maps"):  # a removed option whose G_B took five more input channels
+        raise WeightsError(
+            f"{run} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
+            f"commit {REMOVED_OPTIONS['landmark_maps'][1]} still has it."
+        )
     config = TrainConfig.from_dict(state["config"])
-    g_a = ResnetGenerator(config.generator_config())
-    g_b = generator_b(config.generator_config(), config.landmark_maps)  # landmark-guided as trained
+    g_a, g_b = ResnetGenerator(config.generator_config()), ResnetGenerator(config.generator_config())
     g_a.load_state_dict(state["G_A"])
     g_b.load_state_dict(state["G_B"])
     return g_a.eval(), g_b.eval(), {"config": state["config"], "step": state["step"], "source": "checkpoint.pt"}

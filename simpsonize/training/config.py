@@ -26,9 +26,10 @@ PROJECTED_MODES = ("off", "with-patch")
 MIN_DISCRIMINATOR_SIDE = 24
 
 # The last commits with tricks whose ablations lost (docs/experiments.md), oldest first: the trainer before its split
-# in issue 29, and the trainer before the eighteenth session's losers left. Each still has every trick removed after
-# it, so a run that used tricks of several removals resumes at the oldest of their commits.
-REMOVED_AT = ("f6bafa5", "410744a")
+# in issue 29, the trainer before the eighteenth session's losers left, and the trainer before the nineteenth
+# session's landmark maps left. Each still has every trick removed after it, so a run that used tricks of several
+# removals resumes at the oldest of their commits.
+REMOVED_AT = ("f6bafa5", "410744a", "e674807")
 # The tricks that left, with the value that meant "off" and the last commit that has them. A run folder that left
 # them off resumes here; one that used one must go back to a commit that has it.
 REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
@@ -43,6 +44,7 @@ REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
     "d_warmup": (0, "f6bafa5"),
     "r1_gamma": (0.0, "f6bafa5"),
     "eye_judge": (0.0, "410744a"),
+    "landmark_maps": (False, "e674807"),
 }
 # lambda_nce, nce_patches and r1_every were settings of CUT and R1: inert while those were off, so they are ignored.
 # Values of kept options that left the same way, with the last commit that has them: the projected judge instead of
@@ -128,11 +130,6 @@ class TrainConfig:
         "a Projected GAN judge of the Simpsons side on frozen ImageNet "
         "EfficientNet-Lite0 features (Sauer et al., 2021), beside the PatchGAN D_B",
         choices=PROJECTED_MODES,
-    )
-    landmark_maps: bool = option(
-        False,
-        "give G_B (real -> Simpsons) heatmaps of the eyes, brows, nose, mouth and face oval from MediaPipe's "
-        "face mesh as extra input (Landmark Assisted CycleGAN, Wu et al. 2019); its weights draw them when served",
     )
     ema_decay: float = option(
         0.0,

@@ -32,15 +32,9 @@ REFERENCE_FILES = ("latest_net_G_B.pth", "latest_net_G.pth")
 
 @torch.no_grad()
 def fp16_psnr(generator: ResnetGenerator, images: torch.Tensor) -> float:
-    """How closely fp16-rounded weights reproduce the fp32 outputs (computed in fp32 either way); a landmark-guided
-    generator's copy draws its maps with the same mesh."""
-    from simpsonize.model.landmark_maps import LandmarkGuidedGenerator
-
+    """How closely fp16-rounded weights reproduce the fp32 outputs (computed in fp32 either way)."""
     reference = generator(images)
-    if isinstance(generator, LandmarkGuidedGenerator):
-        rounded = LandmarkGuidedGenerator(generator.config, generator.maps_on(images.device))
-    else:
-        rounded = ResnetGenerator(generator.config)
+    rounded = ResnetGenerator(generator.config)
     rounded.load_state_dict({k: v.half().float() for k, v in generator.state_dict().items()})
     return psnr(reference, rounded.eval()(images))
 

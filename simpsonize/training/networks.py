@@ -1,14 +1,10 @@
 """The networks a run trains, grouped so that DDP sees exactly one forward per backward on each side.
 
-A = Simpsons, B = real. ``Generators``: G_A (A->B) and G_B (B->A, the one the service runs; with `--landmark-maps` a
-``LandmarkGuidedGenerator`` that draws face-part heatmaps of what it translates and takes them as extra input).
-``Discriminators``: D_A judges domain B, D_B domain A, and the optional Projected GAN judge (`--d-projected`) judges
-domain A too.
+A = Simpsons, B = real. ``Generators``: G_A (A->B) and G_B (B->A, the one the service runs). ``Discriminators``: D_A
+judges domain B, D_B domain A, and the optional Projected GAN judge (`--d-projected`) judges domain A too.
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -23,32 +19,13 @@ from simpsonize.model.networks import (
 from simpsonize.training.projected import DEFAULT_POLICY, ProjectedDiscriminator
 
 
-def generator_b(config: GeneratorConfig, landmark_maps: bool = False, maps=None) -> ResnetGenerator:
-    """G_B, untrained: with ``landmark_maps`` a ``LandmarkGuidedGenerator`` on 3 + ``MAP_CHANNELS`` input channels
-    (``maps``: the ``LandmarkMaps`` it draws with; None loads the face mesh at its first call), else ``config``'s."""
-    if not landmark_maps:
-        return ResnetGenerator(config)
-    from simpsonize.model.landmark_maps import MAP_CHANNELS, LandmarkGuidedGenerator
-
-    return LandmarkGuidedGenerator(replace(config, input_nc=3 + MAP_CHANNELS), maps)
-
-
 class Generators(nn.Module):
-    """Both generators in one forward pass: the translations, their cycles and (optionally) the identity maps.
+    """Both generators in one forward pass: the translations, their cycles and (optionally) the identity maps."""
 
-    With ``landmark_maps`` G_B draws the maps of each batch it is given itself (real photos, G_A's fakes and, for its
-    identity term, Simpsons frames: three face-mesh passes per step); the mesh is no part of the module tree, so the
-    parameters, state dict, average and DDP see exactly a generator's."""
-
-    def __init__(self, config: GeneratorConfig, landmark_maps: bool = False) -> None:
+    def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.G_A = init_weights(ResnetGenerator(config))
-        maps = None
-        if landmark_maps:
-            from simpsonize.model.landmark_maps import LandmarkMaps
-
-            maps = LandmarkMaps()  # draws nothing from torch's RNG: the initial weights depend on the seed alone
-        self.G_B = init_weights(generator_b(config, landmark_maps, maps))
+        self.G_B = init_weights(ResnetGenerator(config))
 
     def forward(self, real_A: torch.Tensor, real_B: torch.Tensor, identity: bool) -> dict[str, torch.Tensor]:
         fake_B = self.G_A(real_A)

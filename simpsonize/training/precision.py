@@ -101,7 +101,7 @@ def probe_step_seconds(
     the run itself is unchanged. A bf16 step that takes 20x the fp32 one timed before it is hopeless (no bf16
     hardware): its variant, and the bf16 ones after it, are not timed further (inf)."""
     with torch.random.fork_rng(devices=[]):
-        G = Generators(config.generator_config(), config.landmark_maps).to(device)
+        G = Generators(config.generator_config()).to(device)
         D = Discriminators(
             DiscriminatorConfig(ndf=config.ndf), projected=config.d_projected, image_size=config.size
         ).to(device)

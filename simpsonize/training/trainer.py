@@ -65,7 +65,7 @@ class Trainer:
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
 
-        self.G = Generators(config.generator_config(), config.landmark_maps).to(self.device)
+        self.G = Generators(config.generator_config()).to(self.device)
         self.D = Discriminators(
             DiscriminatorConfig(ndf=config.ndf),
             projected=config.d_projected,

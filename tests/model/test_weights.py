@@ -115,3 +115,18 @@ def test_state_dict_of_another_network_is_rejected(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(WeightsError, match="not a ResNet generator"):
         load_generator(path)
+
+
+def test_weights_trained_with_landmark_maps_are_refused_in_a_sentence(tmp_path):
+    """`train --landmark-maps` left after its ablation lost: a G_B that took five face-part heatmaps beside the photo
+    (3 + 5 input channels) is refused, not served as a plain generator."""
+    parts = ["eyes", "brows", "nose", "mouth", "face_oval"]  # what such files recorded
+    path = save_generator(
+        tmp_path / "G_B.safetensors", small_generator(input_nc=8), input_size=64, extra={"landmark_maps": parts}
+    )
+    with pytest.raises(WeightsError) as refused:
+        load_generator(path)
+    assert str(refused.value) == (
+        f"{path} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
+        "commit e674807 still serves it."
+    )

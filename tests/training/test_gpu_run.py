@@ -61,26 +61,15 @@ def test_without_the_average_the_trained_weights_come_back(tiny_dataset, tmp_pat
     assert [p.name for p in (run / "snapshots").iterdir()] == ["step_0000001"]
 
 
-def test_a_landmark_guided_g_b_comes_back_as_one(tiny_dataset, tmp_path):
-    """`--landmark-maps` reaches the GPU command like any trainer option, and the merged G_B (the average) still
-    draws its maps: the shards say so."""
-    from simpsonize.model.landmark_maps import GROUPS, MAP_CHANNELS, LandmarkGuidedGenerator
-    from simpsonize.model.networks import ResnetGenerator
-    from simpsonize.model.weights import read_metadata
-
-    pack = tmp_path / "pack"
-    assert main(["pack", "--data", str(tiny_dataset), "--out", str(pack), "--size", "32", "--max-mib", "1"]) == 0
+def test_shards_of_a_landmark_maps_run_are_refused(tmp_path, capsys):
+    """`--landmark-maps` left after its ablation lost: its G_B (3 + 5 input channels) must not merge as a plain one."""
     out = tmp_path / "OUT"
-    assert main(["train", "--pack", str(pack), "--out", str(out), *TINY, "--landmark-maps", "--max-steps", "1"]) == 0
-    assert json.loads((out / "summary.json").read_text())["config"]["landmark_maps"] is True
-    run = tmp_path / "run"
-    assert main(["merge", str(out), "--out", str(run)]) == 0
-    folder = run / "snapshots" / "step_0000001_ema"
-    g_b, meta = load_generator(folder / "G_B.safetensors")
-    assert isinstance(g_b, LandmarkGuidedGenerator) and meta["landmark_maps"] == list(GROUPS)
-    assert g_b.config.input_nc == 3 + MAP_CHANNELS
-    g_a, _ = load_generator(folder / "G_A.safetensors")
-    assert type(g_a) is ResnetGenerator and "landmark_maps" not in read_metadata(folder / "G_A.safetensors")
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"step": 1, "config": {"landmark_maps": True}}))
+    assert main(["merge", str(out), "--out", str(tmp_path / "run")]) == 2
+    said = capsys.readouterr().out
+    assert "--landmark-maps" in said and "commit e674807 still merges it." in said
+    assert not (tmp_path / "run").exists()
 
 
 def test_shards_stay_under_the_return_limit(monkeypatch, tmp_path):

@@ -456,6 +456,16 @@ def test_init_from_the_cli_and_its_errors(tiny_dataset, tmp_path, capsys):
     assert "different architecture" in message and "ngf 4 (this run 8)" in message
     assert train(tiny_dataset, tmp_path / "none", "--init-from", str(tmp_path / "missing")) == 2
     assert "does not exist" in capsys.readouterr().out
+    # a run of the removed `--landmark-maps` (its G_B took 3 + 5 input channels): no start from it, no export of it
+    state = torch.load(source / "checkpoint.pt", weights_only=False)
+    torch.save({**state, "config": {**state["config"], "landmark_maps": True}}, source / "checkpoint.pt")
+    assert train(tiny_dataset, tmp_path / "guided", "--init-from", str(source), "--max-steps", "1") == 2
+    assert "landmark_maps True (this trainer has none)" in capsys.readouterr().out
+    assert main(["export", "--run", str(source), "--out", str(tmp_path / "G_B.safetensors")]) == 2
+    assert capsys.readouterr().out.strip() == (
+        f"error: {source} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
+        "commit e674807 still has it."
+    )
 
 
 def test_lambda_cycle_is_a_flag(tiny_dataset, tmp_path):
@@ -607,6 +617,11 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
             "this run uses --eye-judge 1, an option removed from the trainer after its "
             "ablation lost (docs/experiments.md); commit 410744a still has it.",
         ),
+        (  # a removed flag: G_B took face-part heatmaps beside the photo
+            {"landmark_maps": True},
+            "this run uses --landmark-maps, an option removed from the trainer after its "
+            "ablation lost (docs/experiments.md); commit e674807 still has it.",
+        ),
         (  # a removed value of a kept option
             {"d_projected": "alone"},
             "this run uses --d-projected alone, an option removed from the trainer after its "
@@ -630,6 +645,7 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
         "objective": "cyclegan",
         "spectral_norm": False,
         "eye_judge": 0.0,
+        "landmark_maps": False,
         "r1_every": 16,
         "lambda_nce": 2.0,
         "nce_patches": 64,
