@@ -179,8 +179,9 @@ class LossLog:
         if path.exists() and resume_step > 0:
             with path.open() as handle:
                 # Columns of removed tricks (an older run's log) are dropped: they were 0 while the trick was off.
+                # Columns of terms added since the run began are 0 in its rows: those terms were not in its objective.
                 rows = [
-                    {k: v for k, v in r.items() if k in columns}
+                    {**dict.fromkeys(LOSS_NAMES, f"{0:.5f}"), **{k: v for k, v in r.items() if k in columns}}
                     for r in csv.DictReader(handle)
                     if int(r["step"]) <= resume_step
                 ]

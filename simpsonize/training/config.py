@@ -131,6 +131,12 @@ class TrainConfig:
         "EfficientNet-Lite0 features (Sauer et al., 2021), beside the PatchGAN D_B",
         choices=PROJECTED_MODES,
     )
+    eye_consistency: float = option(
+        0.0,
+        "weight of the eye-consistency term: the show's eye locator (fitted by `simpsonize eye-locator`) on G_B's "
+        "translation, pulled onto the photo's eye positions (Wu et al., 2019; 0: off)",
+        metavar="WEIGHT",
+    )
     ema_decay: float = option(
         0.0,
         "also keep a moving average of the generators' weights (e.g. 0.999), saved "
@@ -183,6 +189,8 @@ class TrainConfig:
         from simpsonize.training.averaging import check_decay
 
         check_decay(self.ema_decay)
+        if self.eye_consistency < 0:
+            raise ValueError(f"--eye-consistency must be 0 (off) or more, not {self.eye_consistency:g}.")
 
     @classmethod
     def from_options(

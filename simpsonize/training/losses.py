@@ -25,6 +25,7 @@ LOSS_NAMES = (
     "idt_B",
     "D_B_proj",
     "G_B_proj",
+    "G_B_eyes",
 )
 
 

@@ -362,6 +362,7 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         "idt_B",
         "D_B_proj",
         "G_B_proj",
+        "G_B_eyes",
     }
     assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
     after = trainer.G.G_B.state_dict()
