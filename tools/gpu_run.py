@@ -185,14 +185,12 @@ def merge(folder: Path, run: Path) -> Path:
 
     from simpsonize.model.networks import GeneratorConfig, ResnetGenerator
     from simpsonize.model.weights import save_generator
-    from simpsonize.training.config import REMOVED_OPTIONS
+    from simpsonize.removed_options import removed_generator_option
 
     summary = json.loads((folder / "summary.json").read_text())
-    if summary.get("config", {}).get("landmark_maps"):  # its G_B would merge as a plain generator on 8 channels
-        raise ValueError(
-            f"{folder} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
-            f"commit {REMOVED_OPTIONS['landmark_maps'][1]} still merges it."
-        )
+    refusal = removed_generator_option(summary.get("config", {}), folder, still="merges")
+    if refusal:  # else its G_B would merge as a plain generator on the wrong input channels
+        raise ValueError(refusal)
     step = int(summary["step"])
     averaged = bool(summary.get("config", {}).get("ema_decay"))  # the shards hold the average (train --ema-decay)
     target = run / "snapshots" / (f"step_{step:07d}" + ("_ema" if averaged else ""))

@@ -2,9 +2,9 @@
 
 Metadata lives under the safetensors header key ``simpsonize`` as one JSON object:
 ``{"format_version", "architecture", "generator": GeneratorConfig, "input_size", "normalization",
-"direction", "dtype", "training": {...}, "metrics": {...}, ...}``. A file whose metadata has ``"landmark_maps"`` was
-trained with face-part heatmaps as extra input (``train --landmark-maps``, removed after its ablation lost) and is
-refused.
+"direction", "dtype", "training": {...}, "metrics": {...}, ...}``. A file whose metadata records a removed option
+that changed the generator (``"landmark_maps"``: face-part heatmaps as extra input) is refused
+(``simpsonize.removed_options``).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import torch
 
 from simpsonize.model.errors import MissingWeights, WeightsError
 from simpsonize.model.networks import ARCHITECTURE, GeneratorConfig, ResnetGenerator
+from simpsonize.removed_options import removed_generator_option
 from simpsonize.resources import SHIPPED_WEIGHTS
 
 METADATA_KEY = "simpsonize"
 FORMAT_VERSION = 1
 NORMALIZATION = "rgb_minus1_to_1"  # x / 127.5 - 1, the reference code's Normalize((0.5,)*3, (0.5,)*3)
 DEFAULT_WEIGHTS = SHIPPED_WEIGHTS  # package data: a wheel serves the same model as a checkout
-LANDMARK_MAPS_REMOVED_AT = "e674807"  # the last commit that serves weights trained with `train --landmark-maps`
 
 # InstanceNorm buffers that old reference checkpoints carry (a PyTorch < 0.4 quirk); the layer has no state.
 _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -98,11 +98,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         from safetensors.torch import load_file
 
         metadata = read_metadata(path)
-        if metadata.get("landmark_maps"):  # its G_B took five face-part heatmaps beside the photo
-            raise WeightsError(
-                f"{path} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
-                f"commit {LANDMARK_MAPS_REMOVED_AT} still serves it."
-            )
+        refusal = removed_generator_option(metadata, path, still="serves")
+        if refusal:
+            raise WeightsError(refusal)
         try:
             config = GeneratorConfig.from_dict(metadata.get("generator", {}))
         except (TypeError, ValueError) as exc:

@@ -23,7 +23,8 @@ from simpsonize.cpu import cpu_model_name
 from simpsonize.model.errors import WeightsError
 from simpsonize.model.networks import ResnetGenerator
 from simpsonize.model.weights import load_generator, save_generator
-from simpsonize.training.config import REMOVED_OPTIONS, TrainConfig, check_removed_options
+from simpsonize.removed_options import removed_generator_option
+from simpsonize.training.config import TrainConfig, check_removed_options
 from simpsonize.training.losses import LOSS_NAMES
 from simpsonize.training.precision import hardware_name
 
@@ -141,11 +142,9 @@ def load_run_generators(run: Path, snapshot: str | None = None) -> tuple[ResnetG
         config = json.loads((run / "config.json").read_text())
         return g_a, g_b, {"config": config, "step": meta.get("step"), "source": str(folder)}
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    if state["config"].get("landmark_maps"):  # a removed option whose G_B took five more input channels
-        raise WeightsError(
-            f"{run} was trained with --landmark-maps, removed after its ablation lost (docs/experiments.md); "
-            f"commit {REMOVED_OPTIONS['landmark_maps'][1]} still has it."
-        )
+    refusal = removed_generator_option(state["config"], run)
+    if refusal:
+        raise WeightsError(refusal)
     config = TrainConfig.from_dict(state["config"])
     g_a, g_b = ResnetGenerator(config.generator_config()), ResnetGenerator(config.generator_config())
     g_a.load_state_dict(state["G_A"])

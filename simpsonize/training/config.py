@@ -13,6 +13,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from simpsonize.removed_options import REMOVED_GENERATOR_OPTIONS
+
 if TYPE_CHECKING:
     from simpsonize.model.networks import GeneratorConfig
 
@@ -28,8 +30,9 @@ MIN_DISCRIMINATOR_SIDE = 24
 # The last commits with tricks whose ablations lost (docs/experiments.md), oldest first: the trainer before its split
 # in issue 29, the trainer before the eighteenth session's losers left, and the trainer before the nineteenth
 # session's landmark maps left. Each still has every trick removed after it, so a run that used tricks of several
-# removals resumes at the oldest of their commits.
-REMOVED_AT = ("f6bafa5", "410744a", "e674807")
+# removals resumes at the oldest of their commits. The landmark maps' commit comes from simpsonize.removed_options,
+# which the served model's refusal of such weights reads too.
+REMOVED_AT = ("f6bafa5", "410744a", REMOVED_GENERATOR_OPTIONS["landmark_maps"])
 # The tricks that left, with the value that meant "off" and the last commit that has them. A run folder that left
 # them off resumes here; one that used one must go back to a commit that has it.
 REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
@@ -44,7 +47,7 @@ REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
     "d_warmup": (0, "f6bafa5"),
     "r1_gamma": (0.0, "f6bafa5"),
     "eye_judge": (0.0, "410744a"),
-    "landmark_maps": (False, "e674807"),
+    "landmark_maps": (False, REMOVED_GENERATOR_OPTIONS["landmark_maps"]),
 }
 # lambda_nce, nce_patches and r1_every were settings of CUT and R1: inert while those were off, so they are ignored.
 # Values of kept options that left the same way, with the last commit that has them: the projected judge instead of
