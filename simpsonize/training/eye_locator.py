@@ -91,8 +91,8 @@ class EyeLocator(nn.Module):
     def from_features(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """The head on the maps, the coarser ones upsampled to stride 4 and stacked with the finest."""
         side = maps[0].shape[-1]
-        stacked = [maps[0]] + [F.interpolate(m, size=(side, side), mode="bilinear", align_corners=False) for m in maps[1:]]
-        return self.head(torch.cat(stacked, dim=1))
+        upsampled = [F.interpolate(m, size=(side, side), mode="bilinear", align_corners=False) for m in maps[1:]]
+        return self.head(torch.cat([maps[0], *upsampled], dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.from_features(self.features(images))
@@ -356,7 +356,8 @@ def agreement(locator: EyeLocator, held: LabelledImages, batch: int = 64) -> dic
     near = 2 * STRIDE
     eyes = sum(len(c) for c in held.centres)
     hits = sum(
-        any((u - p) ** 2 + (v - q) ** 2 <= near**2 for p, q in peaks_i) for c, peaks_i in zip(held.centres, found)
+        any((u - p) ** 2 + (v - q) ** 2 <= near**2 for p, q in peaks_i)
+        for c, peaks_i in zip(held.centres, found)
         for u, v in c
     )
     false = sum(

@@ -2,7 +2,8 @@
 
 The objective is the published CycleGAN's (training/losses.py), with the options that survived their ablations:
 DiffAugment on the judges' inputs, the Projected GAN judge (``d_projected``) and a moving average of the generators
-(``ema_decay``); and the eye-consistency term (``eye_consistency``, training/eye_locator.py) under ablation. The run folder it writes is training/checkpoint.py's.
+(``ema_decay``); and the eye-consistency term (``eye_consistency``, training/eye_locator.py) under ablation. The
+run folder it writes is training/checkpoint.py's.
 """
 
 from __future__ import annotations
