@@ -34,7 +34,6 @@ from torch import nn
 from torch.nn import functional as F
 
 LOCATOR_FILE = "eye_locator.safetensors"
-REAL_EYES = "real_eyes.json"  # the person's eyes in every real training crop (fractions of the stored crop)
 SIMPSONS_EYES = "simpsons_eyes.json"  # the finder's eyes with a pupil in every Simpsons training crop
 CACHE_VERSION = 1
 STRIDE = 4  # the map's cell, in px of the image: Lite0's finest feature stride
@@ -202,29 +201,21 @@ def default_eyes(framing: dict | None) -> list[list[float]]:
 
 
 def real_eyes(data: Path, files: list[Path]) -> list[list[list[float]]]:
-    """Each real training crop's two eyes ([x, y] fractions), in the order of ``files``; cached in the dataset."""
+    """Each real training crop's two eyes ([x, y] fractions), in the order of ``files``. Not cached: it is geometry on
+    prepare's landmarks (faces.json), milliseconds for the whole dataset."""
     data = Path(data)
     info = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").exists() else {}
     framing = info.get("framing")
-    eyes_framing(framing)  # before the cache: a cache left from another framing must not hide a head framing
-    cache = data / REAL_EYES
-    names = [f.name for f in files]
-    if cache.exists():
-        stored = json.loads(cache.read_text())
-        if stored.get("version") == CACHE_VERSION and all(n in stored["eyes"] for n in names):
-            return [stored["eyes"][n] for n in names]
+    eyes_framing(framing)
     faces = json.loads((data / "faces.json").read_text()) if (data / "faces.json").exists() else {}
     by_stem = {Path(k).stem: k for k, v in faces.items() if v}
-    eyes, found = {}, 0
+    eyes = []
     for file in files:
         source = _source_of(file, by_stem)
-        if source is not None:
-            eyes[file.name] = eyes_from_landmarks(faces[source]["landmarks"], framing)
-            found += 1
-        else:
-            eyes[file.name] = default_eyes(framing)
-    cache.write_text(json.dumps({"version": CACHE_VERSION, "from_landmarks": found, "eyes": eyes}))
-    return [eyes[n] for n in names]
+        eyes.append(
+            eyes_from_landmarks(faces[source]["landmarks"], framing) if source is not None else default_eyes(framing)
+        )
+    return eyes
 
 
 def to_crop(x: float, y: float, crop, load_size: int, size: int) -> tuple[float, float]:
