@@ -20,10 +20,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("simpsonize.training.train", "Train the CycleGAN (resumable, --max-minutes, DDP under torchrun)."),
     "test": ("simpsonize.training.evaluate", "Translate the test splits, write a gallery and metrics."),
-    "eye-locator": (
-        "simpsonize.training.eye_locator",
-        "Fit the show's eye locator on a prepared dataset (for `train --eye-consistency`).",
-    ),
     "export": ("simpsonize.training.export", "Export the real->Simpsons generator as served weights."),
     "bench": (
         "simpsonize.bench.cli",

@@ -28,11 +28,13 @@ PROJECTED_MODES = ("off", "with-patch")
 MIN_DISCRIMINATOR_SIDE = 24
 
 # The last commits with tricks whose ablations lost (docs/experiments.md), oldest first: the trainer before its split
-# in issue 29, the trainer before the eighteenth session's losers left, and the trainer before the nineteenth
-# session's landmark maps left. Each still has every trick removed after it, so a run that used tricks of several
-# removals resumes at the oldest of their commits. The landmark maps' commit comes from simpsonize.removed_options,
-# which the served model's refusal of such weights reads too.
-REMOVED_AT = ("f6bafa5", "410744a", REMOVED_GENERATOR_OPTIONS["landmark_maps"])
+# in issue 29, the trainer before the eighteenth session's losers left, the trainer before the nineteenth session's
+# landmark maps left, and the trainer before the twenty-first session's eye-consistency term (`--eye-consistency`,
+# training/eye_locator.py there) left. Each still has every trick removed after it, so a run that used tricks of
+# several removals resumes at the oldest of their commits. The landmark maps' commit comes from
+# simpsonize.removed_options, which the served model's refusal of such weights reads too.
+BEFORE_THE_EYE_TERM_LEFT = "e564b5f"
+REMOVED_AT = ("f6bafa5", "410744a", REMOVED_GENERATOR_OPTIONS["landmark_maps"], BEFORE_THE_EYE_TERM_LEFT)
 # The tricks that left, with the value that meant "off" and the last commit that has them. A run folder that left
 # them off resumes here; one that used one must go back to a commit that has it.
 REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
@@ -48,6 +50,7 @@ REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
     "r1_gamma": (0.0, "f6bafa5"),
     "eye_judge": (0.0, "410744a"),
     "landmark_maps": (False, REMOVED_GENERATOR_OPTIONS["landmark_maps"]),
+    "eye_consistency": (0.0, BEFORE_THE_EYE_TERM_LEFT),
 }
 # lambda_nce, nce_patches and r1_every were settings of CUT and R1: inert while those were off, so they are ignored.
 # Values of kept options that left the same way, with the last commit that has them: the projected judge instead of
@@ -134,12 +137,6 @@ class TrainConfig:
         "EfficientNet-Lite0 features (Sauer et al., 2021), beside the PatchGAN D_B",
         choices=PROJECTED_MODES,
     )
-    eye_consistency: float = option(
-        0.0,
-        "weight of the eye-consistency term: the show's eye locator (fitted by `simpsonize eye-locator`) on G_B's "
-        "translation, pulled onto the photo's eye positions (Wu et al., 2019; 0: off)",
-        metavar="WEIGHT",
-    )
     ema_decay: float = option(
         0.0,
         "also keep a moving average of the generators' weights (e.g. 0.999), saved "
@@ -192,8 +189,6 @@ class TrainConfig:
         from simpsonize.training.averaging import check_decay
 
         check_decay(self.ema_decay)
-        if self.eye_consistency < 0:
-            raise ValueError(f"--eye-consistency must be 0 (off) or more, not {self.eye_consistency:g}.")
 
     @classmethod
     def from_options(

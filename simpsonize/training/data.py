@@ -25,28 +25,17 @@ def load_size_for(size: int) -> int:
 
 
 class UnpairedFaces(Dataset):
-    """Item ``k`` -> {"A": (3,size,size), "B": (3,size,size)} in [-1, 1], with resize + random crop + flip.
-
-    With ``positions``, also which real photo was drawn ("B_index") and how it was cut ("B_crop": [x, y, flipped],
-    the crop's offset in the ``load_size`` image and 1 when mirrored), so that points known in the stored image (the
-    person's eyes, for the eye-consistency term) follow the augmentation. The images and the draws are the same
-    either way."""
+    """Item ``k`` -> {"A": (3,size,size), "B": (3,size,size)} in [-1, 1], with resize + random crop + flip."""
 
     def __init__(
-        self,
-        root: str | Path,
-        phase: str = "train",
-        size: int = 128,
-        seed: int = 0,
-        augment: bool = True,
-        positions: bool = False,
+        self, root: str | Path, phase: str = "train", size: int = 128, seed: int = 0, augment: bool = True
     ) -> None:
         root = Path(root)
         self.files_a = list_images(root / f"{phase}A")
         self.files_b = list_images(root / f"{phase}B")
         if not self.files_a or not self.files_b:
             raise FileNotFoundError(f"{root} has no images in {phase}A/ or {phase}B/: run `simpsonize prepare` first.")
-        self.size, self.seed, self.augment, self.positions = size, seed, augment, positions
+        self.size, self.seed, self.augment = size, seed, augment
         # How `prepare` cropped the real faces; snapshots carry it so serving crops the same way.
         info = root / "dataset.json"
         self.framing = json.loads(info.read_text()).get("framing") if info.exists() else None
@@ -57,25 +46,19 @@ class UnpairedFaces(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(k)])
-        a, _ = self._load(self.files_a[rng.integers(len(self.files_a))], rng)
-        index_b = int(rng.integers(len(self.files_b)))
-        b, crop_b = self._load(self.files_b[index_b], rng)
-        if not self.positions:
-            return {"A": a, "B": b}
-        return {"A": a, "B": b, "B_index": index_b, "B_crop": torch.tensor(crop_b)}
+        a = self._load(self.files_a[rng.integers(len(self.files_a))], rng)
+        b = self._load(self.files_b[rng.integers(len(self.files_b))], rng)
+        return {"A": a, "B": b}
 
-    def _load(self, path: Path, rng: np.random.Generator) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """The image as a tensor, and how it was cut: (x, y, flipped)."""
+    def _load(self, path: Path, rng: np.random.Generator) -> torch.Tensor:
         with Image.open(path) as im:
             image = im.convert("RGB").resize((self.load_size, self.load_size), Image.BICUBIC)
-        x = y = flipped = 0
         if self.augment:
             x, y = (int(v) for v in rng.integers(0, self.load_size - self.size + 1, size=2))
             image = image.crop((x, y, x + self.size, y + self.size))
             if rng.random() < 0.5:
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)
-                flipped = 1
-        return to_tensor([image])[0], (x, y, flipped)
+        return to_tensor([image])[0]
 
 
 def load_fixed(files: list[Path], size: int, keep: float = 1.0) -> torch.Tensor:

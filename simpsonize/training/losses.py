@@ -25,7 +25,6 @@ LOSS_NAMES = (
     "idt_B",
     "D_B_proj",
     "G_B_proj",
-    "G_B_eyes",
 )
 
 

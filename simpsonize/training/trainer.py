@@ -2,8 +2,7 @@
 
 The objective is the published CycleGAN's (training/losses.py), with the options that survived their ablations:
 DiffAugment on the judges' inputs, the Projected GAN judge (``d_projected``) and a moving average of the generators
-(``ema_decay``); and the eye-consistency term (``eye_consistency``, training/eye_locator.py) under ablation. The
-run folder it writes is training/checkpoint.py's.
+(``ema_decay``). The run folder it writes is training/checkpoint.py's.
 """
 
 from __future__ import annotations
@@ -61,9 +60,7 @@ class Trainer:
         self.out = Path(config.out)
 
         torch.manual_seed(config.seed)  # same initial weights on every rank
-        self.dataset = UnpairedFaces(
-            config.data, "train", config.size, seed=config.seed, positions=config.eye_consistency > 0
-        )
+        self.dataset = UnpairedFaces(config.data, "train", config.size, seed=config.seed)
         self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.dataset) / config.batch_size)
         self.total_steps = (config.epochs + config.epochs_decay) * self.steps_per_epoch
         self.num_workers = (2 if cuda else 0) if num_workers is None else num_workers
@@ -84,13 +81,6 @@ class Trainer:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)
         self.projected = config.d_projected != "off"
-        self.eye_consistency = None
-        if config.eye_consistency > 0:  # fixed networks (no optimiser, not checkpointed: the file's hash is)
-            from simpsonize.training.eye_locator import build_consistency
-
-            self.eye_consistency = build_consistency(
-                Path(config.data), self.dataset.files_b, self.dataset.load_size, config.size, self.device
-            )
         self._build_optimisers()
         # Only the main process saves, and DDP keeps every rank's generators identical, so only it averages.
         self.G_ema = generator_average(self.G, config.ema_decay) if config.ema_decay and self.dist.is_main else None
@@ -143,11 +133,8 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def train_step(
-        self, real_A: torch.Tensor, real_B: torch.Tensor, eye_targets: torch.Tensor | None = None
-    ) -> dict[str, float]:
-        """One step of every network; the losses, by ``LOSS_NAMES``. ``eye_targets``: the eye-consistency term's
-        maps of the real photos' eyes (``EyeConsistency.targets``), when it is on."""
+    def train_step(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
+        """One step of every network; the losses, by ``LOSS_NAMES``."""
         c = self.config
         if self.channels_last:
             real_A = real_A.contiguous(memory_format=torch.channels_last)
@@ -162,25 +149,11 @@ class Trainer:
             loss_G_A = lsgan(self.D.D_A(self.D.augment(out["fake_B"])), True)
             loss_G_B = lsgan(self.D.judge_simpsons(out["fake_A"]), True)
             loss_G_B_proj = projected_lsgan(self.D.judge_projected(out["fake_A"]), True) if self.projected else zero
-            loss_G_B_eyes = (
-                c.eye_consistency * self.eye_consistency(out["fake_A"], eye_targets)
-                if self.eye_consistency is not None and eye_targets is not None
-                else zero
-            )
         l1 = cycle_and_identity(out, real_A, real_B, c.lambda_cycle, c.lambda_identity)
         # Each judge pushes with its full weight (summed, not averaged): an average would halve the PatchGAN's push
         # against the cycle and so change the balance of the recipe the judges are compared with. A judge that is
         # off adds an exact 0, so without it the sum is the published objective's to the bit.
-        loss_G = (
-            loss_G_A
-            + loss_G_B
-            + l1["cycle_A"]
-            + l1["cycle_B"]
-            + l1["idt_A"]
-            + l1["idt_B"]
-            + loss_G_B_proj
-            + loss_G_B_eyes
-        )
+        loss_G = loss_G_A + loss_G_B + l1["cycle_A"] + l1["cycle_B"] + l1["idt_A"] + l1["idt_B"] + loss_G_B_proj
         loss_G.backward()
         self.opt_G.step()
 
@@ -218,7 +191,6 @@ class Trainer:
             l1["idt_B"],
             loss_D_B_proj,
             loss_G_B_proj,
-            loss_G_B_eyes,
         )
         return {name: float(v.detach()) for name, v in zip(LOSS_NAMES, values)}
 
@@ -248,8 +220,6 @@ class Trainer:
         }
         if self.G_ema is not None:
             state["G_ema"] = self.G_ema.state_dict()
-        if self.eye_consistency is not None:  # the locator's file must not change under a resumed run
-            state["eye_locator_sha256"] = self.eye_consistency.sha256
         if self.projected:  # its heads and random mixing; the pretrained network comes from its package
             state.update(
                 D_B_projected=self.D.D_B_projected[0].trained_state_dict(),
@@ -261,11 +231,6 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Back to where ``state_dict`` was taken (the same run, resumed)."""
-        if self.eye_consistency is not None and state.get("eye_locator_sha256") != self.eye_consistency.sha256:
-            raise ValueError(
-                "the dataset's eye locator (eye_locator.safetensors) is not the one this run began with: it was "
-                "fitted again, so the run cannot continue exactly; start a new run, or restore the file."
-            )
         self.step = int(state["step"])
         for name, module in self.networks():
             module.load_state_dict(state[name])
@@ -373,13 +338,8 @@ class Trainer:
         stopped_by_clock = False
         step_started = time.time()
         for batch in loader:
-            eye_targets = None
-            if self.eye_consistency is not None:
-                eye_targets = self.eye_consistency.targets(batch["B_index"], batch["B_crop"], self.device)
             losses = self.train_step(
-                batch["A"].to(self.device, non_blocking=True),
-                batch["B"].to(self.device, non_blocking=True),
-                eye_targets,
+                batch["A"].to(self.device, non_blocking=True), batch["B"].to(self.device, non_blocking=True)
             )
             if self.G_ema is not None:
                 self.G_ema.update_parameters(self.G)

@@ -362,7 +362,6 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny_dataset, tmp_path):
         "idt_B",
         "D_B_proj",
         "G_B_proj",
-        "G_B_eyes",
     }
     assert all(math.isfinite(v) for v in losses.values()) and losses["cycle_B"] > 0
     after = trainer.G.G_B.state_dict()
@@ -538,17 +537,23 @@ def test_channels_last_takes_only_its_three_values(tiny_dataset, tmp_path, capsy
     assert "invalid choice" in capsys.readouterr().err
 
 
-# The last trainer in one file, with every trick that later lost its ablation (issue 29); and the last trainer with
-# --eye-judge and --d-projected alone (the eighteenth session's losers).
+# The last trainer in one file, with every trick that later lost its ablation (issue 29); the last trainer with
+# --eye-judge and --d-projected alone (the eighteenth session's losers); and the last with --eye-consistency (its
+# G_B_eyes loss column and the dataset's positions, gone since).
 BEFORE_THE_SPLIT = "f6bafa5"
 BEFORE_THE_TRIM = "410744a"
+BEFORE_THE_EYE_TERM_LEFT = "e564b5f"
 
 
 @pytest.mark.usefixtures("tiny_projected_features")
 @pytest.mark.parametrize(
     "commit, judge",
-    [(BEFORE_THE_SPLIT, []), (BEFORE_THE_TRIM, ["--d-projected", "with-patch"])],
-    ids=["before-the-split", "before-the-trim-with-patch"],
+    [
+        (BEFORE_THE_SPLIT, []),
+        (BEFORE_THE_TRIM, ["--d-projected", "with-patch"]),
+        (BEFORE_THE_EYE_TERM_LEFT, ["--d-projected", "with-patch"]),
+    ],
+    ids=["before-the-split", "before-the-trim-with-patch", "before-the-eye-term-left-with-patch"],
 )
 def test_a_run_folder_of_an_earlier_trainer_resumes_and_ends_as_this_trainer_trains_it(
     tiny_dataset, tmp_path, commit, judge
@@ -579,7 +584,8 @@ def test_a_run_folder_of_an_earlier_trainer_resumes_and_ends_as_this_trainer_tra
         also=(REPO,),
     )
     saved = json.loads((old / "config.json").read_text())
-    assert saved["eye_judge"] == 0.0  # the old trainer's (this one has no such field)
+    removed = "eye_consistency" if commit == BEFORE_THE_EYE_TERM_LEFT else "eye_judge"
+    assert saved[removed] == 0.0  # the old trainer's (this one has no such field)
     if commit == BEFORE_THE_SPLIT:
         assert (saved["lambda_tv"], saved["d_scales"], saved["objective"]) == (0.0, 1, "cyclegan")
     assert main(["train", "--out", str(old), "--resume", "--device", "cpu", "--num-workers", "0"]) == 0
@@ -593,7 +599,7 @@ def test_a_run_folder_of_an_earlier_trainer_resumes_and_ends_as_this_trainer_tra
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs"
     assert set(a) == set(b)  # the same entries: no sign of the removed tricks is left
     assert _loss_rows(old) == _loss_rows(straight)  # the resume drops the removed tricks' columns (all 0)
-    assert not {"lambda_tv", "eye_judge"} & set(json.loads((old / "config.json").read_text()))
+    assert not {"lambda_tv", "eye_judge", "eye_consistency"} & set(json.loads((old / "config.json").read_text()))
 
 
 def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_dataset, tmp_path, capsys):
@@ -623,6 +629,11 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
             "this run uses --landmark-maps, an option removed from the trainer after its "
             "ablation lost (docs/experiments.md); commit e674807 still has it.",
         ),
+        (
+            {"eye_consistency": 1.0},
+            "this run uses --eye-consistency 1, an option removed from the trainer after its "
+            "ablation lost (docs/experiments.md); commit e564b5f still has it.",
+        ),
         (  # a removed value of a kept option
             {"d_projected": "alone"},
             "this run uses --d-projected alone, an option removed from the trainer after its "
@@ -647,6 +658,7 @@ def test_resuming_a_run_that_used_a_removed_option_exits_2_naming_it(tiny_datase
         "spectral_norm": False,
         "eye_judge": 0.0,
         "landmark_maps": False,
+        "eye_consistency": 0.0,
         "r1_every": 16,
         "lambda_nce": 2.0,
         "nce_patches": 64,
