@@ -699,3 +699,24 @@ def test_resume_changes_only_what_it_may_and_names_the_options_it_keeps(tiny_dat
     assert "train: --resume keeps the run's own --lr" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
     assert (config["lr"], config["sample_every"]) == (2e-4, 5)
+
+
+def test_a_resumed_loss_log_keeps_todays_columns_only(tmp_path):
+    """An older run's log: the columns of removed tricks leave, the columns of terms added since (here the projected
+    judge's, which runs from before it had) are 0 in its rows, and rows past the checkpoint are dropped."""
+    from simpsonize.training.checkpoint import LossLog
+    from simpsonize.training.losses import LOSS_NAMES
+
+    older = [name for name in LOSS_NAMES if not name.endswith("_proj")] + ["r1"]
+    path = tmp_path / "losses.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "epoch", "lr", *older, "seconds"])
+        writer.writeheader()
+        for step in (1, 2, 3):
+            writer.writerow({"step": step, "epoch": "0", "lr": "2e-4", **dict.fromkeys(older, "0.5"), "seconds": "1"})
+    LossLog(path, resume_step=2).close()
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["step"] for row in rows] == ["1", "2"]
+    assert list(rows[0]) == ["step", "epoch", "lr", *LOSS_NAMES, "seconds"]
+    assert all(row["D_B_proj"] == row["G_B_proj"] == "0.00000" and row["G_B"] == "0.5" for row in rows)
